@@ -1,0 +1,78 @@
+"""The ``grace`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+PLANNED = "Planned commands (later chapters): train, eval, reproduce."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="grace",
+        description="GRACE: embeddings from an LLM's rationales, trained with GRPO.",
+        epilog=PLANNED,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    embed = commands.add_parser("embed", help="embed texts from a file into a .npy matrix")
+    embed.add_argument("--model", required=True, help="hub id, local folder, or alias")
+    embed.add_argument("--input", required=True, help=".txt (one text a line) or .jsonl (text)")
+    embed.add_argument("--output", required=True, help="where to write the (N, H) .npy array")
+    embed.add_argument("--mode", choices=("rationale", "direct"), default="rationale")
+    embed.add_argument("--max-new-tokens", type=int, default=2048)
+    embed.add_argument("--temperature", type=float, default=1.0)
+    embed.add_argument("--seed", type=int, default=0)
+    embed.add_argument("--batch-size", type=int, default=8)
+    embed.add_argument("--cache-dir", help="reuse rationales sampled before (SQLite cache)")
+    embed.add_argument("--rationales-out", help="write each text's rationale to this .jsonl")
+    embed.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    embed.set_defaults(run=run_embed)
+    return parser
+
+
+def run_embed(args: argparse.Namespace) -> None:
+    from grace.data import read_texts
+    from grace.encoder import GraceEncoder
+
+    texts = read_texts(args.input)
+    encoder = GraceEncoder.from_pretrained(
+        args.model,
+        device=args.device,
+        mode=args.mode,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
+    )
+    embeddings, rationales = encoder.encode_with_rationales(texts, show_progress_bar=True)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    np.save(args.output, embeddings)
+    if args.rationales_out:
+        with open(args.rationales_out, "w", encoding="utf-8") as handle:
+            for text, rationale in zip(texts, rationales, strict=True):
+                handle.write(json.dumps({"text": text, "rationale": rationale}) + "\n")
+    print(f"Wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {args.output}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from grace.data import DataError
+    from grace.models import ModelLoadError
+
+    try:
+        args.run(args)
+    except (DataError, ModelLoadError) as error:
+        print(f"grace {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""GraceEncoder: texts in, unit-length embeddings out, the way GRACE makes them.
+
+``rationale`` mode (the paper): the policy writes a rationale for each text, and the chat
+prompt plus rationale is mean-pooled. ``direct`` mode pools the chat prompt alone, the
+no-reasoning baseline. The interface follows sentence-transformers' ``encode``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from grace.models import load_model, model_fingerprint
+from grace.pooling import pool
+from grace.prompts import SYSTEM_PROMPT, build_prompts, system_prefix_length
+from grace.rationale import (
+    Rollouts,
+    SamplingConfig,
+    generate_rationales,
+    seeded,
+    tokenize_prompts,
+)
+
+MODES = ("rationale", "direct")
+
+
+@dataclass
+class EncoderConfig:
+    """How texts become embeddings. Defaults are the paper's inference settings."""
+
+    mode: str = "rationale"
+    max_new_tokens: int = 2048
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    max_input_tokens: int = 1024
+    pooling: str = "mean"
+    single_pass: bool = True  # pool the states of generation itself, no second forward pass
+    batch_size: int = 8
+    cache_dir: str | None = None  # folder of the on-disk rationale cache; None disables it
+    system_prompt: str = SYSTEM_PROMPT
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"Unknown mode {self.mode!r}; choose one of {MODES}.")
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(self.temperature, self.top_p, self.max_new_tokens, seed=None)
+
+
+@torch.no_grad()
+def last_hidden_states(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Last-layer states of one forward pass; positions count real tokens (left padding)."""
+    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        output_hidden_states=True,
+        logits_to_keep=1,
+    )
+    return out.hidden_states[-1]
+
+
+def embed_rollouts(
+    model: PreTrainedModel, rollouts: Rollouts, prefix_length: int, pooling: str = "mean"
+) -> torch.Tensor:
+    """(B, H) unit embeddings of prompt + completion; runs a forward pass unless states are kept."""
+    hidden = rollouts.hidden
+    if hidden is None:
+        hidden = last_hidden_states(model, rollouts.input_ids, rollouts.attention_mask)
+    return pool(hidden, rollouts.attention_mask, prefix_length, pooling)
+
+
+def rollouts_from_completions(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    completions: list[list[int]],
+    device: torch.device,
+) -> Rollouts:
+    """Rebuild rollouts from stored completion ids (cache hits; direct mode uses none)."""
+    prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, device)
+    width = max((len(c) for c in completions), default=0)
+    ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.bool)
+    for row, completion in enumerate(completions):
+        ids[row, : len(completion)] = torch.tensor(completion, dtype=torch.long)
+        mask[row, : len(completion)] = True
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    no_cap = torch.zeros(len(prompts), dtype=torch.bool)
+    return Rollouts(prompt_ids, prompt_mask, ids.to(device), mask.to(device), texts, no_cap)
+
+
+class RationaleCache:
+    """Completion ids on disk (SQLite), keyed by model, prompt, sampling settings and seed."""
+
+    def __init__(self, folder: str | Path) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(Path(folder) / "rationales.sqlite")
+        self.db.execute("CREATE TABLE IF NOT EXISTS rationales (key TEXT PRIMARY KEY, ids TEXT)")
+
+    @staticmethod
+    def key(model_id: str, prompt: str, sampling: SamplingConfig, seed: int) -> str:
+        fields = [model_id, prompt, asdict(replace(sampling, seed=seed))]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+    def get(self, key: str) -> list[int] | None:
+        row = self.db.execute("SELECT ids FROM rationales WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def put(self, items: dict[str, list[int]]) -> None:
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO rationales VALUES (?, ?)",
+                [(key, json.dumps(ids)) for key, ids in items.items()],
+            )
+
+
+class GraceEncoder:
+    """Embeds texts with a causal LM as GRACE does; see ``EncoderConfig`` for the knobs.
+
+    Empty or whitespace-only texts are encoded as the empty string: the chat template still
+    gives real tokens to pool, so their embedding is finite and unit-length (one warning).
+    Sampled rationales depend on ``seed`` and on the order of the input list.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        config: EncoderConfig | None = None,
+        **overrides,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = replace(config or EncoderConfig(), **overrides)
+        self.prefix_length = system_prefix_length(tokenizer, self.config.system_prompt)
+        self.cache = RationaleCache(self.config.cache_dir) if self.config.cache_dir else None
+        # Cache keys name the weights, so a retrained model never reads stale rationales.
+        self.model_id = model_fingerprint(model) if self.cache else ""
+        self.generated = 0  # how many rationales this encoder has sampled (cache misses)
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str, device: str | None = None, dtype=None, **config
+    ) -> GraceEncoder:
+        model, tokenizer = load_model(name_or_path, device=device, dtype=dtype)
+        return cls(model, tokenizer, EncoderConfig(**config))
+
+    def encode(
+        self,
+        texts: list[str] | str,
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> np.ndarray:
+        """(N, H) float32 unit vectors (a single string gives shape (H,))."""
+        if isinstance(texts, str):
+            return self.encode([texts], batch_size, show_progress_bar)[0]
+        return self.encode_with_rationales(texts, batch_size, show_progress_bar)[0]
+
+    def encode_with_rationales(
+        self,
+        texts: list[str],
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> tuple[np.ndarray, list[str]]:
+        """Embeddings and the rationale written for each text ("" in direct mode)."""
+        config = self.config
+        texts = self._clean(list(texts))
+        prompts = build_prompts(
+            self.tokenizer, texts, config.system_prompt, config.max_input_tokens
+        )
+        lengths = [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
+        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+        size = batch_size or config.batch_size
+        batches = [order[i : i + size] for i in range(0, len(order), size)]
+        show = len(batches) > 1 if show_progress_bar is None else show_progress_bar
+
+        embeddings = [None] * len(prompts)
+        rationales = [""] * len(prompts)
+        with seeded(config.seed):
+            for batch in tqdm(batches, desc=f"encode ({config.mode})", disable=not show):
+                vectors, written = self._encode_batch([prompts[i] for i in batch])
+                for i, vector, rationale in zip(batch, vectors, written, strict=True):
+                    embeddings[i], rationales[i] = vector, rationale
+        if not prompts:
+            return np.zeros((0, self.model.config.hidden_size), dtype=np.float32), []
+        return torch.stack(embeddings).cpu().numpy(), rationales
+
+    def _clean(self, texts: list[str]) -> list[str]:
+        blank = [i for i, text in enumerate(texts) if not text.strip()]
+        if blank:
+            warnings.warn(
+                f"{len(blank)} empty or whitespace-only texts (first at index {blank[0]}) are "
+                "encoded as the empty string.",
+                stacklevel=3,
+            )
+            for i in blank:
+                texts[i] = ""
+        return texts
+
+    def _encode_batch(self, prompts: list[str]) -> tuple[torch.Tensor, list[str]]:
+        device = self.model.device
+        if self.config.mode == "direct":
+            rollouts = rollouts_from_completions(self.tokenizer, prompts, [[]] * len(prompts), device)
+            return self._embed(rollouts), [""] * len(prompts)
+
+        keys = [self._cache_key(p) for p in prompts] if self.cache else [None] * len(prompts)
+        stored = [self.cache.get(k) if self.cache else None for k in keys]
+        missing = [i for i, ids in enumerate(stored) if ids is None]
+        vectors: list[torch.Tensor | None] = [None] * len(prompts)
+        texts = [""] * len(prompts)
+
+        if missing:
+            fresh = generate_rationales(
+                self.model,
+                self.tokenizer,
+                [prompts[i] for i in missing],
+                self.config.sampling,
+                keep_hidden=self.config.single_pass,
+            )
+            self.generated += len(missing)
+            for i, vector, text in zip(missing, self._embed(fresh), fresh.texts, strict=True):
+                vectors[i], texts[i] = vector, text
+            if self.cache:
+                self.cache.put(
+                    {
+                        keys[i]: ids[mask].tolist()
+                        for i, ids, mask in zip(
+                            missing, fresh.completion_ids, fresh.completion_mask, strict=True
+                        )
+                    }
+                )
+
+        hits = [i for i, ids in enumerate(stored) if ids is not None]
+        if hits:
+            cached = rollouts_from_completions(
+                self.tokenizer, [prompts[i] for i in hits], [stored[i] for i in hits], device
+            )
+            for i, vector, text in zip(hits, self._embed(cached), cached.texts, strict=True):
+                vectors[i], texts[i] = vector, text
+        return torch.stack(vectors), texts
+
+    def _embed(self, rollouts: Rollouts) -> torch.Tensor:
+        return embed_rollouts(self.model, rollouts, self.prefix_length, self.config.pooling)
+
+    def _cache_key(self, prompt: str) -> str:
+        return RationaleCache.key(self.model_id, prompt, self.config.sampling, self.config.seed)

