@@ -178,6 +178,8 @@ class GraceEncoder:
     ) -> tuple[np.ndarray, list[str]]:
         """Embeddings and the rationale written for each text ("" in direct mode)."""
         config = self.config
+        if not texts:
+            return np.zeros((0, self.model.config.hidden_size), dtype=np.float32), []
         texts = self._clean(list(texts))
         prompts = build_prompts(
             self.tokenizer, texts, config.system_prompt, config.max_input_tokens
@@ -195,8 +197,6 @@ class GraceEncoder:
                 vectors, written = self._encode_batch([prompts[i] for i in batch])
                 for i, vector, rationale in zip(batch, vectors, written, strict=True):
                     embeddings[i], rationales[i] = vector, rationale
-        if not prompts:
-            return np.zeros((0, self.model.config.hidden_size), dtype=np.float32), []
         return torch.stack(embeddings).cpu().numpy(), rationales
 
     def _clean(self, texts: list[str]) -> list[str]:
@@ -214,7 +214,9 @@ class GraceEncoder:
     def _encode_batch(self, prompts: list[str]) -> tuple[torch.Tensor, list[str]]:
         device = self.model.device
         if self.config.mode == "direct":
-            rollouts = rollouts_from_completions(self.tokenizer, prompts, [[]] * len(prompts), device)
+            rollouts = rollouts_from_completions(
+                self.tokenizer, prompts, [[]] * len(prompts), device
+            )
             return self._embed(rollouts), [""] * len(prompts)
 
         keys = [self._cache_key(p) for p in prompts] if self.cache else [None] * len(prompts)

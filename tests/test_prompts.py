@@ -22,7 +22,7 @@ def test_prompt_holds_system_user_and_assistant_cue(tiny):
 
 def test_prefix_is_the_system_turn_on_chatml(tiny):
     _, tokenizer = tiny
-    # Byte-level tokenizer: <|im_start|>, one token per byte of "system\n" + prompt, <|im_end|>, "\n".
+    # Byte-level: <|im_start|>, a token per byte of "system\n" + prompt, <|im_end|>, "\n".
     expected = 1 + len(("system\n" + SYSTEM_PROMPT).encode()) + 1 + 1
     assert system_prefix_length(tokenizer, SYSTEM_PROMPT) == expected
     # ... and every prompt starts with exactly those tokens.

@@ -1,0 +1,102 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from grace.cli import main
+from grace.data import DataError, read_jsonl, read_texts
+
+
+def test_help_lists_commands():
+    out = subprocess.run(
+        [sys.executable, "-m", "grace.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "embed" in out and "train, eval, reproduce" in out
+
+
+def test_embed_txt_to_npy_with_rationales(tmp_path, texts):
+    source = tmp_path / "texts.txt"
+    source.write_text("\n".join(texts[:3]) + "\n\n")
+    output, rationales = tmp_path / "out" / "emb.npy", tmp_path / "rationales.jsonl"
+    code = main(
+        [
+            "embed",
+            "--model",
+            "tiny-random",
+            "--input",
+            str(source),
+            "--output",
+            str(output),
+            "--max-new-tokens",
+            "4",
+            "--rationales-out",
+            str(rationales),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    embeddings = np.load(output)
+    assert embeddings.shape == (3, 32)
+    rows = [json.loads(line) for line in rationales.read_text().splitlines()]
+    assert [row["text"] for row in rows] == texts[:3] and all(row["rationale"] for row in rows)
+
+
+def test_embed_jsonl_direct(tmp_path):
+    source = tmp_path / "texts.jsonl"
+    source.write_text('{"text": "one"}\n{"text": "two", "id": 7}\n')
+    output = tmp_path / "emb.npy"
+    args = [
+        "embed",
+        "--model",
+        "tiny-random",
+        "--input",
+        str(source),
+        "--output",
+        str(output),
+        "--mode",
+        "direct",
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 0
+    assert np.load(output).shape == (2, 32)
+
+
+def test_embed_reports_bad_data_with_file_and_line(tmp_path, capsys):
+    source = tmp_path / "bad.jsonl"
+    source.write_text('{"text": "fine"}\n{"txt": "typo"}\n')
+    args = ["embed", "--model", "tiny-random", "--input", str(source), "--output", "x.npy"]
+    assert main(args) == 2
+    assert f"{source}, line 2: missing string field 'text'" in capsys.readouterr().err
+
+
+def test_embed_reports_unknown_model(tmp_path, capsys):
+    source = tmp_path / "t.txt"
+    source.write_text("a\n")
+    args = ["embed", "--model", "nobody/nothing", "--input", str(source), "--output", "x.npy"]
+    assert main(args) == 2
+    assert "Cannot load model 'nobody/nothing'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"text": "ok"}\n{not json}\n', "line 2: not valid JSON"),
+        ('{"text": "ok"}\n\n["a list"]\n', "line 3: expected a JSON object, got list"),
+        ('{"text": "   "}\n', "line 1: field 'text' is empty"),
+        ('{"text": 5}\n', "line 1: missing string field 'text'"),
+    ],
+)
+def test_jsonl_errors_name_file_and_line(tmp_path, content, message):
+    path = tmp_path / "data.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        read_jsonl(path, ("text",))
+
+
+def test_missing_file_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        read_texts(tmp_path / "absent.txt")

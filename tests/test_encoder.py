@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+
+from grace.encoder import EncoderConfig, GraceEncoder
+
+
+def test_direct_mode_gives_unit_float32_rows(tiny, texts):
+    encoder = GraceEncoder(*tiny, mode="direct")
+    embeddings = encoder.encode(texts)
+    assert embeddings.shape == (len(texts), tiny[0].config.hidden_size)
+    assert embeddings.dtype == np.float32
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    assert encoder.encode(texts[0]).shape == (tiny[0].config.hidden_size,)
+    assert encoder.generated == 0
+
+
+@pytest.mark.parametrize("mode", ["direct", "rationale"])
+def test_same_text_alone_or_in_a_padded_batch(tiny, texts, mode):
+    # Greedy rationales, so that the only difference is batching and padding.
+    encoder = GraceEncoder(*tiny, mode=mode, temperature=0.0, max_new_tokens=8, batch_size=3)
+    together = encoder.encode(texts)
+    alone = np.stack([encoder.encode([text]) for text in texts])[:, 0]
+    assert np.allclose(together, alone, atol=1e-5)
+
+
+def test_results_come_back_in_input_order(tiny, texts):
+    encoder = GraceEncoder(*tiny, mode="direct", batch_size=2)
+    forward = encoder.encode(texts)
+    backward = encoder.encode(texts[::-1])
+    assert np.allclose(forward, backward[::-1], atol=1e-6)
+    assert not np.allclose(forward[0], forward[1])
+
+
+def test_rationale_mode_returns_rationales(tiny, texts):
+    encoder = GraceEncoder(*tiny, max_new_tokens=5)
+    embeddings, rationales = encoder.encode_with_rationales(texts)
+    assert len(rationales) == len(texts) and all(rationales)
+    assert encoder.generated == len(texts)
+    assert np.isfinite(embeddings).all()
+
+
+def test_rationale_cache_skips_generation_on_second_call(tiny, texts, tmp_path, monkeypatch):
+    model, tokenizer = tiny
+    calls = []
+    original = model.generate
+    monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(1) or original(*a, **k))
+    config = EncoderConfig(max_new_tokens=6, cache_dir=str(tmp_path), batch_size=2)
+
+    first, first_rationales = GraceEncoder(model, tokenizer, config).encode_with_rationales(texts)
+    n_calls = len(calls)
+    assert n_calls == 3
+
+    again = GraceEncoder(model, tokenizer, config)  # a new encoder reads the same folder
+    second, second_rationales = again.encode_with_rationales(texts)
+    assert len(calls) == n_calls and again.generated == 0
+    assert second_rationales == first_rationales
+    assert np.allclose(first, second, atol=1e-5)
+
+    other_seed = GraceEncoder(model, tokenizer, config, seed=1)
+    other_seed.encode(texts[:1])
+    assert other_seed.generated == 1
+
+
+def test_empty_and_blank_texts_are_encoded_as_empty_string(tiny):
+    encoder = GraceEncoder(*tiny, mode="direct")
+    with pytest.warns(UserWarning, match="2 empty or whitespace-only texts"):
+        embeddings = encoder.encode(["", "   \n", "words"])
+    assert np.isfinite(embeddings).all()
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(embeddings[0], embeddings[1])
+    with pytest.warns(UserWarning):
+        rationale_mode = GraceEncoder(*tiny, max_new_tokens=4).encode([" "])
+    assert np.isfinite(rationale_mode).all()
+
+
+def test_empty_list_gives_empty_matrix(tiny):
+    assert GraceEncoder(*tiny, mode="direct").encode([]).shape == (0, 32)
+
+
+def test_unknown_mode_is_rejected():
+    with pytest.raises(ValueError, match="Unknown mode 'both'"):
+        EncoderConfig(mode="both")
+
+
+ENGLISH = {"the", "a", "and", "of", "to", "is", "in", "this", "it", "that", "on", "with", "i"}
+
+
+@pytest.mark.smollm2
+def test_smollm2_writes_english_and_embeds_related_texts_closer(smollm2):
+    encoder = GraceEncoder(*smollm2, temperature=0.0, max_new_tokens=32)
+    texts = [
+        "A dog is running across the park with a ball.",
+        "A puppy chases a ball on the grass.",
+        "The quarterly earnings report showed a loss for the bank.",
+    ]
+    embeddings, rationales = encoder.encode_with_rationales(texts)
+    for rationale in rationales:
+        words = rationale.lower().replace(",", " ").replace(".", " ").split()
+        assert len(words) >= 5
+        letters = sum(c.isascii() and (c.isalpha() or c.isspace()) for c in rationale)
+        assert letters / len(rationale) > 0.8
+        assert len(ENGLISH.intersection(words)) >= 2
+    similarity = embeddings @ embeddings.T
+    assert similarity[0, 1] > similarity[0, 2]
+    assert similarity[0, 1] > similarity[1, 2]
