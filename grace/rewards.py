@@ -1,0 +1,123 @@
+"""GRACE's rewards: contrastive similarities between embeddings, grouped by prompt.
+
+All inputs are L2-normalised embeddings, so a dot product is a cosine. A *group* is the
+``n`` rollouts of one prompt; ``G`` groups are scored together because the cross-group term
+compares each group with the others. Every term is returned on its own (for logging and for
+the book) as well as the total.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class RewardConfig:
+    """Weights of the reward; defaults are the paper's."""
+
+    tau: float = 0.1  # temperature: similarities are divided by it
+    cluster_weight: float = 0.2  # w_c, pulls a group's rollouts together
+    cross_weight: float = 0.2  # w_x, pushes away the best match from other groups
+    length_penalty: float = -1.0  # reward of a rollout that hit the token cap without EOS
+
+
+@dataclass
+class RewardTerms:
+    """Each term as a (G, n) tensor, before weighting; ``total`` is the reward itself."""
+
+    positive: torch.Tensor
+    negative: torch.Tensor
+    cluster: torch.Tensor
+    cross: torch.Tensor
+    total: torch.Tensor
+
+    def means(self) -> dict[str, float]:
+        """Batch means of every term, for logging."""
+        return {name: float(value.float().mean()) for name, value in vars(self).items()}
+
+
+def cluster_term(samples: torch.Tensor) -> torch.Tensor:
+    """(G, n) mean cosine of each rollout to the other rollouts of its group."""
+    n = samples.shape[1]
+    if n < 2:
+        return samples.new_zeros(samples.shape[:2])
+    similarity = samples @ samples.transpose(1, 2)  # (G, n, n)
+    own = similarity.diagonal(dim1=1, dim2=2)
+    return (similarity.sum(dim=2) - own) / (n - 1)
+
+
+def mean_over_other_groups(values: torch.Tensor) -> torch.Tensor:
+    """For a (G, G, ...) tensor indexed [g, g'], the mean over g' != g (zero when G == 1)."""
+    groups = values.shape[0]
+    if groups < 2:
+        return values.new_zeros(values.shape[:1] + values.shape[2:])
+    others = ~torch.eye(groups, dtype=torch.bool, device=values.device)
+    others = others.view(groups, groups, *([1] * (values.dim() - 2)))
+    return (values * others).sum(dim=1) / (groups - 1)
+
+
+def apply_length_penalty(
+    total: torch.Tensor, hit_cap: torch.Tensor, config: RewardConfig
+) -> torch.Tensor:
+    return torch.where(hit_cap.bool(), torch.full_like(total, config.length_penalty), total)
+
+
+def supervised_rewards(
+    query: torch.Tensor,
+    positives: torch.Tensor,
+    negative: torch.Tensor,
+    hit_cap: torch.Tensor,
+    config: RewardConfig | None = None,
+) -> RewardTerms:
+    """Rewards of the ``n`` positive-document rollouts of ``G`` (query, positive, negative) triples.
+
+    ``query`` (G, H) and ``negative`` (G, H) are one rollout each; ``positives`` is (G, n, H).
+    r_gi = [cos(q_g, d+_gi) - cos(q_g, d-_g) + w_c * mean_{j!=i} cos(d+_gi, d+_gj)
+            - w_x * mean_{g'!=g} max_j cos(q_g, d+_g'j)] / tau
+    """
+    config = config or RewardConfig()
+    groups, n, _ = positives.shape
+    positive = torch.einsum("gh,gnh->gn", query, positives)
+    negative_sim = (query * negative).sum(dim=-1, keepdim=True).expand(groups, n)
+    cluster = cluster_term(positives)
+    # [g, g'] = max_j cos(q_g, d+_g'j): how well group g's query matches group g' at best.
+    best_other = torch.einsum("gh,knh->gkn", query, positives).max(dim=2).values
+    cross = mean_over_other_groups(best_other).unsqueeze(1).expand(groups, n)
+    total = (
+        positive - negative_sim + config.cluster_weight * cluster - config.cross_weight * cross
+    ) / config.tau
+    total = apply_length_penalty(total, hit_cap, config)
+    return RewardTerms(positive, negative_sim, cluster, cross, total)
+
+
+def unsupervised_rewards(
+    query: torch.Tensor,
+    samples: torch.Tensor,
+    hit_cap: torch.Tensor,
+    config: RewardConfig | None = None,
+) -> RewardTerms:
+    """Rewards when the only data is sentences: the "query" is another rollout of the same one.
+
+    r_gi = [cos(q_g, s_gi) + w_c * mean_{j!=i} cos(s_gi, s_gj)
+            - w_x * mean_{g'!=g} cos(s_gi, q_g')] / tau
+    """
+    config = config or RewardConfig()
+    positive = torch.einsum("gh,gnh->gn", query, samples)
+    cluster = cluster_term(samples)
+    # [g, g', i] = cos(s_gi, q_g'): rollout i of group g against another group's query.
+    to_queries = torch.einsum("gnh,kh->gkn", samples, query)
+    cross = mean_over_other_groups(to_queries)
+    total = (positive + config.cluster_weight * cluster - config.cross_weight * cross) / config.tau
+    total = apply_length_penalty(total, hit_cap, config)
+    return RewardTerms(positive, torch.zeros_like(positive), cluster, cross, total)
+
+
+def group_advantages(rewards: torch.Tensor, scale_by_std: bool = False) -> torch.Tensor:
+    """GRPO advantages of (G, n) rewards: minus the group mean (the paper does not divide by
+    the group std; ``scale_by_std`` gives standard GRPO for comparison)."""
+    advantages = rewards - rewards.mean(dim=1, keepdim=True)
+    if scale_by_std:
+        advantages = advantages / (rewards.std(dim=1, keepdim=True) + 1e-4)
+    return advantages
