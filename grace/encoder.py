@@ -58,11 +58,13 @@ class EncoderConfig:
         return SamplingConfig(self.temperature, self.top_p, self.max_new_tokens, seed=None)
 
 
-@torch.no_grad()
 def last_hidden_states(
     model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
-    """Last-layer states of one forward pass; positions count real tokens (left padding)."""
+    """Last-layer states of one forward pass; positions count real tokens (left padding).
+
+    Keeps the graph when gradients are on (the contrastive baselines train through it).
+    """
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
     out = model(
         input_ids=input_ids,
@@ -74,6 +76,7 @@ def last_hidden_states(
     return out.hidden_states[-1]
 
 
+@torch.no_grad()
 def embed_rollouts(
     model: PreTrainedModel, rollouts: Rollouts, prefix_length: int, pooling: str = "mean"
 ) -> torch.Tensor:

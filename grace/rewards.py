@@ -20,7 +20,9 @@ class RewardConfig:
     tau: float = 0.1  # temperature: similarities are divided by it
     cluster_weight: float = 0.2  # w_c, pulls a group's rollouts together
     cross_weight: float = 0.2  # w_x, pushes away the best match from other groups
-    length_penalty: float = -1.0  # reward of a rollout that hit the token cap without EOS
+    # Reward of a rollout that hit the token cap without EOS; None switches the penalty off
+    # (useful for a random test model, which practically never ends a rationale).
+    length_penalty: float | None = -1.0
 
 
 @dataclass
@@ -61,6 +63,8 @@ def mean_over_other_groups(values: torch.Tensor) -> torch.Tensor:
 def apply_length_penalty(
     total: torch.Tensor, hit_cap: torch.Tensor, config: RewardConfig
 ) -> torch.Tensor:
+    if config.length_penalty is None:
+        return total
     return torch.where(hit_cap.bool(), torch.full_like(total, config.length_penalty), total)
 
 

@@ -1,0 +1,128 @@
+"""The paper's baselines: contrastive fine-tuning (+CL) and SimCSE, on the same backbone.
+
+Both train the LLM as a plain encoder: direct-mode embeddings (the chat prompt, no
+rationale, mean-pooled after the system prefix, exactly as ``GraceEncoder`` in direct mode)
+and an InfoNCE loss. +CL uses (query, positive, negative) triples with in-batch and hard
+negatives; SimCSE encodes each sentence twice with dropout on, and the two views are
+positives. transformers' ``Trainer`` gives checkpoints, resuming and logging.
+"""
+
+from __future__ import annotations
+
+import datasets
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
+
+from grace.config import TrainConfig
+from grace.data import training_rows
+from grace.encoder import last_hidden_states
+from grace.models import load_model
+from grace.pooling import pool
+from grace.prompts import build_prompts, system_prefix_length
+from grace.rationale import tokenize_prompts
+
+
+def info_nce(anchors: torch.Tensor, candidates: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy of each anchor i against all candidates, candidate i being its positive."""
+    logits = anchors @ candidates.T / temperature
+    labels = torch.arange(anchors.shape[0], device=anchors.device)
+    return F.cross_entropy(logits, labels)
+
+
+class PromptCollator:
+    """Batches of dataset rows -> tokenized chat prompts, one tensor pair per text field."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: TrainConfig, fields):
+        self.tokenizer, self.config, self.fields = tokenizer, config, fields
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {}
+        for field in self.fields:
+            prompts = build_prompts(
+                self.tokenizer,
+                [row[field] for row in rows],
+                self.config.system_prompt,
+                self.config.max_prompt_tokens,
+            )
+            ids, mask = tokenize_prompts(self.tokenizer, prompts, torch.device("cpu"))
+            batch[f"{field}_ids"], batch[f"{field}_mask"] = ids, mask
+        return batch
+
+
+class ContrastiveTrainer(Trainer):
+    """InfoNCE on direct-mode embeddings; ``simcse`` encodes the same text twice."""
+
+    def __init__(self, *args, grace_config: TrainConfig, prefix_length: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.grace_config = grace_config
+        self.prefix_length = prefix_length
+
+    def embed(self, model, inputs: dict, field: str) -> torch.Tensor:
+        ids, mask = inputs[f"{field}_ids"], inputs[f"{field}_mask"]
+        return pool(last_hidden_states(model, ids, mask), mask, self.prefix_length)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        temperature = self.grace_config.contrastive_temperature
+        if self.grace_config.method == "simcse":
+            first, second = self.embed(model, inputs, "text"), self.embed(model, inputs, "text")
+            loss = info_nce(first, second, temperature)
+        else:
+            query = self.embed(model, inputs, "query")
+            documents = torch.cat(
+                [self.embed(model, inputs, "text"), self.embed(model, inputs, "negative")]
+            )
+            loss = info_nce(query, documents, temperature)
+        return (loss, {}) if return_outputs else loss
+
+
+def enable_dropout(model: torch.nn.Module, rate: float) -> None:
+    """SimCSE's noise: instruct LLMs ship with dropout off, so switch attention dropout on."""
+    for module in model.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = rate
+    model.config.attention_dropout = rate
+
+
+def contrastive_arguments(config: TrainConfig) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=config.output_dir,
+        seed=config.seed,
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.contrastive_batch_size,
+        gradient_accumulation_steps=1,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        logging_steps=config.logging_steps,
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        report_to=config.report_to,
+        bf16=config.bf16,
+        activation_checkpointing=config.gradient_checkpointing,
+        remove_unused_columns=False,
+        dataloader_drop_last=True,  # in-batch negatives want full batches
+    )
+
+
+def build_contrastive_trainer(config: TrainConfig) -> ContrastiveTrainer:
+    """+CL (``method: contrastive``) or SimCSE (``method: simcse``), ready to train."""
+    model, tokenizer = load_model(config.model, dtype=torch.bfloat16 if config.bf16 else None)
+    if config.lora:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, config.peft_config())
+    if config.method == "simcse":
+        enable_dropout(model, config.simcse_dropout)
+        fields = ("text",)
+    else:
+        fields = ("query", "text", "negative")
+    rows = training_rows(config, tokenizer)
+    return ContrastiveTrainer(
+        model=model,
+        args=contrastive_arguments(config),
+        train_dataset=datasets.Dataset.from_list(rows),
+        data_collator=PromptCollator(tokenizer, config, fields),
+        processing_class=tokenizer,
+        grace_config=config,
+        prefix_length=system_prefix_length(tokenizer, config.system_prompt),
+    )
