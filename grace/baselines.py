@@ -100,6 +100,7 @@ def contrastive_arguments(config: TrainConfig) -> TrainingArguments:
         bf16=config.bf16,
         activation_checkpointing=config.gradient_checkpointing,
         remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
         dataloader_drop_last=True,  # in-batch negatives want full batches
     )
 

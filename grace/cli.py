@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-PLANNED = "Planned commands (later chapters): train, eval, reproduce."
+PLANNED = "Planned commands (later chapters): eval, reproduce."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--rationales-out", help="write each text's rationale to this .jsonl")
     embed.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     embed.set_defaults(run=run_embed)
+
+    train = commands.add_parser("train", help="train with GRACE (GRPO) or a contrastive baseline")
+    train.add_argument("--config", required=True, help="profile (tiny, cpu, colab, paper) or YAML")
+    train.add_argument("--method", choices=("grace", "contrastive", "simcse"))
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set output_dir=runs/x (repeatable)",
+    )
+    train.set_defaults(run=run_train)
     return parser
 
 
@@ -61,6 +73,16 @@ def run_embed(args: argparse.Namespace) -> None:
     print(f"Wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {args.output}")
 
 
+def run_train(args: argparse.Namespace) -> None:
+    from grace.config import load_config
+    from grace.train import train
+
+    overrides = [*args.set, *([f"method={args.method}"] if args.method else [])]
+    config = load_config(args.config, overrides)
+    trainer = train(config)
+    print(f"Trained {trainer.state.global_step} steps; model saved in {config.output_dir}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from grace.data import DataError
@@ -68,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.run(args)
-    except (DataError, ModelLoadError) as error:
+    except (DataError, ModelLoadError, ValueError, FileNotFoundError) as error:
         print(f"grace {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

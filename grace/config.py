@@ -120,8 +120,18 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"Expected key=value, got {pair!r}.")
-        values[key.strip()] = yaml.safe_load(value)
+        values[key.strip()] = number_or_value(yaml.safe_load(value))
     return values
+
+
+def number_or_value(value):
+    """YAML reads ``1e-5`` (no dot) as a string; people mean a number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def load_config(

@@ -201,17 +201,16 @@ def content_words(text: str) -> frozenset[str]:
     return frozenset(w for w in re.findall(r"[a-z']+", text.lower()) if w not in STOPWORDS)
 
 
-def closest_by_word_overlap(texts: list[str]) -> list[int]:
-    """For each text, the index of the most similar *other* text (Jaccard on content words)."""
+def rank_by_word_overlap(texts: list[str]) -> list[list[int]]:
+    """For each text, the indices of the other texts, most shared content words first
+    (Jaccard overlap; ties keep index order)."""
     words = [content_words(t) for t in texts]
-    closest = []
-    for i, own in enumerate(words):
-        scores = [
-            -1.0 if j == i else len(own & other) / max(1, len(own | other))
-            for j, other in enumerate(words)
-        ]
-        closest.append(max(range(len(scores)), key=scores.__getitem__))
-    return closest
+
+    def overlap(i: int, j: int) -> float:
+        return len(words[i] & words[j]) / max(1, len(words[i] | words[j]))
+
+    others = range(len(texts))
+    return [sorted((j for j in others if j != i), key=lambda j: -overlap(i, j)) for i in others]
 
 
 def movie_triples(held_out_movies: bool = False, seed: int = 0) -> list[dict]:
@@ -224,8 +223,8 @@ def movie_triples(held_out_movies: bool = False, seed: int = 0) -> list[dict]:
     plots = {r["movie"]: r["text"] for r in rows if r["category"] == "plot"}
     reviewed = {r["movie"] for r in rows if r["category"] != "plot"}
     movies = sorted(m for m in plots.keys() & reviewed if held_out(m) == held_out_movies)
-    nearest = closest_by_word_overlap([plots[m] for m in movies])
-    negative_of = {m: plots[movies[j]] for m, j in zip(movies, nearest, strict=True)}
+    ranking = rank_by_word_overlap([plots[m] for m in movies])
+    negative_of = {m: plots[movies[ranked[0]]] for m, ranked in zip(movies, ranking, strict=True)}
     triples = [
         {"query": r["text"], "positive": plots[r["movie"]], "negative": negative_of[r["movie"]]}
         for r in rows

@@ -204,6 +204,7 @@ def grpo_arguments(config: TrainConfig):
         use_vllm=config.use_vllm,
         vllm_mode=config.vllm_mode,
         remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
     )
 

