@@ -86,21 +86,8 @@ def enable_dropout(model: torch.nn.Module, rate: float) -> None:
 
 def contrastive_arguments(config: TrainConfig) -> TrainingArguments:
     return TrainingArguments(
-        output_dir=config.output_dir,
-        seed=config.seed,
-        learning_rate=config.learning_rate,
+        **config.trainer_arguments(),
         per_device_train_batch_size=config.contrastive_batch_size,
-        gradient_accumulation_steps=1,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        logging_steps=config.logging_steps,
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        report_to=config.report_to,
-        bf16=config.bf16,
-        activation_checkpointing=config.gradient_checkpointing,
-        remove_unused_columns=False,
-        dataloader_pin_memory=torch.cuda.is_available(),
         dataloader_drop_last=True,  # in-batch negatives want full batches
     )
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-PLANNED = "Planned commands (later chapters): eval, reproduce."
+PLANNED = "Planned commands (later chapters): reproduce."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,14 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--model", required=True, help="hub id, local folder, or alias")
     embed.add_argument("--input", required=True, help=".txt (one text a line) or .jsonl (text)")
     embed.add_argument("--output", required=True, help="where to write the (N, H) .npy array")
-    embed.add_argument("--mode", choices=("rationale", "direct"), default="rationale")
-    embed.add_argument("--max-new-tokens", type=int, default=2048)
-    embed.add_argument("--temperature", type=float, default=1.0)
-    embed.add_argument("--seed", type=int, default=0)
-    embed.add_argument("--batch-size", type=int, default=8)
-    embed.add_argument("--cache-dir", help="reuse rationales sampled before (SQLite cache)")
+    add_encoder_options(embed)
     embed.add_argument("--rationales-out", help="write each text's rationale to this .jsonl")
-    embed.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     embed.set_defaults(run=run_embed)
 
     train = commands.add_parser("train", help="train with GRACE (GRPO) or a contrastive baseline")
@@ -45,16 +39,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="override one setting, e.g. --set output_dir=runs/x (repeatable)",
     )
     train.set_defaults(run=run_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a model on an mteb suite")
+    evaluate.add_argument("--model", required=True, help="hub id, folder, alias, or 'minilm'")
+    evaluate.add_argument(
+        "--suite", default="offline", help="offline | subset | paper | TASK[,TASK...]"
+    )
+    evaluate.add_argument("--output", help="write the report (mteb results + summary) here")
+    evaluate.add_argument("--label", help="row name in tables (default: the model's name)")
+    add_encoder_options(evaluate)
+    evaluate.set_defaults(run=run_eval)
     return parser
 
 
-def run_embed(args: argparse.Namespace) -> None:
-    from grace.data import read_texts
-    from grace.encoder import GraceEncoder
+def add_encoder_options(parser: argparse.ArgumentParser) -> None:
+    """The ``GraceEncoder`` settings shared by the commands that embed text."""
+    parser.add_argument("--mode", choices=("rationale", "direct"), default="rationale")
+    parser.add_argument("--max-new-tokens", type=int, default=2048)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--cache-dir", help="reuse rationales sampled before (SQLite cache)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
-    texts = read_texts(args.input)
-    encoder = GraceEncoder.from_pretrained(
-        args.model,
+
+def encoder_settings(args: argparse.Namespace) -> dict:
+    return dict(
         device=args.device,
         mode=args.mode,
         max_new_tokens=args.max_new_tokens,
@@ -63,6 +73,14 @@ def run_embed(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         cache_dir=args.cache_dir,
     )
+
+
+def run_embed(args: argparse.Namespace) -> None:
+    from grace.data import read_texts
+    from grace.encoder import GraceEncoder
+
+    texts = read_texts(args.input)
+    encoder = GraceEncoder.from_pretrained(args.model, **encoder_settings(args))
     embeddings, rationales = encoder.encode_with_rationales(texts, show_progress_bar=True)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     np.save(args.output, embeddings)
@@ -81,6 +99,22 @@ def run_train(args: argparse.Namespace) -> None:
     config = load_config(args.config, overrides)
     trainer = train(config)
     print(f"Trained {trainer.state.global_step} steps; model saved in {config.output_dir}")
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from grace.evaluation import GraceMTEBModel, evaluate, minilm_encoder, summarize, to_markdown
+    from grace.evaluation.model import MINILM
+
+    if args.model == MINILM:
+        model = minilm_encoder()
+    else:
+        model = GraceMTEBModel(args.model, **encoder_settings(args))
+    report = evaluate(model, args.suite, output=args.output, label=args.label)
+    print(to_markdown(summarize({report["label"]: report["tasks"]})))
+    print(
+        f"{len(report['tasks'])} tasks in {report['seconds']} s"
+        + (f"; report written to {args.output}" if args.output else "")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

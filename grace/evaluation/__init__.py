@@ -1,0 +1,147 @@
+"""Evaluation through mteb: suites of tasks, a runner that writes results, and summaries.
+
+Suites: ``offline`` (the mini-MTEB of ``tasks.py``, runs anywhere), ``subset`` (the authors'
+quick 9 tasks) and ``paper`` (the paper's 56 English tasks), or a comma-separated list of
+task names. ``subset`` and ``paper`` download their data from the Hugging Face hub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from grace.data import DataError
+from grace.evaluation.model import GraceMTEBModel, TextEncoder, minilm_encoder
+from grace.evaluation.results import bar_chart, summarize, to_markdown, with_paper
+from grace.evaluation.tasks import OFFLINE_TASKS
+
+PAPER_TASKS = {
+    "Retrieval": "ArguAna CQADupstackRetrieval FiQA2018 NFCorpus SCIDOCS SciFact ClimateFEVER "
+    "DBPedia NQ FEVER HotpotQA MSMARCO QuoraRetrieval TRECCOVID Touche2020",
+    "Reranking": "AskUbuntuDupQuestions MindSmallReranking SciDocsRR StackOverflowDupQuestions",
+    "Clustering": "ArxivClusteringP2P ArxivClusteringS2S BiorxivClusteringP2P "
+    "BiorxivClusteringS2S MedrxivClusteringP2P MedrxivClusteringS2S RedditClustering "
+    "RedditClusteringP2P StackExchangeClustering StackExchangeClusteringP2P "
+    "TwentyNewsgroupsClustering",
+    "PairClassification": "SprintDuplicateQuestions TwitterSemEval2015 TwitterURLCorpus",
+    "Classification": "AmazonCounterfactualClassification AmazonPolarityClassification "
+    "AmazonReviewsClassification Banking77Classification EmotionClassification "
+    "ImdbClassification ToxicConversationsClassification MTOPDomainClassification "
+    "MassiveIntentClassification MassiveScenarioClassification MTOPIntentClassification "
+    "TweetSentimentClassification",
+    "STS": "BIOSSES SICK-R STS12 STS13 STS14 STS15 STS16 STS17 STSBenchmark STS22",
+    "Summarization": "SummEval",
+}
+PAPER_TASKS = {category: names.split() for category, names in PAPER_TASKS.items()}
+SUBSET_TASKS = (
+    "Banking77Classification EmotionClassification MedrxivClusteringS2S TwitterSemEval2015 "
+    "AskUbuntuDupQuestions BIOSSES STS17 STSBenchmark SummEval"
+).split()
+OFFLINE_BY_NAME = {task.metadata.name: task for task in OFFLINE_TASKS}
+
+
+class HubRequired(DataError):
+    """A suite needs task data from the Hugging Face hub, which cannot be reached."""
+
+
+def suite_task_names(suite: str) -> list[str]:
+    if suite == "paper":
+        return [name for names in PAPER_TASKS.values() for name in names]
+    if suite == "subset":
+        return list(SUBSET_TASKS)
+    if suite == "offline":
+        return list(OFFLINE_BY_NAME)
+    return [name.strip() for name in suite.split(",") if name.strip()]
+
+
+def resolve_tasks(suite: str) -> list:
+    """mteb task objects for a suite name or a comma-separated list of task names.
+
+    Hub tasks fail fast when ``HF_HUB_OFFLINE`` is set, before any model is run.
+    """
+    import mteb
+
+    names = suite_task_names(suite)
+    offline = [OFFLINE_BY_NAME[n]() for n in names if n in OFFLINE_BY_NAME]
+    hub_names = [n for n in names if n not in OFFLINE_BY_NAME]
+    hub = list(mteb.get_tasks(tasks=hub_names, languages=["eng"])) if hub_names else []
+    if hub and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise HubRequired(
+            f"Suite {suite!r} needs {len(hub)} tasks whose data lives on the Hugging Face hub "
+            f"({', '.join(hub_names[:3])}{', ...' if len(hub_names) > 3 else ''}), but "
+            "HF_HUB_OFFLINE is set. Unset it on a machine with internet, or use --suite offline."
+        )
+    return offline + hub
+
+
+def task_records(model_result, tasks: list) -> list[dict]:
+    """``{"task", "type", "score"}`` for each task of an mteb result (main score, 0..1).
+
+    Types come from the task objects: mteb looks names up in its registry, where our offline
+    tasks are not.
+    """
+    types = {task.metadata.name: task.metadata.type for task in tasks}
+    return [
+        {"task": r.task_name, "type": types[r.task_name], "score": float(r.get_score())}
+        for r in model_result.task_results
+    ]
+
+
+def evaluate(
+    model: TextEncoder,
+    suite: str = "offline",
+    output: str | Path | None = None,
+    label: str | None = None,
+) -> dict:
+    """Run a suite with mteb (no result cache: a rerun measures again) and return a report.
+
+    The report holds the per-task main scores, the category summary, the wall time, and
+    mteb's full results; ``output`` also writes it as JSON.
+    """
+    import mteb
+
+    tasks = resolve_tasks(suite)
+    start = time.perf_counter()
+    result = mteb.evaluate(model, tasks, cache=None, show_progress_bar=True)
+    seconds = time.perf_counter() - start
+    label = label or model.mteb_model_meta.name
+    records = task_records(result, tasks)
+    report = {
+        "label": label,
+        "model": model.mteb_model_meta.name,
+        "revision": model.mteb_model_meta.revision,
+        "suite": suite,
+        "seconds": round(seconds, 1),
+        "tasks": records,
+        "summary": summarize({label: records}).iloc[0].to_dict(),
+        "mteb": [r.to_dict() for r in result.task_results],
+    }
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def load_reports(paths) -> dict[str, list[dict]]:
+    """Task records of saved reports, keyed by their labels (for ``summarize``)."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    return {report["label"]: report["tasks"] for report in reports}
+
+
+__all__ = [
+    "GraceMTEBModel",
+    "TextEncoder",
+    "minilm_encoder",
+    "evaluate",
+    "resolve_tasks",
+    "load_reports",
+    "summarize",
+    "with_paper",
+    "to_markdown",
+    "bar_chart",
+    "PAPER_TASKS",
+    "SUBSET_TASKS",
+    "HubRequired",
+]

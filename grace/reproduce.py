@@ -1,0 +1,133 @@
+"""Batch reproduction: run the book's notebooks in order with papermill, for one profile.
+
+Each notebook gets ``profile`` and ``output_dir`` injected into its ``parameters`` cell; the
+executed copies and ``reproduce.json`` (status and wall time of each notebook) go to the
+output folder. A failure stops the run with the failing cell's error; running again resumes
+after the last notebook that succeeded. Notebooks share work through ``output_dir``
+(checkpoints, results), so later ones reuse what earlier ones trained.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = ROOT / "notebooks"
+SUMMARY = "reproduce.json"
+
+
+class ReproduceError(RuntimeError):
+    """A notebook failed; the message names it, the cell and the error."""
+
+
+def notebooks(only: list[int] | None = None, folder: Path = NOTEBOOK_DIR) -> list[Path]:
+    """The numbered notebooks (``NN_name.ipynb``) in order, or just the numbers in ``only``."""
+    found = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        found = [p for p in found if int(p.name[:2]) in only]
+    return found
+
+
+def read_summary(output: Path) -> dict:
+    path = output / SUMMARY
+    return json.loads(path.read_text()) if path.exists() else {"notebooks": {}}
+
+
+def reproduce(
+    profile: str,
+    output: str | Path | None = None,
+    only: list[int] | None = None,
+    resume: bool = True,
+    folder: Path = NOTEBOOK_DIR,
+    kernel: str = "python3",
+) -> dict:
+    """Execute the notebooks; returns the summary written to ``output/reproduce.json``."""
+    import papermill
+
+    output = Path(output or ROOT / "runs" / profile).resolve()
+    executed = output / "notebooks"
+    executed.mkdir(parents=True, exist_ok=True)
+    summary = read_summary(output)
+    if summary.get("profile") not in (None, profile):
+        resume = False  # results of another profile are not ours to reuse
+    summary.update(profile=profile)
+    if not resume:
+        summary["notebooks"] = {}
+
+    for source in notebooks(only, folder):
+        record = summary["notebooks"].get(source.name, {})
+        if resume and record.get("status") == "ok" and (executed / source.name).exists():
+            print(f"[reproduce] {source.name}: done before ({record['seconds']} s), skipped")
+            continue
+        print(f"[reproduce] {source.name} with profile {profile!r}")
+        start = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(source),
+                str(executed / source.name),
+                parameters={"profile": profile, "output_dir": str(output)},
+                kernel_name=kernel,
+                cwd=str(ROOT),
+                progress_bar=False,
+            )
+        except papermill.PapermillExecutionError as error:
+            summary["notebooks"][source.name] = {
+                "status": "failed",
+                "seconds": round(time.perf_counter() - start, 1),
+                "error": f"cell {error.exec_count}: {error.ename}: {error.evalue}",
+            }
+            write_summary(output, summary)
+            raise ReproduceError(
+                f"{source.name} failed in cell {error.exec_count} with {error.ename}: "
+                f"{error.evalue}\nExecuted copy with the traceback: {executed / source.name}\n"
+                "Fix it and run again: finished notebooks are skipped."
+            ) from error
+        summary["notebooks"][source.name] = {
+            "status": "ok",
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        write_summary(output, summary)
+    return summary
+
+
+def write_summary(output: Path, summary: dict) -> None:
+    summary["total_seconds"] = round(sum(r["seconds"] for r in summary["notebooks"].values()), 1)
+    (output / SUMMARY).write_text(json.dumps(summary, indent=2))
+
+
+def build_book(executed: str | Path | None = None, builddir: str | Path | None = None) -> Path:
+    """Build the Jupyter Book (warnings are errors) from the executed notebooks in ``executed``.
+
+    The book's sources are copied to a staging folder whose ``book/executed`` is replaced by
+    ``executed`` (default: the committed ``book/executed``), so a CI run can build the book
+    from freshly executed tiny-profile notebooks without touching the committed ones.
+    """
+    builddir = Path(builddir or ROOT / "_build").resolve()
+    with tempfile.TemporaryDirectory() as staging:
+        stage = Path(staging)
+        for name in ("_config.yml", "_toc.yml", "book"):
+            source = ROOT / name
+            copy = shutil.copytree if source.is_dir() else shutil.copy
+            copy(source, stage / name)
+        if executed is not None:
+            shutil.rmtree(stage / "book" / "executed", ignore_errors=True)
+            shutil.copytree(Path(executed), stage / "book" / "executed")
+        subprocess.run(
+            [
+                "jupyter-book",
+                "build",
+                str(stage),
+                "--builddir",
+                str(builddir),
+                "-W",
+                "-n",
+                "--keep-going",
+            ],
+            check=True,
+        )
+    return builddir / "html" / "index.html"

@@ -1,0 +1,158 @@
+import hashlib
+import json
+import math
+
+import mteb
+import numpy as np
+import pytest
+from mteb.models.model_meta import ScoringFunction
+
+from grace.cli import main
+from grace.encoder import GraceEncoder
+from grace.evaluation import (
+    PAPER_TASKS,
+    SUBSET_TASKS,
+    GraceMTEBModel,
+    HubRequired,
+    TextEncoder,
+    bar_chart,
+    evaluate,
+    minilm_encoder,
+    resolve_tasks,
+    summarize,
+    to_markdown,
+    with_paper,
+)
+from grace.evaluation.model import model_meta
+from grace.evaluation.tasks import OFFLINE_TASKS
+
+SCORE_RANGE = {"STS": (-1.0, 1.0)}
+
+
+def random_encoder() -> TextEncoder:
+    """Embeddings drawn from a text's hash: same text, same vector; no meaning at all."""
+
+    def encode(texts):
+        seeds = [int(hashlib.sha256(t.encode()).hexdigest()[:8], 16) for t in texts]
+        return np.stack([np.random.default_rng(s).standard_normal(64) for s in seeds])
+
+    return TextEncoder(encode, model_meta("test/random", "1", 64, None))
+
+
+@pytest.fixture(scope="module")
+def random_report():
+    return evaluate(random_encoder(), "offline")
+
+
+def test_every_offline_task_scores_in_range_with_tiny_random(tiny, tmp_path):
+    model = GraceMTEBModel(GraceEncoder(*tiny), max_new_tokens=2, batch_size=64)
+    report = evaluate(model, "offline", output=tmp_path / "tiny.json")
+    assert {r["task"] for r in report["tasks"]} == {t.metadata.name for t in OFFLINE_TASKS}
+    for record in report["tasks"]:
+        low, high = SCORE_RANGE.get(record["type"], (0.0, 1.0))
+        assert low <= record["score"] <= high, record
+    saved = json.loads((tmp_path / "tiny.json").read_text())
+    assert saved["tasks"] == report["tasks"] and len(saved["mteb"]) == len(OFFLINE_TASKS)
+
+
+def test_minilm_beats_random_embeddings_on_every_offline_task(random_report):
+    minilm = {r["task"]: r["score"] for r in evaluate(minilm_encoder(), "offline")["tasks"]}
+    for record in random_report["tasks"]:
+        assert minilm[record["task"]] > record["score"] + 0.02, record["task"]
+
+
+def test_summary_by_hand():
+    records = [
+        {"task": "A", "type": "STS", "score": 0.5},
+        {"task": "B", "type": "STS", "score": 0.7},
+        {"task": "C", "type": "Retrieval", "score": 0.3},
+    ]
+    row = summarize({"run": records}).loc["run"]
+    assert row["STS"] == pytest.approx(60.0) and row["Retr"] == pytest.approx(30.0)
+    assert math.isnan(row["Cls"])
+    assert row["Mean (Task)"] == pytest.approx((50 + 70 + 30) / 3)  # over tasks
+    assert row["Mean (TaskType)"] == pytest.approx((60 + 30) / 2)  # over categories
+    table = with_paper(summarize({"run": records}))
+    assert "paper: Qwen2.5-1.5B GRACE sup." in table.index
+    assert table.loc["paper: Qwen2.5-1.5B GRACE sup.", "Avg (paper, as printed)"] == 45.48
+    markdown = to_markdown(table)
+    assert "| run | 30.00 |" in markdown and markdown.count("\n") == len(table) + 1
+
+
+def test_bar_chart_draws_one_bar_per_row_and_category(tmp_path):
+    records = {
+        "a": [{"task": "A", "type": "STS", "score": 0.5}],
+        "b": [{"task": "A", "type": "STS", "score": 0.2}],
+    }
+    figure = bar_chart(summarize(records), tmp_path / "chart.png", title="test")
+    assert (tmp_path / "chart.png").stat().st_size > 1000
+    heights = sorted(round(p.get_height(), 3) for p in figure.axes[0].patches)
+    assert heights == [20.0, 20.0, 20.0, 50.0, 50.0, 50.0]  # STS + the two overall means
+
+
+def test_paper_and_subset_task_names_resolve():
+    names = [n for names in PAPER_TASKS.values() for n in names]
+    assert len(names) == 56 and len(SUBSET_TASKS) == 9
+    found = {t.metadata.name: t.metadata.type for t in mteb.get_tasks(tasks=names + SUBSET_TASKS)}
+    assert set(names) | set(SUBSET_TASKS) <= set(found)
+    for category, members in PAPER_TASKS.items():
+        assert {found[n] for n in members} == {category}
+
+
+def test_hub_suites_fail_fast_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubRequired, match="HF_HUB_OFFLINE is set"):
+        resolve_tasks("subset")
+    assert len(resolve_tasks("LeeSTS,RTMovieClustering")) == 2
+
+
+def test_model_meta_names_weights_and_settings(tiny):
+    direct = GraceMTEBModel(GraceEncoder(*tiny), mode="direct")
+    rationale = GraceMTEBModel(GraceEncoder(*tiny), mode="rationale")
+    assert direct.mteb_model_meta.similarity_fn_name is ScoringFunction.COSINE
+    assert direct.mteb_model_meta.revision != rationale.mteb_model_meta.revision
+    assert direct.mteb_model_meta.name.endswith("-direct")
+
+
+def test_each_distinct_text_is_encoded_once():
+    seen = []
+    encoder = TextEncoder(
+        lambda texts: seen.extend(texts) or np.eye(4)[len(seen) - len(texts) : len(seen)],
+        model_meta("test/count", "1", 4, None),
+    )
+    batches = [{"text": ["a", "b"]}, {"text": ["a", "c", "b"]}]
+    out = encoder.encode(batches, task_metadata=None, hf_split="test", hf_subset="default")
+    assert seen == ["a", "b", "c"]
+    assert np.array_equal(out[0], out[2]) and np.array_equal(out[1], out[4])
+    again = encoder.encode([{"text": ["c", "d"]}], task_metadata=None, hf_split="t", hf_subset="d")
+    assert seen == ["a", "b", "c", "d"] and np.array_equal(again[0], out[3])
+
+
+def test_cli_eval_offline_subset_of_tasks(tmp_path, capsys):
+    output = tmp_path / "report.json"
+    code = main(
+        [
+            "eval",
+            "--model",
+            "tiny-random",
+            "--mode",
+            "direct",
+            "--suite",
+            "LeeSTS",
+            "--output",
+            str(output),
+            "--label",
+            "tiny direct",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    assert "| tiny direct |" in capsys.readouterr().out
+    assert json.loads(output.read_text())["tasks"][0]["task"] == "LeeSTS"
+
+
+def test_cli_eval_hub_suite_offline_is_a_clear_error(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["eval", "--model", "tiny-random", "--suite", "paper"]) == 2
+    assert "needs 56 tasks" in capsys.readouterr().err
