@@ -9,14 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-PLANNED = "Planned commands (later chapters): reproduce."
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="grace",
         description="GRACE: embeddings from an LLM's rationales, trained with GRPO.",
-        epilog=PLANNED,
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -49,6 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--label", help="row name in tables (default: the model's name)")
     add_encoder_options(evaluate)
     evaluate.set_defaults(run=run_eval)
+
+    reproduce = commands.add_parser("reproduce", help="run the book's notebooks with papermill")
+    reproduce.add_argument("--profile", default="cpu", help="tiny | cpu | colab | paper | YAML")
+    reproduce.add_argument("--only", help="notebook numbers to run, e.g. 5,8")
+    reproduce.add_argument("--output", help="where executed notebooks and results go")
+    reproduce.add_argument("--fresh", action="store_true", help="rerun finished notebooks too")
+    reproduce.set_defaults(run=run_reproduce)
+
+    book = commands.add_parser("book", help="build the Jupyter Book (warnings are errors)")
+    book.add_argument("--executed", help="executed notebooks to use (default: book/executed)")
+    book.add_argument("--output", help="the HTML goes to OUTPUT/_build/html (default: .)")
+    book.set_defaults(run=run_book)
     return parser
 
 
@@ -117,14 +126,29 @@ def run_eval(args: argparse.Namespace) -> None:
     )
 
 
+def run_reproduce(args: argparse.Namespace) -> None:
+    from grace.reproduce import reproduce
+
+    only = [int(n) for n in args.only.split(",")] if args.only else None
+    summary = reproduce(args.profile, args.output, only=only, resume=not args.fresh)
+    print(f"All notebooks done in {summary['total_seconds']} s (profile {args.profile}).")
+
+
+def run_book(args: argparse.Namespace) -> None:
+    from grace.reproduce import build_book
+
+    print(f"Book built: {build_book(args.executed, args.output)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from grace.data import DataError
     from grace.models import ModelLoadError
+    from grace.reproduce import ReproduceError
 
     try:
         args.run(args)
-    except (DataError, ModelLoadError, ValueError, FileNotFoundError) as error:
+    except (DataError, ModelLoadError, ReproduceError, ValueError, FileNotFoundError) as error:
         print(f"grace {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -75,6 +75,11 @@ class TrainConfig:
     contrastive_temperature: float = 0.05
     simcse_dropout: float = 0.1
 
+    # Evaluation (notebooks and `grace reproduce`): the paper samples up to 2048 tokens.
+    eval_suite: str = "offline"
+    eval_max_new_tokens: int = 2048
+    eval_batch_size: int = 8
+
     # Bookkeeping.
     logging_steps: int = 1
     save_steps: int = 50

@@ -10,6 +10,7 @@ import warnings
 
 from transformers import PreTrainedTokenizerBase
 
+#: The paper's system message, verbatim. The policy reads it before every text.
 SYSTEM_PROMPT = (
     "Read and analyze the following text, then you need to provide your reasoning within "
     "<think></think> tags. Finally, generate a comprehensive understanding of this text."

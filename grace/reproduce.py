@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,7 +56,7 @@ def reproduce(
     summary = read_summary(output)
     if summary.get("profile") not in (None, profile):
         resume = False  # results of another profile are not ours to reuse
-    summary.update(profile=profile)
+    summary["profile"] = profile
     if not resume:
         summary["notebooks"] = {}
 
@@ -92,22 +93,39 @@ def reproduce(
             "seconds": round(time.perf_counter() - start, 1),
         }
         write_summary(output, summary)
+    write_summary(output, summary)  # also when every notebook was done before
     return summary
 
 
 def write_summary(output: Path, summary: dict) -> None:
+    """``reproduce.json``, and the book page ``notebooks/run_summary.md`` beside the notebooks."""
     summary["total_seconds"] = round(sum(r["seconds"] for r in summary["notebooks"].values()), 1)
+    summary["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     (output / SUMMARY).write_text(json.dumps(summary, indent=2))
+    lines = [
+        "# Run summary",
+        "",
+        f"The notebooks of this book were executed by `grace reproduce --profile "
+        f"{summary['profile']}` (last update {summary['finished']}); total "
+        f"{summary['total_seconds']} s of notebook wall time.",
+        "",
+        "| notebook | status | wall time (s) |",
+        "|---|---|---|",
+    ]
+    for name, record in summary["notebooks"].items():
+        lines.append(f"| {name} | {record['status']} | {record['seconds']} |")
+    (output / "notebooks" / "run_summary.md").write_text("\n".join(lines) + "\n")
 
 
-def build_book(executed: str | Path | None = None, builddir: str | Path | None = None) -> Path:
+def build_book(executed: str | Path | None = None, output: str | Path | None = None) -> Path:
     """Build the Jupyter Book (warnings are errors) from the executed notebooks in ``executed``.
 
     The book's sources are copied to a staging folder whose ``book/executed`` is replaced by
     ``executed`` (default: the committed ``book/executed``), so a CI run can build the book
     from freshly executed tiny-profile notebooks without touching the committed ones.
     """
-    builddir = Path(builddir or ROOT / "_build").resolve()
+    output = Path(output or ROOT).resolve()  # the HTML lands in output/_build/html
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
     with tempfile.TemporaryDirectory() as staging:
         stage = Path(staging)
         for name in ("_config.yml", "_toc.yml", "book"):
@@ -119,15 +137,15 @@ def build_book(executed: str | Path | None = None, builddir: str | Path | None =
             shutil.copytree(Path(executed), stage / "book" / "executed")
         subprocess.run(
             [
-                "jupyter-book",
+                str(jupyter_book),
                 "build",
                 str(stage),
-                "--builddir",
-                str(builddir),
+                "--path-output",
+                str(output),
                 "-W",
                 "-n",
                 "--keep-going",
             ],
             check=True,
         )
-    return builddir / "html" / "index.html"
+    return output / "_build" / "html" / "index.html"

@@ -78,8 +78,10 @@ def supervised_rewards(
     """Rewards of the ``n`` positive-document rollouts of ``G`` (query, positive, negative) triples.
 
     ``query`` (G, H) and ``negative`` (G, H) are one rollout each; ``positives`` is (G, n, H).
-    r_gi = [cos(q_g, d+_gi) - cos(q_g, d-_g) + w_c * mean_{j!=i} cos(d+_gi, d+_gj)
-            - w_x * mean_{g'!=g} max_j cos(q_g, d+_g'j)] / tau
+    The reward of rollout i of group g is::
+
+        [cos(q_g, d+_gi) - cos(q_g, d-_g) + w_c * mean_{j!=i} cos(d+_gi, d+_gj)
+         - w_x * mean_{g'!=g} max_j cos(q_g, d+_g'j)] / tau
     """
     config = config or RewardConfig()
     groups, n, _ = positives.shape
@@ -104,8 +106,10 @@ def unsupervised_rewards(
 ) -> RewardTerms:
     """Rewards when the only data is sentences: the "query" is another rollout of the same one.
 
-    r_gi = [cos(q_g, s_gi) + w_c * mean_{j!=i} cos(s_gi, s_gj)
-            - w_x * mean_{g'!=g} cos(s_gi, q_g')] / tau
+    The reward of rollout i of group g is::
+
+        [cos(q_g, s_gi) + w_c * mean_{j!=i} cos(s_gi, s_gj)
+         - w_x * mean_{g'!=g} cos(s_gi, q_g')] / tau
     """
     config = config or RewardConfig()
     positive = torch.einsum("gh,gnh->gn", query, samples)

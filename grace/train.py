@@ -46,6 +46,9 @@ def completion_text(completion) -> str:
     return completion[-1]["content"] if isinstance(completion, list) else completion
 
 
+LOG_HISTORY = "log_history.json"
+
+
 class GraceReward:
     """A trl reward function computing GRACE rewards with the live policy.
 
@@ -238,4 +241,23 @@ def train(config: TrainConfig):
     last = get_last_checkpoint(str(output)) if output.exists() else None
     trainer.train(resume_from_checkpoint=last)
     save_final_model(trainer.model, trainer.processing_class, config.output_dir)
+    (output / LOG_HISTORY).write_text(json.dumps(trainer.state.log_history, indent=1))
     return trainer
+
+
+def trained_model(config: TrainConfig) -> Path:
+    """The folder of a finished run with this exact configuration, training it if needed.
+
+    Notebooks call this, so a later notebook (or a rerun) reuses a model trained earlier.
+    """
+    output = Path(config.output_dir)
+    saved = output / "train_config.json"
+    finished = (output / LOG_HISTORY).exists() and saved.exists()
+    if not (finished and json.loads(saved.read_text()) == json.loads(json.dumps(asdict(config)))):
+        train(config)
+    return output
+
+
+def log_history(output_dir: str | Path) -> list[dict]:
+    """The logged metrics of a finished run, one dict per logging step."""
+    return json.loads((Path(output_dir) / LOG_HISTORY).read_text())

@@ -1,0 +1,90 @@
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from grace.reproduce import NOTEBOOK_DIR, ROOT, ReproduceError, notebooks, reproduce
+
+
+def write_notebook(path: Path, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "tiny"\noutput_dir = "nowhere"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(nb, path)
+
+
+def test_parameters_failure_and_resume(tmp_path):
+    source, output = tmp_path / "notebooks", tmp_path / "out"
+    source.mkdir()
+    write_notebook(
+        source / "01_first.ipynb",
+        "from pathlib import Path\nPath(output_dir, 'seen.txt').write_text(profile)",
+    )
+    write_notebook(source / "02_second.ipynb", "raise ValueError('broken on purpose')")
+
+    with pytest.raises(ReproduceError, match=r"02_second.ipynb failed in cell 2 with ValueError"):
+        reproduce("cpu", output, folder=source)
+    assert (output / "seen.txt").read_text() == "cpu"  # parameters were injected
+    summary = json.loads((output / "reproduce.json").read_text())
+    assert summary["notebooks"]["01_first.ipynb"]["status"] == "ok"
+    assert "broken on purpose" in summary["notebooks"]["02_second.ipynb"]["error"]
+
+    (output / "seen.txt").unlink()
+    write_notebook(source / "02_second.ipynb", "x = 1")
+    summary = reproduce("cpu", output, folder=source)
+    assert not (output / "seen.txt").exists()  # the finished notebook was not run again
+    assert [r["status"] for r in summary["notebooks"].values()] == ["ok", "ok"]
+    page = (output / "notebooks" / "run_summary.md").read_text()
+    assert "--profile cpu" in page and "| 02_second.ipynb | ok |" in page
+
+    summary = reproduce("tiny", output, folder=source)  # another profile: nothing is reused
+    assert (output / "seen.txt").read_text() == "tiny"
+
+
+def test_only_selects_notebooks_by_number():
+    assert [p.name[:2] for p in notebooks([5, 8])] == ["05", "08"]
+    assert len(notebooks()) == 9
+
+
+@pytest.mark.parametrize("path", notebooks(), ids=lambda p: p.name)
+def test_every_notebook_starts_with_a_parameters_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    first_code = next(c for c in nb.cells if c.cell_type == "code")
+    assert "parameters" in first_code.metadata.get("tags", [])
+    assert "profile =" in first_code.source and "output_dir =" in first_code.source
+    assert not any(
+        c.get("outputs") for c in nb.cells if c.cell_type == "code"
+    )  # sources stay clean
+
+
+def executed_folders() -> list[Path]:
+    return [
+        p for p in (ROOT / "book" / "executed", ROOT / "runs" / "tiny" / "notebooks") if p.exists()
+    ]
+
+
+def test_executed_notebooks_end_with_a_figure_or_table():
+    folders = executed_folders()
+    assert folders, "no executed notebooks: run `make book` or `grace reproduce --profile tiny`"
+    for folder in folders:
+        for source in notebooks():
+            nb = nbformat.read(folder / source.name, as_version=4)
+            outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+            rich = {k for o in outputs for k in o.get("data", {})}
+            assert rich & {"image/png", "text/html", "text/markdown"}, f"{folder}/{source.name}"
+
+
+def test_publishing_workflow_parses():
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "book.yml").read_text())
+    steps = [s.get("run", "") for s in workflow["jobs"]["build"]["steps"]]
+    assert any("grace book" in s for s in steps)
+    assert "deploy" in workflow["jobs"]
+    assert NOTEBOOK_DIR.exists()
