@@ -30,7 +30,8 @@ def test_parameters_failure_and_resume(tmp_path):
     )
     write_notebook(source / "02_second.ipynb", "raise ValueError('broken on purpose')")
 
-    with pytest.raises(ReproduceError, match=r"02_second.ipynb failed in cell 2 with ValueError"):
+    # Cell 3 of the executed copy: papermill adds its injected-parameters cell after ours.
+    with pytest.raises(ReproduceError, match=r"02_second.ipynb failed in cell 3 with ValueError"):
         reproduce("cpu", output, folder=source)
     assert (output / "seen.txt").read_text() == "cpu"  # parameters were injected
     summary = json.loads((output / "reproduce.json").read_text())

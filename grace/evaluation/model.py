@@ -123,7 +123,7 @@ def sentence_transformer_encoder(path: str, name: str | None = None) -> TextEnco
     meta = model_meta(
         name or f"local/{Path(path).name}",
         "local",
-        model.get_sentence_embedding_dimension(),
+        model.get_embedding_dimension(),
         sum(p.numel() for p in model.parameters()),
     )
     return TextEncoder(
