@@ -142,13 +142,14 @@ def run_book(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from grace.config import ConfigError
     from grace.data import DataError
     from grace.models import ModelLoadError
     from grace.reproduce import ReproduceError
 
     try:
         args.run(args)
-    except (DataError, ModelLoadError, ReproduceError, ValueError, FileNotFoundError) as error:
+    except (ConfigError, DataError, ModelLoadError, ReproduceError, FileNotFoundError) as error:
         print(f"grace {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -20,6 +20,10 @@ METHODS = ("grace", "contrastive", "simcse")
 SETTINGS = ("supervised", "unsupervised")
 
 
+class ConfigError(ValueError):
+    """A setting that cannot be used: unknown key, bad value, malformed override."""
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs. Defaults follow the paper's reference recipe."""
@@ -89,11 +93,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"Unknown method {self.method!r}; choose one of {METHODS}.")
+            raise ConfigError(f"Unknown method {self.method!r}; choose one of {METHODS}.")
         if self.setting not in SETTINGS:
-            raise ValueError(f"Unknown setting {self.setting!r}; choose one of {SETTINGS}.")
+            raise ConfigError(f"Unknown setting {self.setting!r}; choose one of {SETTINGS}.")
         if self.num_generations < 2:
-            raise ValueError("num_generations must be at least 2 (advantages are group-relative).")
+            raise ConfigError("num_generations must be at least 2 (advantages are group-relative).")
 
     def trainer_arguments(self) -> dict:
         """The ``TrainingArguments`` every method shares (trl's configs extend them)."""
@@ -144,7 +148,7 @@ def parse_overrides(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"Expected key=value, got {pair!r}.")
+            raise ConfigError(f"Expected key=value, got {pair!r}.")
         values[key.strip()] = number_or_value(yaml.safe_load(value))
     return values
 
@@ -176,5 +180,5 @@ def load_config(
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"Unknown configuration keys {unknown}; valid keys: {sorted(known)}.")
+        raise ConfigError(f"Unknown configuration keys {unknown}; valid keys: {sorted(known)}.")
     return TrainConfig(**values)

@@ -124,19 +124,12 @@ def evaluate(
     return report
 
 
-def load_reports(paths) -> dict[str, list[dict]]:
-    """Task records of saved reports, keyed by their labels (for ``summarize``)."""
-    reports = [json.loads(Path(p).read_text()) for p in paths]
-    return {report["label"]: report["tasks"] for report in reports}
-
-
 __all__ = [
     "GraceMTEBModel",
     "TextEncoder",
     "minilm_encoder",
     "evaluate",
     "resolve_tasks",
-    "load_reports",
     "summarize",
     "with_paper",
     "to_markdown",
