@@ -65,7 +65,11 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
     """The ``GraceEncoder`` settings shared by the commands that embed text."""
     parser.add_argument("--mode", choices=("rationale", "direct"), default="rationale")
     parser.add_argument("--max-new-tokens", type=int, default=2048)
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy rationales")
+    parser.add_argument(
+        "--num-rationales", type=int, default=1, help="average the embeddings of k rationales"
+    )
+    parser.add_argument("--int8", action="store_true", help="dynamic int8 quantisation (CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--cache-dir", help="reuse rationales sampled before (SQLite cache)")
@@ -78,6 +82,8 @@ def encoder_settings(args: argparse.Namespace) -> dict:
         mode=args.mode,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
+        num_rationales=args.num_rationales,
+        int8=args.int8,
         seed=args.seed,
         batch_size=args.batch_size,
         cache_dir=args.cache_dir,

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from grace.models import load_model, model_fingerprint
+from grace.models import load_model, model_fingerprint, quantize_int8
 from grace.pooling import pool
 from grace.prompts import SYSTEM_PROMPT, build_prompts, system_prefix_length
 from grace.rationale import (
@@ -45,6 +45,8 @@ class EncoderConfig:
     max_input_tokens: int = 1024
     pooling: str = "mean"
     single_pass: bool = True  # pool the states of generation itself, no second forward pass
+    num_rationales: int = 1  # k > 1: average the embeddings of k sampled rationales per text
+    int8: bool = False  # dynamic int8 quantisation of the linear layers (CPU inference only)
     batch_size: int = 8
     cache_dir: str | None = None  # folder of the on-disk rationale cache; None disables it
     system_prompt: str = SYSTEM_PROMPT
@@ -52,6 +54,14 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"Unknown mode {self.mode!r}; choose one of {MODES}.")
+        if self.num_rationales < 1:
+            raise ValueError(f"num_rationales must be at least 1, got {self.num_rationales}.")
+
+    @property
+    def draws(self) -> int:
+        """Rationales per text: ``num_rationales``, or 1 where there is nothing to sample."""
+        greedy = self.temperature == 0
+        return 1 if self.mode == "direct" or greedy else self.num_rationales
 
     @property
     def sampling(self) -> SamplingConfig:
@@ -115,8 +125,8 @@ class RationaleCache:
         self.db.execute("CREATE TABLE IF NOT EXISTS rationales (key TEXT PRIMARY KEY, ids TEXT)")
 
     @staticmethod
-    def key(model_id: str, prompt: str, sampling: SamplingConfig, seed: int) -> str:
-        fields = [model_id, prompt, asdict(replace(sampling, seed=seed))]
+    def key(model_id: str, prompt: str, sampling: SamplingConfig, seed: int, draw: int) -> str:
+        fields = [model_id, prompt, asdict(replace(sampling, seed=seed)), draw]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
     def get(self, key: str) -> list[int] | None:
@@ -159,8 +169,11 @@ class GraceEncoder:
     def from_pretrained(
         cls, name_or_path: str, device: str | None = None, dtype=None, **config
     ) -> GraceEncoder:
+        settings = EncoderConfig(**config)
         model, tokenizer = load_model(name_or_path, device=device, dtype=dtype)
-        return cls(model, tokenizer, EncoderConfig(**config))
+        if settings.int8:
+            model = quantize_int8(model)
+        return cls(model, tokenizer, settings)
 
     def encode(
         self,
@@ -179,27 +192,46 @@ class GraceEncoder:
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
     ) -> tuple[np.ndarray, list[str]]:
-        """Embeddings and the rationale written for each text ("" in direct mode)."""
+        """Embeddings and the (first) rationale written for each text ("" in direct mode).
+
+        With ``num_rationales`` k > 1 the embedding is the re-normalised mean of the k draws.
+        """
+        draws, rationales = self.encode_draws(texts, batch_size, show_progress_bar)
+        return mean_of_draws(draws), [written[0] for written in rationales]
+
+    def encode_draws(
+        self,
+        texts: list[str],
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> tuple[np.ndarray, list[list[str]]]:
+        """(N, k, H) unit embeddings, one per sampled rationale, and the k rationales per text.
+
+        ``batch_size`` counts generated rows, so a batch holds ``batch_size // k`` texts.
+        """
         config = self.config
+        k = config.draws
         if not texts:
-            return np.zeros((0, self.model.config.hidden_size), dtype=np.float32), []
+            return np.zeros((0, k, self.model.config.hidden_size), dtype=np.float32), []
         texts = self._clean(list(texts))
         prompts = build_prompts(
             self.tokenizer, texts, config.system_prompt, config.max_input_tokens
         )
         lengths = [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
         order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
-        size = batch_size or config.batch_size
+        size = max(1, (batch_size or config.batch_size) // k)
         batches = [order[i : i + size] for i in range(0, len(order), size)]
         show = len(batches) > 1 if show_progress_bar is None else show_progress_bar
 
         embeddings = [None] * len(prompts)
-        rationales = [""] * len(prompts)
+        rationales = [[""] * k for _ in prompts]
         with seeded(config.seed):
             for batch in tqdm(batches, desc=f"encode ({config.mode})", disable=not show):
-                vectors, written = self._encode_batch([prompts[i] for i in batch])
-                for i, vector, rationale in zip(batch, vectors, written, strict=True):
-                    embeddings[i], rationales[i] = vector, rationale
+                rows = [(prompts[i], draw) for i in batch for draw in range(k)]
+                vectors, written = self._encode_batch(rows)
+                for n, i in enumerate(batch):
+                    embeddings[i] = vectors[n * k : (n + 1) * k]
+                    rationales[i] = written[n * k : (n + 1) * k]
         return torch.stack(embeddings).cpu().numpy(), rationales
 
     def _clean(self, texts: list[str]) -> list[str]:
@@ -214,15 +246,17 @@ class GraceEncoder:
                 texts[i] = ""
         return texts
 
-    def _encode_batch(self, prompts: list[str]) -> tuple[torch.Tensor, list[str]]:
+    def _encode_batch(self, rows: list[tuple[str, int]]) -> tuple[torch.Tensor, list[str]]:
+        """Embeddings and rationales of (prompt, draw) rows; draws of a prompt differ by cache key."""
         device = self.model.device
+        prompts = [prompt for prompt, _ in rows]
         if self.config.mode == "direct":
             rollouts = rollouts_from_completions(
                 self.tokenizer, prompts, [[]] * len(prompts), device
             )
             return self._embed(rollouts), [""] * len(prompts)
 
-        keys = [self._cache_key(p) for p in prompts] if self.cache else [None] * len(prompts)
+        keys = [self._cache_key(*row) for row in rows] if self.cache else [None] * len(rows)
         stored = [self.cache.get(k) if self.cache else None for k in keys]
         missing = [i for i, ids in enumerate(stored) if ids is None]
         vectors: list[torch.Tensor | None] = [None] * len(prompts)
@@ -261,5 +295,12 @@ class GraceEncoder:
     def _embed(self, rollouts: Rollouts) -> torch.Tensor:
         return embed_rollouts(self.model, rollouts, self.prefix_length, self.config.pooling)
 
-    def _cache_key(self, prompt: str) -> str:
-        return RationaleCache.key(self.model_id, prompt, self.config.sampling, self.config.seed)
+    def _cache_key(self, prompt: str, draw: int) -> str:
+        config = self.config
+        return RationaleCache.key(self.model_id, prompt, config.sampling, config.seed, draw)
+
+
+def mean_of_draws(draws: np.ndarray) -> np.ndarray:
+    """(N, k, H) unit vectors -> (N, H): their mean, scaled back to unit length."""
+    mean = draws.mean(axis=1)
+    return (mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(min=1e-12)).astype(np.float32)

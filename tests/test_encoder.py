@@ -103,3 +103,46 @@ def test_smollm2_writes_english_and_embeds_related_texts_closer(smollm2):
     similarity = embeddings @ embeddings.T
     assert similarity[0, 1] > similarity[0, 2]
     assert similarity[0, 1] > similarity[1, 2]
+
+
+def test_k_draws_are_distinct_and_their_mean_is_the_embedding(tiny, texts):
+    encoder = GraceEncoder(*tiny, max_new_tokens=6, num_rationales=3, batch_size=6)
+    draws, rationales = encoder.encode_draws(texts)
+    assert draws.shape == (len(texts), 3, tiny[0].config.hidden_size)
+    assert np.allclose(np.linalg.norm(draws, axis=2), 1.0, atol=1e-5)
+    assert len(rationales[0]) == 3 and len(set(rationales[0])) > 1  # independent samples
+    assert encoder.generated == 3 * len(texts)
+
+    embeddings, first = GraceEncoder(*tiny, max_new_tokens=6, num_rationales=3, batch_size=6)\
+        .encode_with_rationales(texts)
+    mean = draws.mean(axis=1)
+    assert np.allclose(embeddings, mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-5)
+    assert first == [r[0] for r in rationales]
+
+
+def test_greedy_and_direct_modes_make_a_single_draw(tiny, texts):
+    assert EncoderConfig(temperature=0, num_rationales=4).draws == 1
+    assert EncoderConfig(mode="direct", num_rationales=4).draws == 1
+    assert EncoderConfig(num_rationales=4).draws == 4
+    with pytest.raises(ValueError, match="num_rationales"):
+        EncoderConfig(num_rationales=0)
+
+
+def test_cached_draws_stay_distinct(tiny, texts, tmp_path):
+    config = EncoderConfig(max_new_tokens=6, num_rationales=2, cache_dir=str(tmp_path))
+    first, rationales = GraceEncoder(*tiny, config).encode_draws(texts[:2])
+    again = GraceEncoder(*tiny, config)
+    second, cached = again.encode_draws(texts[:2])
+    assert again.generated == 0 and cached == rationales
+    assert np.allclose(first, second, atol=1e-5)
+
+
+def test_int8_encoder_stays_close_to_fp32_and_names_other_weights(texts):
+    from grace.models import model_fingerprint
+
+    fp32 = GraceEncoder.from_pretrained("tiny-random", mode="direct")
+    int8 = GraceEncoder.from_pretrained("tiny-random", mode="direct", int8=True)
+    assert "DynamicQuantizedLinear" in repr(int8.model)
+    cosine = (fp32.encode(texts) * int8.encode(texts)).sum(axis=1)
+    assert cosine.min() > 0.98
+    assert model_fingerprint(fp32.model) != model_fingerprint(int8.model)

@@ -1,0 +1,100 @@
+"""Is the model still a language model? Perplexity and a few instructions, before and after.
+
+The paper's claim: contrastive fine-tuning turns the LLM into an encoder that no longer
+writes, while GRACE, trained through its own generations, keeps that ability. Two automatic
+measures: perplexity on held-out prose (the 50 Lee evaluation documents, never trained on)
+and fixed instructions with a known answer, judged by whether the greedy reply contains it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from grace.data import lee_documents
+from grace.prompts import chat_prompt
+from grace.rationale import SamplingConfig, generate_rationales
+
+# (instruction, accepted answers): a reply passes when it contains one of them as a whole word.
+INSTRUCTIONS = [
+    ("What is the capital of France? Answer in one word.", ["paris"]),
+    ("What is 12 plus 7? Reply with the number only.", ["19", "nineteen"]),
+    ("How do you say 'thank you' in Spanish?", ["gracias"]),
+    ("Which planet is the largest in our solar system?", ["jupiter"]),
+    ("What colour is the sky on a clear day?", ["blue"]),
+    ("Give the opposite of the word 'hot'.", ["cold"]),
+    ("How many days are there in a week?", ["7", "seven"]),
+    ("Who wrote the play Romeo and Juliet?", ["shakespeare"]),
+    ("Which gas do plants take in from the air to make food?", ["carbon dioxide", "co2"]),
+    ("What is the freezing point of water in degrees Celsius?", ["0", "zero"]),
+]
+
+
+@torch.no_grad()
+def perplexity(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    max_tokens: int = 128,
+    batch_size: int = 8,
+) -> float:
+    """exp(mean next-token loss) over all tokens of ``texts`` (each cut to ``max_tokens``)."""
+    total_loss, total_tokens = 0.0, 0
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(
+            texts[start : start + batch_size],
+            truncation=True,
+            max_length=max_tokens,
+            padding=True,
+            return_tensors="pt",
+        ).to(model.device)
+        mask = batch["attention_mask"]
+        position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        logits = model(**batch, position_ids=position_ids).logits[:, :-1].float()
+        targets = batch["input_ids"][:, 1:]
+        keep = mask[:, 1:].bool()
+        losses = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), targets, reduction="none"
+        )
+        total_loss += losses[keep].sum().item()
+        total_tokens += int(keep.sum())
+    return math.exp(total_loss / total_tokens)
+
+
+def answer_instructions(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    instructions: list[tuple[str, list[str]]] = INSTRUCTIONS,
+    max_new_tokens: int = 40,
+) -> list[dict]:
+    """Greedy replies (the model's own chat template, no GRACE system prompt), each judged."""
+    prompts = [chat_prompt(tokenizer, question, "") for question, _ in instructions]
+    replies = generate_rationales(
+        model, tokenizer, prompts, SamplingConfig(temperature=0, max_new_tokens=max_new_tokens)
+    ).texts
+    return [
+        {
+            "instruction": question,
+            "reply": reply.strip(),
+            "passed": contains_answer(reply, answers),
+        }
+        for (question, answers), reply in zip(instructions, replies, strict=True)
+    ]
+
+
+def contains_answer(reply: str, answers: list[str]) -> bool:
+    """True when one of ``answers`` appears in ``reply`` as a whole word (any case)."""
+    return any(re.search(rf"\b{re.escape(answer)}\b", reply.lower()) for answer in answers)
+
+
+def generative_check(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict:
+    """Perplexity on the Lee evaluation documents and the instruction pass rate, with replies."""
+    replies = answer_instructions(model, tokenizer)
+    return {
+        "perplexity": perplexity(model, tokenizer, lee_documents(background=False)),
+        "instructions_passed": sum(r["passed"] for r in replies) / len(replies),
+        "replies": replies,
+    }

@@ -1,0 +1,68 @@
+"""How far one sampled rationale moves the scores, and what greedy decoding or averaging buys.
+
+The paper scores one rationale sampled at temperature 1 per text. Here one generation pass
+writes k rationales per text into a ``DrawBank``; every variant reads from it, so "draw j
+alone" (k single-sample scores: the spread a new sampling seed gives) and "mean of the first
+m draws" cost no extra sampling. Greedy decoding is ``GraceMTEBModel(..., temperature=0)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from grace.encoder import GraceEncoder, mean_of_draws
+from grace.evaluation.model import TextEncoder, model_meta
+
+
+class DrawBank:
+    """The (k, H) draw embeddings of each text an encoder has seen, computed once."""
+
+    def __init__(self, encoder: GraceEncoder) -> None:
+        self.encoder = encoder
+        self.memory: dict[str, np.ndarray] = {}
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        new = [text for text in dict.fromkeys(texts) if text not in self.memory]
+        if new:
+            draws, _ = self.encoder.encode_draws(new, show_progress_bar=True)
+            self.memory.update(zip(new, draws, strict=True))
+        return np.stack([self.memory[text] for text in texts])
+
+
+def draw_variants(encoder: GraceEncoder, name: str, means: tuple[int, ...] = (2, 4)) -> dict:
+    """mteb encoders ``draw 1`` .. ``draw k`` and ``mean of m`` (m in ``means``, m <= k)."""
+    bank = DrawBank(encoder)
+    k = encoder.config.draws
+
+    def variant(label: str, pick) -> TextEncoder:
+        meta = model_meta(
+            f"grace/{name}-{label.replace(' ', '-')}",
+            "draws",
+            encoder.model.config.hidden_size,
+            encoder.model.num_parameters(),
+        )
+        return TextEncoder(lambda texts: pick(bank(texts)), meta)
+
+    variants = {f"draw {j + 1}": variant(f"draw {j + 1}", lambda d, j=j: d[:, j]) for j in range(k)}
+    for m in means:
+        if m <= k:
+            variants[f"mean of {m}"] = variant(f"mean of {m}", lambda d, m=m: mean_of_draws(d[:, :m]))
+    return variants
+
+
+def mean_std(table: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
+    """Mean and sample standard deviation over ``rows`` of a summary table, per column."""
+    picked = table.loc[rows]
+    return pd.DataFrame({"mean": picked.mean(), "std": picked.std(ddof=1)}).T
+
+
+def plus_minus(stats: pd.DataFrame, digits: int = 2) -> pd.Series:
+    """``mean_std`` output as ``"46.75 ± 0.41"`` strings, per column."""
+    return pd.Series(
+        {
+            column: f"{stats.loc['mean', column]:.{digits}f} ± {stats.loc['std', column]:.{digits}f}"
+            for column in stats.columns
+            if pd.notna(stats.loc["mean", column])
+        }
+    )

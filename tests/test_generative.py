@@ -1,0 +1,43 @@
+import math
+
+import pytest
+
+from grace.evaluation.generative import (
+    answer_instructions,
+    contains_answer,
+    generative_check,
+    perplexity,
+)
+
+
+def test_perplexity_is_finite_and_ignores_padding(tiny):
+    model, tokenizer = tiny
+    value = perplexity(model, tokenizer, ["hello world", "a longer sentence of some words"])
+    assert 1.0 < value < 10_000 and math.isfinite(value)
+    # Batched with padding or one at a time: the same token-weighted mean.
+    one_by_one = perplexity(
+        model, tokenizer, ["hello world", "a longer sentence of some words"], batch_size=1
+    )
+    assert value == pytest.approx(one_by_one, rel=2e-3)  # float32 sums in another order
+
+
+def test_answers_count_only_as_whole_words():
+    assert contains_answer("The capital of France is Paris.", ["paris"])
+    assert contains_answer("A week has 7 days", ["7", "seven"])
+    assert not contains_answer("It freezes at -18.0000000000001 Celsius", ["0", "zero"])
+    assert not contains_answer("Parisian food", ["paris"])
+
+
+def test_replies_are_judged_one_per_instruction(tiny):
+    model, tokenizer = tiny
+    questions = [("say paris", ["paris"]), ("say blue", ["blue"])]
+    replies = answer_instructions(model, tokenizer, questions, max_new_tokens=4)
+    assert [r["instruction"] for r in replies] == ["say paris", "say blue"]
+    assert all(r["passed"] == contains_answer(r["reply"], a) for r, (_, a) in zip(replies, questions))
+
+
+@pytest.mark.smollm2
+def test_smollm2_answers_most_instructions(smollm2):
+    report = generative_check(*smollm2)
+    assert report["instructions_passed"] >= 0.5  # base SmolLM2 measured 0.7 (7 of 10)
+    assert 10 < report["perplexity"] < 100  # base SmolLM2 on Lee documents: ~40
