@@ -247,7 +247,7 @@ class GraceEncoder:
         return texts
 
     def _encode_batch(self, rows: list[tuple[str, int]]) -> tuple[torch.Tensor, list[str]]:
-        """Embeddings and rationales of (prompt, draw) rows; draws of a prompt differ by cache key."""
+        """Embeddings and rationales of (prompt, draw) rows; each draw has its own cache key."""
         device = self.model.device
         prompts = [prompt for prompt, _ in rows]
         if self.config.mode == "direct":

@@ -41,7 +41,9 @@ def run_variant(name: str, overrides: dict) -> dict:
     model_dir = trained_model(config)
     train_seconds = time.perf_counter() - start
     encoder = GraceMTEBModel(
-        model_dir, mode="rationale", max_new_tokens=config.eval_max_new_tokens,
+        model_dir,
+        mode="rationale",
+        max_new_tokens=config.eval_max_new_tokens,
         batch_size=config.eval_batch_size,
     )
     report = evaluate(encoder, config.eval_suite, label=f"GRACE supervised ({name})")
@@ -66,8 +68,11 @@ def main(names: list[str]) -> None:
             continue
         record = run_variant(name, VARIANTS[name])
         path.write_text(json.dumps(record, indent=1))
-        print(f"{name}: Mean (Task) {record['summary']['Mean (Task)']:.2f}, "
-              f"train {record['train_seconds']} s, eval {record['seconds']} s", flush=True)
+        print(
+            f"{name}: Mean (Task) {record['summary']['Mean (Task)']:.2f}, "
+            f"train {record['train_seconds']} s, eval {record['seconds']} s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

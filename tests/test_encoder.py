@@ -113,8 +113,9 @@ def test_k_draws_are_distinct_and_their_mean_is_the_embedding(tiny, texts):
     assert len(rationales[0]) == 3 and len(set(rationales[0])) > 1  # independent samples
     assert encoder.generated == 3 * len(texts)
 
-    embeddings, first = GraceEncoder(*tiny, max_new_tokens=6, num_rationales=3, batch_size=6)\
-        .encode_with_rationales(texts)
+    embeddings, first = GraceEncoder(
+        *tiny, max_new_tokens=6, num_rationales=3, batch_size=6
+    ).encode_with_rationales(texts)
     mean = draws.mean(axis=1)
     assert np.allclose(embeddings, mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-5)
     assert first == [r[0] for r in rationales]

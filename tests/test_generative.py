@@ -33,7 +33,8 @@ def test_replies_are_judged_one_per_instruction(tiny):
     questions = [("say paris", ["paris"]), ("say blue", ["blue"])]
     replies = answer_instructions(model, tokenizer, questions, max_new_tokens=4)
     assert [r["instruction"] for r in replies] == ["say paris", "say blue"]
-    assert all(r["passed"] == contains_answer(r["reply"], a) for r, (_, a) in zip(replies, questions))
+    for reply, (_, answers) in zip(replies, questions, strict=True):
+        assert reply["passed"] == contains_answer(reply["reply"], answers)
 
 
 @pytest.mark.smollm2

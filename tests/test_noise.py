@@ -20,8 +20,10 @@ def test_variants_read_one_bank_of_draws(tiny, texts):
 
 
 def test_mean_std_over_rows():
-    table = pd.DataFrame({"STS": [50.0, 52.0, 54.0], "Retr": [10.0, 10.0, 10.0]},
-                         index=["draw 1", "draw 2", "draw 3"])
+    table = pd.DataFrame(
+        {"STS": [50.0, 52.0, 54.0], "Retr": [10.0, 10.0, 10.0]},
+        index=["draw 1", "draw 2", "draw 3"],
+    )
     stats = mean_std(table, ["draw 1", "draw 2", "draw 3"])
     assert stats.loc["mean", "STS"] == 52.0 and stats.loc["std", "STS"] == 2.0
     assert plus_minus(stats)["STS"] == "52.00 ± 2.00"

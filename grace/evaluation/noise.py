@@ -47,7 +47,8 @@ def draw_variants(encoder: GraceEncoder, name: str, means: tuple[int, ...] = (2,
     variants = {f"draw {j + 1}": variant(f"draw {j + 1}", lambda d, j=j: d[:, j]) for j in range(k)}
     for m in means:
         if m <= k:
-            variants[f"mean of {m}"] = variant(f"mean of {m}", lambda d, m=m: mean_of_draws(d[:, :m]))
+            label = f"mean of {m}"
+            variants[label] = variant(label, lambda d, m=m: mean_of_draws(d[:, :m]))
     return variants
 
 
@@ -59,10 +60,11 @@ def mean_std(table: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
 
 def plus_minus(stats: pd.DataFrame, digits: int = 2) -> pd.Series:
     """``mean_std`` output as ``"46.75 ± 0.41"`` strings, per column."""
+    mean, std = stats.loc["mean"], stats.loc["std"]
     return pd.Series(
         {
-            column: f"{stats.loc['mean', column]:.{digits}f} ± {stats.loc['std', column]:.{digits}f}"
-            for column in stats.columns
-            if pd.notna(stats.loc["mean", column])
+            c: f"{mean[c]:.{digits}f} ± {std[c]:.{digits}f}"
+            for c in stats.columns
+            if pd.notna(mean[c])
         }
     )
