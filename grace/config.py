@@ -82,7 +82,9 @@ class TrainConfig:
     # Evaluation (notebooks and `grace reproduce`): the paper samples up to 2048 tokens.
     eval_suite: str = "offline"
     eval_max_new_tokens: int = 2048
-    eval_batch_size: int = 8
+    eval_batch_size: int = 8  # generated rows per batch
+    eval_draws: int = 1  # rationales sampled per text for rationale rows: mean ± std over draws
+    study_lengths: list[int] = dataclasses.field(default_factory=lambda: [0, 16, 32, 64, 128])
 
     # Bookkeeping.
     logging_steps: int = 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from grace.data import DataError
@@ -124,7 +125,29 @@ def evaluate(
     return report
 
 
+def cached_report(
+    path: str | Path, label: str, make_encoder: Callable[[], TextEncoder], suite: str
+) -> dict:
+    """The report saved at ``path``, or a fresh evaluation (saved there) if there is none.
+
+    ``make_encoder`` is only called when needed: loading a model costs seconds.
+    """
+    path = Path(path)
+    if not path.exists():
+        evaluate(make_encoder(), suite, output=path, label=label)
+    return json.loads(path.read_text())
+
+
+def report_path(folder: str | Path, label: str) -> Path:
+    """``results/<label>.json`` with the label made file-name safe."""
+    name = label.replace(" ", "_").replace("+", "plus").replace("/", "-")
+    name = "".join(c for c in name if c not in ",()")
+    return Path(folder) / f"{name}.json"
+
+
 __all__ = [
+    "cached_report",
+    "report_path",
     "GraceMTEBModel",
     "TextEncoder",
     "minilm_encoder",

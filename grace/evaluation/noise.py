@@ -8,10 +8,13 @@ m draws" cost no extra sampling. Greedy decoding is ``GraceMTEBModel(..., temper
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
-from grace.encoder import GraceEncoder, mean_of_draws
+from grace.encoder import EncoderConfig, GraceEncoder, mean_of_draws
+from grace.evaluation import cached_report, report_path
 from grace.evaluation.model import TextEncoder, model_meta
 
 
@@ -50,6 +53,40 @@ def draw_variants(encoder: GraceEncoder, name: str, means: tuple[int, ...] = (2,
             label = f"mean of {m}"
             variants[label] = variant(label, lambda d, m=m: mean_of_draws(d[:, :m]))
     return variants
+
+
+def evaluate_draws(
+    model: str,
+    label: str,
+    suite: str,
+    folder: str | Path,
+    means: tuple[int, ...] = (2, 4),
+    **settings,
+) -> dict[str, dict]:
+    """Reports ``"<label> (draw j)"`` and ``"<label> (mean of m)"``, cached in ``folder``.
+
+    ``settings`` are ``EncoderConfig`` fields; ``num_rationales`` is k. The model is loaded
+    and the k rationales per text sampled only if some report is missing.
+    """
+    k = EncoderConfig(**settings).draws
+    names = [f"draw {j + 1}" for j in range(k)] + [f"mean of {m}" for m in means if m <= k]
+    variants: dict[str, TextEncoder] = {}
+
+    def variant(name: str) -> TextEncoder:
+        if not variants:
+            encoder = GraceEncoder.from_pretrained(model, **settings)
+            variants.update(draw_variants(encoder, Path(model).name, means))
+        return variants[name]
+
+    return {
+        f"{label} ({name})": cached_report(
+            report_path(folder, f"{label} ({name})"),
+            f"{label} ({name})",
+            lambda name=name: variant(name),
+            suite,
+        )
+        for name in names
+    }
 
 
 def mean_std(table: pd.DataFrame, rows: list[str]) -> pd.DataFrame:

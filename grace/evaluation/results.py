@@ -71,11 +71,11 @@ def with_paper(ours: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame, digits: int = 2) -> str:
-    """A GitHub-flavoured markdown table (empty cells for NaN)."""
+    """A GitHub-flavoured markdown table (empty cells for NaN; strings are kept as they are)."""
     header = ["", *table.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, row in table.iterrows():
-        cells = ["" if pd.isna(v) else f"{v:.{digits}f}" for v in row]
+        cells = ["" if pd.isna(v) else v if isinstance(v, str) else f"{v:.{digits}f}" for v in row]
         lines.append("| " + " | ".join([str(label), *cells]) + " |")
     return "\n".join(lines)
 
