@@ -8,7 +8,8 @@ so ``--set lora=true`` gives a bool and ``--set learning_rate=1e-5`` a float).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
@@ -18,6 +19,16 @@ from grace.prompts import SYSTEM_PROMPT
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "configs"
 METHODS = ("grace", "contrastive", "simcse")
 SETTINGS = ("supervised", "unsupervised")
+
+
+# Settings that only change how trained models are scored, never how they are trained.
+EVALUATION_FIELDS = (
+    "eval_suite",
+    "eval_max_new_tokens",
+    "eval_batch_size",
+    "eval_draws",
+    "study_lengths",
+)
 
 
 class ConfigError(ValueError):
@@ -100,6 +111,11 @@ class TrainConfig:
             raise ConfigError(f"Unknown setting {self.setting!r}; choose one of {SETTINGS}.")
         if self.num_generations < 2:
             raise ConfigError("num_generations must be at least 2 (advantages are group-relative).")
+
+    def training_settings(self) -> dict:
+        """Every field but the evaluation ones, JSON-normalised: what makes two runs the same."""
+        settings = {k: v for k, v in asdict(self).items() if k not in EVALUATION_FIELDS}
+        return json.loads(json.dumps(settings))
 
     def trainer_arguments(self) -> dict:
         """The ``TrainingArguments`` every method shares (trl's configs extend them)."""

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from grace.baselines import build_contrastive_trainer
-from grace.config import TrainConfig
+from grace.config import EVALUATION_FIELDS, TrainConfig
 from grace.data import training_rows
 from grace.encoder import embed_rollouts, rollouts_from_completions
 from grace.models import load_model
@@ -253,9 +253,14 @@ def trained_model(config: TrainConfig) -> Path:
     output = Path(config.output_dir)
     saved = output / "train_config.json"
     finished = (output / LOG_HISTORY).exists() and saved.exists()
-    if not (finished and json.loads(saved.read_text()) == json.loads(json.dumps(asdict(config)))):
+    if not finished or saved_settings(saved) != config.training_settings():
         train(config)
     return output
+
+
+def saved_settings(path: Path) -> dict:
+    """The training settings recorded in a run's ``train_config.json``."""
+    return {k: v for k, v in json.loads(path.read_text()).items() if k not in EVALUATION_FIELDS}
 
 
 def log_history(output_dir: str | Path) -> list[dict]:

@@ -105,3 +105,20 @@ def test_cli_train_saves_a_loadable_model(tmp_path, capsys):
 def test_cli_train_reports_bad_settings(capsys):
     assert main(["train", "--config", "tiny", "--set", "nope=1"]) == 2
     assert "Unknown configuration keys ['nope']" in capsys.readouterr().err
+
+
+def test_finished_run_is_reused_unless_a_training_setting_changed(tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    import grace.train
+
+    config = load_config("tiny", {"output_dir": str(tmp_path)})
+    (tmp_path / "train_config.json").write_text(json.dumps(asdict(config)))
+    (tmp_path / "log_history.json").write_text("[]")
+    calls = []
+    monkeypatch.setattr(grace.train, "train", lambda c: calls.append(c))
+
+    grace.train.trained_model(load_config("tiny", {"output_dir": str(tmp_path), "eval_draws": 5}))
+    assert calls == []  # scoring settings do not make a new run
+    grace.train.trained_model(load_config("tiny", {"output_dir": str(tmp_path), "seed": 3}))
+    assert len(calls) == 1

@@ -71,13 +71,13 @@ class TextEncoder(AbsEncoder):
 class GraceMTEBModel(TextEncoder):
     """``GraceEncoder`` for mteb: ``GraceMTEBModel("smollm2-135m-instruct", mode="direct")``.
 
-    ``model`` is a model name (hub id, folder, alias) or an already-built ``GraceEncoder``;
+    ``model`` is a model name (hub id, folder, alias), a folder path, or a ``GraceEncoder``;
     keyword arguments are ``EncoderConfig`` fields (``max_new_tokens``, ``temperature``, ...).
     """
 
     def __init__(
         self,
-        model: str | GraceEncoder,
+        model: str | Path | GraceEncoder,
         mode: str | None = None,
         name: str | None = None,
         device: str | None = None,
@@ -85,9 +85,9 @@ class GraceMTEBModel(TextEncoder):
     ) -> None:
         if mode is not None:
             config["mode"] = mode
-        if isinstance(model, str):
-            encoder = GraceEncoder.from_pretrained(model, device=device, **config)
-            name = name or model
+        if isinstance(model, str | Path):
+            encoder = GraceEncoder.from_pretrained(str(model), device=device, **config)
+            name = name or str(model)
         else:
             encoder = GraceEncoder(model.model, model.tokenizer, model.config, **config)
             name = name or encoder.model.name_or_path
