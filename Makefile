@@ -41,6 +41,7 @@ notebooks: install
 book: install
 	$(BIN)/grace reproduce --profile cpu --output runs/cpu
 	rm -rf book/executed && cp -r runs/cpu/notebooks book/executed
+	rm -rf results/cpu && mkdir -p results && cp -r runs/cpu/results results/cpu
 	$(BIN)/grace book
 
 clean:
