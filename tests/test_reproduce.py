@@ -52,7 +52,7 @@ def test_parameters_failure_and_resume(tmp_path):
 
 def test_only_selects_notebooks_by_number():
     assert [p.name[:2] for p in notebooks([5, 8])] == ["05", "08"]
-    assert len(notebooks()) == 9
+    assert len(notebooks()) == 10
 
 
 @pytest.mark.parametrize("path", notebooks(), ids=lambda p: p.name)
