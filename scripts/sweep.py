@@ -37,9 +37,7 @@ RESULTS = Path("results/sweep")
 
 def run_variant(name: str, overrides: dict) -> dict:
     config = load_config(PROFILE, {**overrides, "output_dir": f"runs/sweep/{name}"})
-    start = time.perf_counter()
     model_dir = trained_model(config)
-    train_seconds = time.perf_counter() - start
     encoder = GraceMTEBModel(
         model_dir,
         mode="rationale",
@@ -47,12 +45,13 @@ def run_variant(name: str, overrides: dict) -> dict:
         batch_size=config.eval_batch_size,
     )
     report = evaluate(encoder, config.eval_suite, label=f"GRACE supervised ({name})")
-    rewards = [e["reward"] for e in log_history(config.output_dir) if "reward" in e]
+    history = log_history(config.output_dir)
+    rewards = [entry["reward"] for entry in history if "reward" in entry]
     return {
         "variant": name,
         "overrides": overrides,
         "profile": PROFILE,
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds": round(history[-1]["train_runtime"], 1),  # the trainer's own clock
         "rewards": rewards,
         "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         **{k: report[k] for k in ("label", "seconds", "tasks", "summary")},

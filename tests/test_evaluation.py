@@ -156,3 +156,16 @@ def test_cli_eval_hub_suite_offline_is_a_clear_error(capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["eval", "--model", "tiny-random", "--suite", "paper"]) == 2
     assert "needs 56 tasks" in capsys.readouterr().err
+
+
+def test_cached_report_evaluates_once_and_names_files_safely(tmp_path):
+    from grace.evaluation import cached_report, report_path
+
+    path = report_path(tmp_path, "GRACE supervised (draw 1), +CL/x")
+    assert path.name == "GRACE_supervised_draw_1_plusCL-x.json"
+    built = []
+    make = lambda: built.append(1) or random_encoder()  # noqa: E731
+    first = cached_report(path, "random", make, "LeeSTS")
+    second = cached_report(path, "random", make, "LeeSTS")
+    assert built == [1] and path.exists()
+    assert first["tasks"] == second["tasks"] and first["label"] == "random"
