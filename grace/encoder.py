@@ -59,7 +59,7 @@ class EncoderConfig:
 
     @property
     def draws(self) -> int:
-        """Rationales per text: ``num_rationales``, or 1 where there is nothing to sample."""
+        """How many rationales are sampled per text (1 in direct mode and for greedy decoding)."""
         greedy = self.temperature == 0
         return 1 if self.mode == "direct" or greedy else self.num_rationales
 
