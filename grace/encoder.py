@@ -159,6 +159,11 @@ class GraceEncoder:
         self.model = model
         self.tokenizer = tokenizer
         self.config = replace(config or EncoderConfig(), **overrides)
+        if self.config.int8 and not hasattr(model.config, "quantized_from"):
+            raise ValueError(
+                "int8=True needs a quantised model: load it with "
+                "GraceEncoder.from_pretrained(..., int8=True) or grace.models.quantize_int8."
+            )
         self.prefix_length = system_prefix_length(tokenizer, self.config.system_prompt)
         self.cache = RationaleCache(self.config.cache_dir) if self.config.cache_dir else None
         # Cache keys name the weights, so a retrained model never reads stale rationales.

@@ -147,3 +147,5 @@ def test_int8_encoder_stays_close_to_fp32_and_names_other_weights(texts):
     cosine = (fp32.encode(texts) * int8.encode(texts)).sum(axis=1)
     assert cosine.min() > 0.98
     assert model_fingerprint(fp32.model) != model_fingerprint(int8.model)
+    with pytest.raises(ValueError, match="quantised model"):
+        GraceEncoder(fp32.model, fp32.tokenizer, int8=True)
