@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from grace.config import TrainConfig
-from grace.data import training_rows
 from grace.encoder import last_hidden_states
 from grace.models import load_model
 from grace.pooling import pool
@@ -42,8 +41,8 @@ class PromptCollator:
             prompts = build_prompts(
                 self.tokenizer,
                 [row[field] for row in rows],
-                self.config.system_prompt,
-                self.config.max_prompt_tokens,
+                self.config.policy.system_prompt,
+                self.config.policy.max_prompt_tokens,
             )
             ids, mask = tokenize_prompts(self.tokenizer, prompts, torch.device("cpu"))
             batch[f"{field}_ids"], batch[f"{field}_mask"] = ids, mask
@@ -63,8 +62,8 @@ class ContrastiveTrainer(Trainer):
         return pool(last_hidden_states(model, ids, mask), mask, self.prefix_length)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        temperature = self.grace_config.contrastive_temperature
-        if self.grace_config.method == "simcse":
+        temperature = self.grace_config.baselines.temperature
+        if self.grace_config.run.method == "simcse":
             first, second = self.embed(model, inputs, "text"), self.embed(model, inputs, "text")
             loss = info_nce(first, second, temperature)
         else:
@@ -76,35 +75,38 @@ class ContrastiveTrainer(Trainer):
         return (loss, {}) if return_outputs else loss
 
 
-def enable_dropout(model: torch.nn.Module, rate: float) -> None:
-    """SimCSE's noise: instruct LLMs ship with dropout off, so switch attention dropout on."""
+def set_attention_dropout(model: torch.nn.Module, rate: float) -> None:
+    """SimCSE's noise: instruct LLMs ship with dropout off, so switch attention dropout on.
+
+    Only the modules change: the saved config keeps the model's own rate, so a SimCSE
+    checkpoint loads (and embeds) without dropout.
+    """
     for module in model.modules():
         if hasattr(module, "attention_dropout"):
             module.attention_dropout = rate
-    model.config.attention_dropout = rate
 
 
 def contrastive_arguments(config: TrainConfig) -> TrainingArguments:
     return TrainingArguments(
         **config.trainer_arguments(),
-        per_device_train_batch_size=config.contrastive_batch_size,
+        per_device_train_batch_size=config.baselines.batch_size,
         dataloader_drop_last=True,  # in-batch negatives want full batches
     )
 
 
 def build_contrastive_trainer(config: TrainConfig) -> ContrastiveTrainer:
     """+CL (``method: contrastive``) or SimCSE (``method: simcse``), ready to train."""
-    model, tokenizer = load_model(config.model, dtype=torch.bfloat16 if config.bf16 else None)
-    if config.lora:
+    model, tokenizer = load_model(config.run.model, dtype=config.adaptation.torch_dtype)
+    if config.adaptation.lora:
         from peft import get_peft_model
 
         model = get_peft_model(model, config.peft_config())
-    if config.method == "simcse":
-        enable_dropout(model, config.simcse_dropout)
+    if config.run.method == "simcse":
+        set_attention_dropout(model, config.baselines.simcse_dropout)
         fields = ("text",)
     else:
         fields = ("query", "text", "negative")
-    rows = training_rows(config, tokenizer)
+    rows = config.training_rows(tokenizer)
     return ContrastiveTrainer(
         model=model,
         args=contrastive_arguments(config),
@@ -112,5 +114,5 @@ def build_contrastive_trainer(config: TrainConfig) -> ContrastiveTrainer:
         data_collator=PromptCollator(tokenizer, config, fields),
         processing_class=tokenizer,
         grace_config=config,
-        prefix_length=system_prefix_length(tokenizer, config.system_prompt),
+        prefix_length=system_prefix_length(tokenizer, config.policy.system_prompt),
     )

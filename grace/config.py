@@ -1,43 +1,62 @@
-"""Run configuration: one dataclass with the paper's defaults, loadable from YAML profiles.
+"""Run configuration: one dataclass per concern, the paper's defaults written once.
 
-A profile (``configs/tiny.yaml``, ``cpu``, ``colab``, ``paper``) lists only what it changes;
-``--set key=value`` on the command line changes one more thing (values are parsed as YAML,
-so ``--set lora=true`` gives a bool and ``--set learning_rate=1e-5`` a float).
+As trl splits script, model and trainer arguments, a ``TrainConfig`` is made of sections:
+
+========== ==================================================================
+``run``        what is trained (method, setting, model, data, seed) and where
+``policy``     the prompt and how rollouts are sampled
+``optim``      learning rate, its schedule, how long to train (every method)
+``grpo``       GRPO's batch layout, KL and clipping
+``reward``     ``grace.rewards.RewardConfig``
+``adaptation`` LoRA or full fine-tuning, dtypes, GPU switches
+``baselines``  the contrastive baselines' batch and InfoNCE temperature
+``logging``    logging, checkpoints, sample rationales (changes nothing trained)
+``evaluation`` ``grace.encoder.EncoderConfig`` plus the suite and the length study
+========== ==================================================================
+
+Profiles (``grace/profiles/tiny.yaml``, ``cpu``, ``colab``, ``paper``) are nested YAML that
+lists only what differs from the defaults. Overrides name a field as ``section.field``
+(``--set optim.learning_rate=1e-5``) or by its bare name when only one section has it
+(``--set learning_rate=1e-5``). Every value is checked against the field's type: ``"1e-5"``
+becomes a float, ``"abc"`` for a float is an error, never passed on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
-from dataclasses import asdict, dataclass
+import types
+import typing
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
+from grace.encoder import EncoderConfig
 from grace.prompts import SYSTEM_PROMPT
+from grace.rationale import MAX_NEW_TOKENS
+from grace.rewards import RewardConfig
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "configs"
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 METHODS = ("grace", "contrastive", "simcse")
 SETTINGS = ("supervised", "unsupervised")
-
-
-# Settings that only change how trained models are scored, never how they are trained.
-EVALUATION_FIELDS = (
-    "eval_suite",
-    "eval_max_new_tokens",
-    "eval_batch_size",
-    "eval_draws",
-    "study_lengths",
-)
+DTYPES = ("float32", "bfloat16")
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 
 
 class ConfigError(ValueError):
     """A setting that cannot be used: unknown key, bad value, malformed override."""
 
 
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
 @dataclass
-class TrainConfig:
-    """Everything a training run needs. Defaults follow the paper's reference recipe."""
+class RunConfig:
+    """What is trained, from what, on which data, and where the run folder is."""
 
     method: str = "grace"  # grace | contrastive | simcse
     setting: str = "supervised"  # supervised (triples) | unsupervised (sentences), for grace
@@ -45,59 +64,161 @@ class TrainConfig:
     triples: str = "rotten-tomatoes"  # jsonl file, offline builder, or datasets id
     sentences: str = "lee-sentences"  # txt/jsonl file, offline builder, or datasets id
     max_examples: int | None = None  # use only the first N examples
-    output_dir: str = "runs/grace"
     seed: int = 0
+    output_dir: str = "runs/grace"
 
-    # The policy and its rollouts.
+    def __post_init__(self) -> None:
+        check(self.method in METHODS, f"Unknown method {self.method!r}; choose one of {METHODS}.")
+        check(
+            self.setting in SETTINGS, f"Unknown setting {self.setting!r}; choose one of {SETTINGS}."
+        )
+        check(self.max_examples is None or self.max_examples >= 1, "max_examples must be >= 1.")
+
+    @property
+    def uses_sentences(self) -> bool:
+        """SimCSE and unsupervised GRACE train on sentences; GRACE and +CL on triples."""
+        return self.method == "simcse" or (
+            self.method == "grace" and self.setting == "unsupervised"
+        )
+
+    @property
+    def data(self) -> str:
+        return self.sentences if self.uses_sentences else self.triples
+
+
+@dataclass
+class PolicyConfig:
+    """The policy's prompt and its rollouts (the paper: 8 at temperature 1, anchors at 0.5)."""
+
     system_prompt: str = SYSTEM_PROMPT
     max_prompt_tokens: int = 1024  # longer texts are truncated (the paper's max prompt)
-    max_completion_length: int = 2048
+    max_completion_length: int = MAX_NEW_TOKENS
     num_generations: int = 8
     temperature: float = 1.0
     top_p: float = 1.0
     query_temperature: float = 0.5  # one rollout each for query and negative
 
-    # GRPO optimisation: 64 prompts per generation batch, updates on 16 prompts at a time.
+    def __post_init__(self) -> None:
+        check(
+            self.num_generations >= 2,
+            "num_generations must be at least 2 (advantages are group-relative).",
+        )
+        check(self.max_prompt_tokens >= 1, "max_prompt_tokens must be >= 1.")
+        check(self.max_completion_length >= 1, "max_completion_length must be >= 1.")
+        check(self.temperature > 0, "policy temperature must be > 0 (GRPO samples rollouts).")
+        check(self.query_temperature >= 0, "query_temperature must be >= 0 (0 = greedy).")
+        check(0 < self.top_p <= 1, "top_p must be in (0, 1].")
+
+
+@dataclass
+class OptimConfig:
+    """The optimiser's rate and schedule, and how long every method trains.
+
+    The reference (verl) keeps the rate constant; transformers' default would decay it
+    linearly to zero, which makes short runs learn at half the nominal rate.
+    """
+
     learning_rate: float = 1e-6
+    lr_scheduler_type: str = "constant"  # constant | constant_with_warmup | linear | cosine
+    warmup_steps: int = 0
+    num_train_epochs: float = 2.0
+    max_steps: int = -1  # > 0 overrides num_train_epochs
+
+    def __post_init__(self) -> None:
+        check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}.")
+        check(
+            self.lr_scheduler_type in SCHEDULERS,
+            f"Unknown lr_scheduler_type {self.lr_scheduler_type!r}; choose one of {SCHEDULERS}.",
+        )
+        check(self.warmup_steps >= 0, "warmup_steps must be >= 0.")
+        check(self.num_train_epochs > 0, "num_train_epochs must be > 0.")
+        check(
+            self.max_steps == -1 or self.max_steps >= 1,
+            f"max_steps must be >= 1, or -1 to train num_train_epochs; got {self.max_steps}.",
+        )
+
+    @property
+    def scheduler(self) -> str:
+        """A constant rate with warm-up steps is transformers' ``constant_with_warmup``."""
+        if self.lr_scheduler_type == "constant" and self.warmup_steps:
+            return "constant_with_warmup"
+        return self.lr_scheduler_type
+
+
+@dataclass
+class GRPOSettings:
+    """GRPO's batch layout: 64 prompts per generation batch, updates on 16 at a time."""
+
     prompts_per_generation: int = 64
     per_device_train_batch_size: int = 16  # completions per micro-batch
     gradient_accumulation_steps: int = 8  # micro-batches per optimizer update
-    num_train_epochs: float = 2.0
-    max_steps: int = -1  # > 0 overrides num_train_epochs
     beta: float = 0.0  # KL coefficient: the paper uses none
     epsilon: float = 0.2  # PPO clip
     scale_rewards: str = "none"  # group mean only, no std division
 
-    # The reward (see grace.rewards).
-    tau: float = 0.1
-    cluster_weight: float = 0.2
-    cross_weight: float = 0.2
-    length_penalty: float | None = -1.0  # None: no penalty for hitting the token cap
+    def __post_init__(self) -> None:
+        for name in ("prompts_per_generation", "per_device_train_batch_size"):
+            check(getattr(self, name) >= 1, f"{name} must be >= 1.")
+        check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1.")
+        check(self.beta >= 0 and self.epsilon > 0, "beta must be >= 0 and epsilon > 0.")
+        scales = ("none", "group", "batch")
+        check(self.scale_rewards in scales, f"scale_rewards must be one of {scales}.")
 
-    # How the weights are adapted, and on what hardware.
+
+@dataclass
+class AdaptationConfig:
+    """Which weights change and in what precision.
+
+    ``dtype`` is the dtype the weights are loaded in; ``bf16`` turns on bf16 autocast (mixed
+    precision, as in transformers' Trainer). Full fine-tuning keeps fp32 master weights: at
+    the paper's lr 1e-6 most updates would round away in bf16 weights.
+    """
+
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: list[str] | str = "all-linear"
-    bf16: bool = False
+    dtype: str = "float32"  # float32 | bfloat16 (bfloat16 only with LoRA: a frozen base)
+    bf16: bool = False  # bf16 mixed precision (autocast) on top of `dtype`
     gradient_checkpointing: bool = False
     use_vllm: bool = False
     vllm_mode: str = "colocate"
 
-    # Contrastive baselines (InfoNCE on direct-mode embeddings).
-    contrastive_batch_size: int = 32
-    contrastive_temperature: float = 0.05
+    def __post_init__(self) -> None:
+        check(self.dtype in DTYPES, f"Unknown dtype {self.dtype!r}; choose one of {DTYPES}.")
+        check(
+            self.lora or self.dtype == "float32",
+            "Full fine-tuning needs float32 weights (bf16 weights lose small updates); "
+            "set `bf16: true` for mixed precision, or `lora: true` to load the base in bf16.",
+        )
+        check(self.lora_r >= 1, "lora_r must be >= 1.")
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
+
+
+@dataclass
+class BaselineConfig:
+    """+CL and SimCSE: InfoNCE on direct-mode embeddings."""
+
+    batch_size: int = 32
+    temperature: float = 0.05
     simcse_dropout: float = 0.1
 
-    # Evaluation (notebooks and `grace reproduce`): the paper samples up to 2048 tokens.
-    eval_suite: str = "offline"
-    eval_max_new_tokens: int = 2048
-    eval_batch_size: int = 8  # generated rows per batch
-    eval_draws: int = 1  # rationales sampled per text for rationale rows: mean ± std over draws
-    study_lengths: list[int] = dataclasses.field(default_factory=lambda: [0, 16, 32, 64, 128])
+    def __post_init__(self) -> None:
+        check(self.batch_size >= 2, "baselines.batch_size must be >= 2 (in-batch negatives).")
+        check(self.temperature > 0, "baselines.temperature must be > 0.")
+        check(0 <= self.simcse_dropout < 1, "simcse_dropout must be in [0, 1).")
 
-    # Bookkeeping.
+
+@dataclass
+class LoggingConfig:
+    """What a run writes besides its weights. Nothing here changes what is trained."""
+
     logging_steps: int = 1
     save_steps: int = 50
     save_total_limit: int = 2
@@ -105,51 +226,257 @@ class TrainConfig:
     report_to: list[str] | str = "none"  # "tensorboard", "wandb", ...
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"Unknown method {self.method!r}; choose one of {METHODS}.")
-        if self.setting not in SETTINGS:
-            raise ConfigError(f"Unknown setting {self.setting!r}; choose one of {SETTINGS}.")
-        if self.num_generations < 2:
-            raise ConfigError("num_generations must be at least 2 (advantages are group-relative).")
+        check(self.logging_steps >= 1 and self.save_steps >= 1, "logging/save steps must be >= 1.")
+
+
+@dataclass
+class EvaluationConfig(EncoderConfig):
+    """How trained models are scored: the encoder's settings plus the suite.
+
+    ``num_rationales`` is the number of draws per text for rationale rows (mean ± std over
+    draws); ``study_lengths`` are the rationale lengths of the length curve (0 = direct).
+    """
+
+    suite: str = "offline"
+    study_lengths: list[int] = field(default_factory=lambda: [0, 16, 32, 64, 128])
+
+    def __post_init__(self) -> None:
+        try:
+            super().__post_init__()
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+        check(all(n >= 0 for n in self.study_lengths), "study_lengths must be >= 0.")
+
+    def encoder_settings(self, **changes) -> dict:
+        """The ``EncoderConfig`` fields, for ``GraceEncoder``/``GraceMTEBModel`` keywords."""
+        names = {f.name for f in dataclasses.fields(EncoderConfig)}
+        return {k: v for k, v in asdict(self).items() if k in names} | changes
+
+
+SECTIONS: dict[str, type] = {
+    "run": RunConfig,
+    "policy": PolicyConfig,
+    "optim": OptimConfig,
+    "grpo": GRPOSettings,
+    "reward": RewardConfig,
+    "adaptation": AdaptationConfig,
+    "baselines": BaselineConfig,
+    "logging": LoggingConfig,
+    "evaluation": EvaluationConfig,
+}
+# Sections (and fields) that never change the trained weights: excluded from a run's identity.
+NOT_TRAINING = ("logging", "evaluation")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs, by concern. Defaults follow the paper's reference recipe."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    grpo: GRPOSettings = field(default_factory=GRPOSettings)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
 
     def training_settings(self) -> dict:
-        """Every field but the evaluation ones, JSON-normalised: what makes two runs the same."""
-        settings = {k: v for k, v in asdict(self).items() if k not in EVALUATION_FIELDS}
-        return json.loads(json.dumps(settings))
+        """What makes two runs train the same weights: all but logging, evaluation, folder."""
+        settings = {k: v for k, v in self.to_dict().items() if k not in NOT_TRAINING}
+        settings["run"] = {k: v for k, v in settings["run"].items() if k != "output_dir"}
+        return settings
+
+    def settings_hash(self) -> str:
+        """A short hash of ``training_settings()``: a run folder's identity."""
+        text = json.dumps(self.training_settings(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def with_changes(self, changes: dict | list[str]) -> TrainConfig:
+        """A copy with overrides applied (same keys as ``--set``), checked like a profile."""
+        if isinstance(changes, list):
+            changes = parse_overrides(changes)
+        return from_dict(merge(self.to_dict(), nest(changes)))
+
+    def training_rows(self, tokenizer) -> list[dict]:
+        """The run's training rows (``grace.data.training_rows`` with this run's data)."""
+        from grace.data import training_rows
+
+        return training_rows(
+            tokenizer,
+            self.run.data,
+            sentences=self.run.uses_sentences,
+            max_examples=self.run.max_examples,
+            max_tokens=self.policy.max_prompt_tokens,
+        )
 
     def trainer_arguments(self) -> dict:
         """The ``TrainingArguments`` every method shares (trl's configs extend them)."""
         import torch
 
         return dict(
-            output_dir=self.output_dir,
-            seed=self.seed,
-            learning_rate=self.learning_rate,
-            num_train_epochs=self.num_train_epochs,
-            max_steps=self.max_steps,
-            logging_steps=self.logging_steps,
-            save_steps=self.save_steps,
-            save_total_limit=self.save_total_limit,
-            report_to=self.report_to,
-            bf16=self.bf16,
-            activation_checkpointing=self.gradient_checkpointing,
+            output_dir=self.run.output_dir,
+            seed=self.run.seed,
+            learning_rate=self.optim.learning_rate,
+            lr_scheduler_type=self.optim.scheduler,
+            warmup_steps=self.optim.warmup_steps,
+            num_train_epochs=self.optim.num_train_epochs,
+            max_steps=self.optim.max_steps,
+            logging_steps=self.logging.logging_steps,
+            save_steps=self.logging.save_steps,
+            save_total_limit=self.logging.save_total_limit,
+            report_to=self.logging.report_to,
+            bf16=self.adaptation.bf16,
+            activation_checkpointing=self.adaptation.gradient_checkpointing,
             remove_unused_columns=False,  # the collators and the reward read our own columns
             dataloader_pin_memory=torch.cuda.is_available(),
         )
 
     def peft_config(self):
-        """peft's LoraConfig when ``lora`` is on, else None (full fine-tuning)."""
-        if not self.lora:
+        """peft's LoraConfig when ``adaptation.lora`` is on, else None (full fine-tuning)."""
+        adaptation = self.adaptation
+        if not adaptation.lora:
             return None
         from peft import LoraConfig
 
         return LoraConfig(
-            r=self.lora_r,
-            lora_alpha=self.lora_alpha,
-            lora_dropout=self.lora_dropout,
-            target_modules=self.lora_target_modules,
+            r=adaptation.lora_r,
+            lora_alpha=adaptation.lora_alpha,
+            lora_dropout=adaptation.lora_dropout,
+            target_modules=adaptation.lora_target_modules,
             task_type="CAUSAL_LM",
         )
+
+
+# --- building sections from plain values, with types checked -----------------------------
+
+
+def coerce(value, hint, where: str):
+    """``value`` as the type ``hint`` says, or a ConfigError naming ``where``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return coerce(value, option, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits no type.")
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}.")
+        return [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint in (int, float) and not isinstance(value, bool):
+        try:
+            number = float(value) if isinstance(value, str) else value
+            if isinstance(number, (int, float)):
+                if hint is float:
+                    return float(number)
+                if float(number).is_integer():
+                    return int(number)
+        except ValueError:
+            pass
+    elif hint is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}.")
+
+
+def build_section(cls: type, values: dict, where: str):
+    """A section dataclass from a dict, by keyword, every value type-checked."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {values!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"Unknown configuration keys {unknown} in {where}; valid keys: {names}.")
+    kwargs = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from error
+    except ValueError as error:  # sections defined elsewhere (rewards, encoder) raise these
+        raise ConfigError(f"{where}: {error}") from error
+
+
+def from_dict(values: dict) -> TrainConfig:
+    """A TrainConfig from nested ``{section: {field: value}}``; unknown sections are errors."""
+    unknown = sorted(set(values) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"Unknown configuration sections {unknown}; valid: {list(SECTIONS)}.")
+    return TrainConfig(
+        **{name: build_section(cls, values.get(name) or {}, name) for name, cls in SECTIONS.items()}
+    )
+
+
+def owners(name: str) -> list[str]:
+    """The sections that have a field called ``name``."""
+    return [s for s, cls in SECTIONS.items() if name in {f.name for f in dataclasses.fields(cls)}]
+
+
+def full_key(key: str) -> tuple[str, str]:
+    """``"optim.learning_rate"`` or a bare unique ``"learning_rate"`` -> (section, field)."""
+    section, dot, name = key.partition(".")
+    if dot:
+        if section not in SECTIONS:
+            raise ConfigError(f"Unknown configuration section {section!r} in {key!r}.")
+        return section, name
+    found = owners(key)
+    if not found:
+        every = sorted({f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)})
+        raise ConfigError(f"Unknown configuration keys [{key!r}]; valid keys: {every}.")
+    if len(found) > 1:
+        raise ConfigError(f"{key!r} is ambiguous: write one of {[f'{s}.{key}' for s in found]}.")
+    return found[0], key
+
+
+def nest(flat: dict) -> dict:
+    """Override keys (dotted or bare) -> ``{section: {field: value}}``; nested dicts pass."""
+    nested: dict = {}
+    for key, value in flat.items():
+        if key in SECTIONS and isinstance(value, dict):
+            nested.setdefault(key, {}).update(value)
+            continue
+        section, name = full_key(key)
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def merge(base: dict, changes: dict) -> dict:
+    """``base`` with each section's fields updated from ``changes``."""
+    merged = dict(base)
+    for name, fields in changes.items():
+        current = merged.get(name) or {}
+        if not isinstance(current, dict) or not isinstance(fields, dict):
+            raise ConfigError(f"Section {name!r} must be a mapping of settings.")
+        merged[name] = {**current, **fields}
+    return merged
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["optim.learning_rate=1e-5", "lora=true"]`` -> a dict (values parsed as YAML)."""
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"Expected key=value, got {pair!r}.")
+        values[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return values
+
+
+def known_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
 
 
 def profile_path(name_or_path: str) -> Path:
@@ -160,43 +487,30 @@ def profile_path(name_or_path: str) -> Path:
     return PROFILE_DIR / f"{name_or_path}.yaml"
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    """``["lr=1e-5", "lora=true"]`` -> ``{"lr": 1e-5, "lora": True}`` (values parsed as YAML)."""
-    values = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"Expected key=value, got {pair!r}.")
-        values[key.strip()] = number_or_value(yaml.safe_load(value))
+def read_profile(name_or_path: str) -> dict:
+    path = profile_path(name_or_path)
+    if not path.exists():
+        raise ConfigError(
+            f"No profile {name_or_path!r} ({path}); known profiles: {known_profiles()}."
+        )
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not a readable YAML profile ({error}).") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a profile is a mapping of sections to settings.")
     return values
-
-
-def number_or_value(value):
-    """YAML reads ``1e-5`` (no dot) as a string; people mean a number."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
 
 
 def load_config(
     profile: str | None = None, overrides: list[str] | dict | None = None
 ) -> TrainConfig:
     """Defaults, then the profile's values, then the overrides; unknown keys are errors."""
-    values: dict = {}
-    if profile:
-        path = profile_path(profile)
-        if not path.exists():
-            known = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
-            raise FileNotFoundError(f"No profile {profile!r} ({path}); known profiles: {known}.")
-        values.update(yaml.safe_load(path.read_text()) or {})
+    values = read_profile(profile) if profile else {}
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
-    values.update(overrides or {})
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"Unknown configuration keys {unknown}; valid keys: {sorted(known)}.")
-    return TrainConfig(**values)
+    return from_dict(merge(values, nest(overrides or {})))
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(config.to_dict(), indent=2))

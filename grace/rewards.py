@@ -24,6 +24,10 @@ class RewardConfig:
     # (useful for a random test model, which practically never ends a rationale).
     length_penalty: float | None = -1.0
 
+    def __post_init__(self) -> None:
+        if self.tau <= 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}.")
+
 
 @dataclass
 class RewardTerms:
@@ -65,7 +69,9 @@ def apply_length_penalty(
 ) -> torch.Tensor:
     if config.length_penalty is None:
         return total
-    return torch.where(hit_cap.bool(), torch.full_like(total, config.length_penalty), total)
+    # The mask may come from anywhere (token lists on the CPU): follow the rewards' device.
+    capped = hit_cap.to(device=total.device, dtype=torch.bool)
+    return torch.where(capped, torch.full_like(total, config.length_penalty), total)
 
 
 def supervised_rewards(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from dataclasses import asdict
 from pathlib import Path
 
 import datasets
@@ -21,32 +20,30 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from grace.baselines import build_contrastive_trainer
-from grace.config import EVALUATION_FIELDS, TrainConfig
-from grace.data import training_rows
+from grace.config import TrainConfig
 from grace.encoder import embed_rollouts, rollouts_from_completions
 from grace.models import load_model
 from grace.prompts import build_prompts, chat_prompt, system_prefix_length
 from grace.rationale import SamplingConfig, eos_token_ids, generate_rationales
-from grace.rewards import RewardConfig, supervised_rewards, unsupervised_rewards
+from grace.rewards import supervised_rewards, unsupervised_rewards
+from grace.runs import mark_finished, prepare_run_folder
 
 
 def grpo_dataset(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> datasets.Dataset:
     """trl's conversational format: a ``prompt`` column of chat messages, plus our columns."""
-    rows = training_rows(config, tokenizer)
+    rows = config.training_rows(tokenizer)
+    system = config.policy.system_prompt
     for row in rows:
-        row["prompt"] = [
-            {"role": "system", "content": config.system_prompt},
-            {"role": "user", "content": row["text"]},
-        ]
+        # As ``chat_prompt``: no system turn at all when the prompt is empty, so trl's rollouts
+        # and the reward's embeddings see the same template.
+        row["prompt"] = [{"role": "system", "content": system}] if system else []
+        row["prompt"].append({"role": "user", "content": row["text"]})
     return datasets.Dataset.from_list(rows)
 
 
 def completion_text(completion) -> str:
     """trl passes conversational completions as message lists, plain ones as strings."""
     return completion[-1]["content"] if isinstance(completion, list) else completion
-
-
-LOG_HISTORY = "log_history.json"
 
 
 class GraceReward:
@@ -58,13 +55,11 @@ class GraceReward:
 
     def __init__(self, config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> None:
         self.config = config
+        self.policy = config.policy
         self.tokenizer = tokenizer
-        self.reward_config = RewardConfig(
-            config.tau, config.cluster_weight, config.cross_weight, config.length_penalty
-        )
-        self.prefix_length = system_prefix_length(tokenizer, config.system_prompt)
+        self.prefix_length = system_prefix_length(tokenizer, config.policy.system_prompt)
         self.trainer = None  # set by build_grpo_trainer: the reward needs the live model
-        self.__name__ = f"grace_{config.setting}"
+        self.__name__ = f"grace_{config.run.setting}"
         self.last_terms = None
         self.seconds: dict[str, list[float]] = defaultdict(list)  # timings of every call
         self.sampled_steps: set[int] = set()
@@ -81,7 +76,7 @@ class GraceReward:
         log_metric=None,
         **_,
     ) -> list[float]:
-        n = self.config.num_generations
+        n = self.policy.num_generations
         groups = check_whole_groups(text, n)
         trainer = self.trainer
         from trl.models import unwrap_model_for_generation
@@ -93,17 +88,17 @@ class GraceReward:
         ) as model:
             start = time.perf_counter()
             samples = self._embed_completions(model, text, completion_ids).view(groups, n, -1)
-            hit_cap = self._hit_cap(model, completion_ids).view(groups, n)
+            hit_cap = self._hit_cap(model, completion_ids, samples.device).view(groups, n)
             embedded = time.perf_counter()
-            supervised = self.config.setting == "supervised"
+            supervised = self.config.run.setting == "supervised"
             anchor_sources = query[::n] + negative[::n] if supervised else text[::n]
             anchors, anchor_texts = self._rollout_embeddings(model, anchor_sources)
             if supervised:
                 terms = supervised_rewards(
-                    anchors[:groups], samples, anchors[groups:], hit_cap, self.reward_config
+                    anchors[:groups], samples, anchors[groups:], hit_cap, self.config.reward
                 )
             else:
-                terms = unsupervised_rewards(anchors, samples, hit_cap, self.reward_config)
+                terms = unsupervised_rewards(anchors, samples, hit_cap, self.config.reward)
             seconds = {
                 "embed_rollouts": embedded - start,
                 "anchor_rollouts": time.perf_counter() - embedded,
@@ -123,33 +118,38 @@ class GraceReward:
         return terms.total.flatten().tolist()
 
     def _embed_completions(self, model, text: list[str], completion_ids) -> torch.Tensor:
-        prompts = [chat_prompt(self.tokenizer, t, self.config.system_prompt) for t in text]
+        prompts = [chat_prompt(self.tokenizer, t, self.policy.system_prompt) for t in text]
         rollouts = rollouts_from_completions(self.tokenizer, prompts, completion_ids, model.device)
         return embed_rollouts(model, rollouts, self.prefix_length)
 
-    def _hit_cap(self, model, completion_ids: list[list[int]]) -> torch.Tensor:
+    def _hit_cap(self, model, completion_ids: list[list[int]], device) -> torch.Tensor:
+        """Rollouts that ran to the token cap without EOS, on the embeddings' device."""
         eos = set(eos_token_ids(model, self.tokenizer))
-        cap = self.config.max_completion_length
-        return torch.tensor([len(ids) >= cap and not eos & set(ids) for ids in completion_ids])
+        cap = self.policy.max_completion_length
+        capped = [len(ids) >= cap and not eos & set(ids) for ids in completion_ids]
+        return torch.tensor(capped, device=device)
 
     def _rollout_embeddings(self, model, texts: list[str]) -> tuple[torch.Tensor, list[str]]:
         """One rollout per text at the query temperature, embedded in the same pass."""
+        policy = self.policy
         sampling = SamplingConfig(
-            self.config.query_temperature, self.config.top_p, self.config.max_completion_length
+            temperature=policy.query_temperature,
+            top_p=policy.top_p,
+            max_new_tokens=policy.max_completion_length,
         )
         prompts = build_prompts(
-            self.tokenizer, texts, self.config.system_prompt, self.config.max_prompt_tokens
+            self.tokenizer, texts, policy.system_prompt, policy.max_prompt_tokens
         )
         rollouts = generate_rationales(model, self.tokenizer, prompts, sampling, keep_hidden=True)
         return embed_rollouts(model, rollouts, self.prefix_length), rollouts.texts
 
     def _write_samples(self, step, text, completions, anchor_texts, rewards) -> None:
         """Every ``sample_every`` steps, the first group's rollouts go to rationales.jsonl."""
-        every = self.config.sample_every
+        every = self.config.logging.sample_every
         if every <= 0 or step % every or step in self.sampled_steps:
             return
         self.sampled_steps.add(step)
-        n = self.config.num_generations
+        n = self.policy.num_generations
         record = {
             "step": step,
             "text": text[0],
@@ -157,7 +157,7 @@ class GraceReward:
             "rationales": [completion_text(c) for c in completions[:n]],
             "rewards": [round(float(r), 4) for r in rewards[0]],
         }
-        path = Path(self.config.output_dir) / "rationales.jsonl"
+        path = Path(self.config.run.output_dir) / "rationales.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -181,21 +181,22 @@ def grpo_arguments(config: TrainConfig):
     """trl's GRPOConfig for a TrainConfig (the GPU profiles are checked through this too)."""
     from trl import GRPOConfig
 
+    policy, grpo = config.policy, config.grpo
     return GRPOConfig(
         **config.trainer_arguments(),
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        generation_batch_size=config.prompts_per_generation * config.num_generations,
-        num_generations=config.num_generations,
-        max_completion_length=config.max_completion_length,
-        temperature=config.temperature,
-        top_p=config.top_p,
+        per_device_train_batch_size=grpo.per_device_train_batch_size,
+        gradient_accumulation_steps=grpo.gradient_accumulation_steps,
+        generation_batch_size=grpo.prompts_per_generation * policy.num_generations,
+        num_generations=policy.num_generations,
+        max_completion_length=policy.max_completion_length,
+        temperature=policy.temperature,
+        top_p=policy.top_p,
         top_k=0,
-        beta=config.beta,
-        epsilon=config.epsilon,
-        scale_rewards=config.scale_rewards,
-        use_vllm=config.use_vllm,
-        vllm_mode=config.vllm_mode,
+        beta=grpo.beta,
+        epsilon=grpo.epsilon,
+        scale_rewards=grpo.scale_rewards,
+        use_vllm=config.adaptation.use_vllm,
+        vllm_mode=config.adaptation.vllm_mode,
     )
 
 
@@ -203,7 +204,7 @@ def build_grpo_trainer(config: TrainConfig):
     """A ready-to-train ``GRPOTrainer`` with the GRACE reward attached."""
     from trl import GRPOTrainer
 
-    model, tokenizer = load_model(config.model, dtype=torch.bfloat16 if config.bf16 else None)
+    model, tokenizer = load_model(config.run.model, dtype=config.adaptation.torch_dtype)
     reward = GraceReward(config, tokenizer)
     trainer = GRPOTrainer(
         model=model,
@@ -228,41 +229,21 @@ def save_final_model(
     return Path(output_dir)
 
 
-def train(config: TrainConfig):
-    """Run (or resume) one training run; returns the trainer after saving the final model."""
-    set_seed(config.seed)
-    output = Path(config.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
-    if config.method == "grace":
+def train(config: TrainConfig, callbacks: list | None = None):
+    """Run one training run in ``run.output_dir`` and save the final model; returns the trainer.
+
+    The folder is prepared by ``grace.runs``: a checkpoint is resumed only when it was written
+    under the same training settings; a folder of other settings is moved aside first.
+    """
+    set_seed(config.run.seed)
+    output = prepare_run_folder(config)
+    if config.run.method == "grace":
         trainer = build_grpo_trainer(config)
     else:
         trainer = build_contrastive_trainer(config)
-    last = get_last_checkpoint(str(output)) if output.exists() else None
-    trainer.train(resume_from_checkpoint=last)
-    save_final_model(trainer.model, trainer.processing_class, config.output_dir)
-    (output / LOG_HISTORY).write_text(json.dumps(trainer.state.log_history, indent=1))
+    for callback in callbacks or []:
+        trainer.add_callback(callback)
+    trainer.train(resume_from_checkpoint=get_last_checkpoint(str(output)))
+    save_final_model(trainer.model, trainer.processing_class, str(output))
+    mark_finished(output, trainer.state.log_history)
     return trainer
-
-
-def trained_model(config: TrainConfig) -> Path:
-    """The folder of a finished run with this exact configuration, training it if needed.
-
-    Notebooks call this, so a later notebook (or a rerun) reuses a model trained earlier.
-    """
-    output = Path(config.output_dir)
-    saved = output / "train_config.json"
-    finished = (output / LOG_HISTORY).exists() and saved.exists()
-    if not finished or saved_settings(saved) != config.training_settings():
-        train(config)
-    return output
-
-
-def saved_settings(path: Path) -> dict:
-    """The training settings recorded in a run's ``train_config.json``."""
-    return {k: v for k, v in json.loads(path.read_text()).items() if k not in EVALUATION_FIELDS}
-
-
-def log_history(output_dir: str | Path) -> list[dict]:
-    """The logged metrics of a finished run, one dict per logging step."""
-    return json.loads((Path(output_dir) / LOG_HISTORY).read_text())

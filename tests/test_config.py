@@ -1,58 +1,138 @@
+import dataclasses
+
 import pytest
 
-from grace.config import PROFILE_DIR, TrainConfig, load_config, parse_overrides
+from grace.config import (
+    SECTIONS,
+    ConfigError,
+    TrainConfig,
+    known_profiles,
+    load_config,
+    parse_overrides,
+)
 from grace.train import grpo_arguments
 
 
 def test_defaults_are_the_papers():
     config = TrainConfig()
-    assert (config.num_generations, config.prompts_per_generation) == (8, 64)
-    assert (config.learning_rate, config.beta, config.epsilon) == (1e-6, 0.0, 0.2)
-    assert (config.tau, config.cluster_weight, config.cross_weight) == (0.1, 0.2, 0.2)
-    assert (config.temperature, config.query_temperature) == (1.0, 0.5)
-    assert config.scale_rewards == "none" and config.length_penalty == -1.0
+    policy, grpo, reward = config.policy, config.grpo, config.reward
+    assert (policy.num_generations, grpo.prompts_per_generation) == (8, 64)
+    assert (config.optim.learning_rate, grpo.beta, grpo.epsilon) == (1e-6, 0.0, 0.2)
+    assert (reward.tau, reward.cluster_weight, reward.cross_weight) == (0.1, 0.2, 0.2)
+    assert (policy.temperature, policy.query_temperature) == (1.0, 0.5)
+    assert grpo.scale_rewards == "none" and reward.length_penalty == -1.0
+    # The reference keeps the learning rate constant (verl: warmup_style constant).
+    assert config.optim.lr_scheduler_type == "constant" and config.optim.warmup_steps == 0
+    assert policy.max_completion_length == config.evaluation.max_new_tokens == 2048
+
+
+def test_every_section_is_built_by_keyword_with_defaults():
+    # Positional construction would swap values silently if fields were reordered.
+    for cls in SECTIONS.values():
+        assert all(
+            f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            for f in dataclasses.fields(cls)
+        ), cls
 
 
 def test_overrides_are_parsed_as_yaml():
-    assert parse_overrides(["lora=true", "learning_rate=1e-5", "model=a/b"]) == {
+    assert parse_overrides(["lora=true", "optim.learning_rate=1e-5", "model=a/b"]) == {
         "lora": True,
-        "learning_rate": 1e-5,
+        "optim.learning_rate": "1e-5",  # YAML reads 1e-5 as a string; the field's type decides
         "model": "a/b",
     }
-    with pytest.raises(ValueError, match="key=value"):
+    with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["lora"])
 
 
-def test_profile_then_overrides():
-    config = load_config("tiny", ["max_steps=7", "method=simcse"])
-    assert config.model == "tiny-random" and config.max_steps == 7 and config.method == "simcse"
+def test_profile_then_overrides_dotted_or_bare():
+    config = load_config("tiny", ["max_steps=7", "run.method=simcse", "learning_rate=1e-5"])
+    assert config.run.model == "tiny-random" and config.optim.max_steps == 7
+    assert config.run.method == "simcse"
+    assert config.optim.learning_rate == 1e-5 and isinstance(config.optim.learning_rate, float)
 
 
-def test_unknown_key_and_profile_are_reported():
-    with pytest.raises(ValueError, match=r"Unknown configuration keys \['learnig_rate'\]"):
-        load_config("tiny", ["learnig_rate=1"])
-    with pytest.raises(FileNotFoundError, match="known profiles"):
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("learnig_rate=1", r"Unknown configuration keys \['learnig_rate'\]"),
+        ("optim.learnig_rate=1", r"Unknown configuration keys \['learnig_rate'\] in optim"),
+        ("optimiser.learning_rate=1", "Unknown configuration section 'optimiser'"),
+        ("temperature=0.7", "ambiguous.*policy.temperature"),
+        ("learning_rate=abc", "optim.learning_rate: expected float, got 'abc'"),
+        ("learning_rate=-1", "learning_rate must be > 0"),
+        ("num_generations=abc", "policy.num_generations: expected int"),
+        ("num_generations=2.5", "policy.num_generations: expected int"),
+        ("num_generations=1", "at least 2"),
+        ("max_steps=0", "max_steps must be >= 1, or -1"),
+        ("lora=maybe", "adaptation.lora: expected bool"),
+        ("method=ppo", "Unknown method 'ppo'"),
+        ("lr_scheduler_type=exotic", "Unknown lr_scheduler_type"),
+        ("tau=0", "tau must be > 0"),
+        ("evaluation.num_rationales=0", "num_rationales must be at least 1"),
+        ("adaptation.dtype=bfloat16", "Full fine-tuning needs float32 weights"),
+        ("study_lengths=5", "expected a list"),
+    ],
+)
+def test_bad_settings_are_refused_with_their_name(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", [override])
+
+
+def test_unknown_profile_and_bad_profile_file(tmp_path):
+    with pytest.raises(ConfigError, match="known profiles"):
         load_config("no-such-profile")
-    with pytest.raises(ValueError, match="Unknown method"):
-        load_config(None, {"method": "ppo"})
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("learning_rate: 1.0e-5\n")  # a field where a section is expected
+    with pytest.raises(ConfigError, match="Unknown configuration sections"):
+        load_config(str(flat))
 
 
-@pytest.mark.parametrize("profile", sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+def test_dtype_is_explicit():
+    import torch
+
+    assert load_config("tiny").adaptation.torch_dtype == torch.float32
+    lora_bf16 = load_config("tiny", ["lora=true", "adaptation.dtype=bfloat16"])
+    assert lora_bf16.adaptation.torch_dtype == torch.bfloat16
+    # bf16 in the paper profile is mixed precision over fp32 weights, not bf16 weights.
+    paper = load_config("paper")
+    assert paper.adaptation.bf16 and paper.adaptation.torch_dtype == torch.float32
+
+
+def test_settings_hash_ignores_logging_evaluation_and_folder():
+    base = load_config("tiny")
+    same = base.with_changes(
+        {"run.output_dir": "elsewhere", "evaluation.num_rationales": 5, "save_steps": 9}
+    )
+    assert same.settings_hash() == base.settings_hash()
+    assert base.with_changes(["run.seed=3"]).settings_hash() != base.settings_hash()
+    assert base.with_changes(["learning_rate=5e-2"]).settings_hash() != base.settings_hash()
+
+
+def test_constant_learning_rate_reaches_the_trainer():
+    args = grpo_arguments(load_config("tiny", ["warmup_steps=2"]))
+    assert args.lr_scheduler_type == "constant_with_warmup" and args.warmup_steps == 2
+    assert grpo_arguments(load_config("tiny")).lr_scheduler_type == "constant"
+
+
+@pytest.mark.parametrize("profile", known_profiles())
 def test_every_profile_builds_a_trainer_config(profile, tmp_path):
     # GPU-only switches (bf16, vLLM) cannot be honoured on this CPU machine; the rest of the
     # profile must turn into a valid trl configuration.
     config = load_config(profile, [f"output_dir={tmp_path}", "bf16=false", "use_vllm=false"])
     args = grpo_arguments(config)
-    assert args.generation_batch_size == config.prompts_per_generation * config.num_generations
-    assert args.generation_batch_size % config.num_generations == 0
-    assert args.beta == config.beta and args.scale_rewards == "none"
-    assert {"tiny", "cpu", "colab", "paper"} <= {p.stem for p in PROFILE_DIR.glob("*.yaml")}
+    n = config.policy.num_generations
+    assert args.generation_batch_size == config.grpo.prompts_per_generation * n
+    assert args.beta == config.grpo.beta and args.scale_rewards == "none"
+    assert {"tiny", "cpu", "colab", "paper"} <= set(known_profiles())
 
 
 def test_paper_profile_is_the_reference_recipe():
     config = load_config("paper")
-    assert config.model == "Qwen/Qwen2.5-1.5B-Instruct"
-    assert (config.max_prompt_tokens, config.max_completion_length) == (1024, 2048)
-    assert config.bf16 and config.gradient_checkpointing and config.use_vllm
+    assert config.run.model == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert (config.policy.max_prompt_tokens, config.policy.max_completion_length) == (1024, 2048)
+    adaptation = config.adaptation
+    assert adaptation.bf16 and adaptation.gradient_checkpointing and adaptation.use_vllm
     # 4 GPUs x 16 completions x 2 accumulation steps = 128 completions = 16 prompts per update.
-    assert 4 * config.per_device_train_batch_size * config.gradient_accumulation_steps == 16 * 8
+    grpo = config.grpo
+    assert 4 * grpo.per_device_train_batch_size * grpo.gradient_accumulation_steps == 16 * 8

@@ -2,10 +2,12 @@ import json
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from grace.cli import main
 from grace.config import load_config
 from grace.models import build_tiny_random, load_model
+from grace.runs import is_finished, log_history, trained_model
 from grace.train import check_whole_groups, train
 
 
@@ -44,13 +46,50 @@ def test_grpo_steps_change_weights_and_log_reward_terms(tmp_path, setting, lora)
     assert [s["step"] for s in samples] == [0, 1] and len(samples[0]["rationales"]) == 4
 
 
-def test_resume_continues_the_step_count(tmp_path):
-    run(tmp_path, "max_steps=2", "save_steps=1")
-    assert (tmp_path / "checkpoint-2").exists()
-    resumed = run(tmp_path, "max_steps=3", "save_steps=1")
-    assert resumed.state.global_step == 3
-    assert len(resumed.reward_funcs[0].seconds["embed_rollouts"]) == 1  # one new step only
-    assert [h["step"] for h in resumed.state.log_history if "loss" in h] == [1, 2, 3]
+class Interrupt(TrainerCallback):
+    """Stops a run as a crash would, at the start of step ``at + 1`` (checkpoint ``at`` saved)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.at:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
+    config = load_config("tiny", [f"output_dir={tmp_path}", "max_steps=3", "save_steps=1"])
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[Interrupt(at=2)])
+    assert (tmp_path / "checkpoint-2").exists() and not (tmp_path / "log_history.json").exists()
+    resumed_folder = trained_model(config)
+    assert resumed_folder == tmp_path and is_finished(tmp_path, config)
+    history = log_history(tmp_path)
+    assert [h["step"] for h in history if "loss" in h] == [1, 2, 3]
+
+
+def test_a_finished_run_is_reused_only_under_equal_settings(tmp_path, monkeypatch):
+    first = load_config("tiny", [f"output_dir={tmp_path}", "learning_rate=1e-3"])
+    trained_model(first)
+    weights = (tmp_path / "model.safetensors").read_bytes()
+
+    # Equal training settings (evaluation and logging may differ): reused, nothing trains.
+    import grace.train
+
+    monkeypatch.setattr(grace.train, "build_grpo_trainer", lambda c: pytest.fail("retrained"))
+    trained_model(first.with_changes(["evaluation.num_rationales=5", "sample_every=3"]))
+    monkeypatch.undo()
+    assert (tmp_path / "model.safetensors").read_bytes() == weights
+
+    # Another learning rate in the same folder: trained again from scratch, never resumed
+    # from the first run's checkpoints; the old run is kept aside.
+    with pytest.warns(UserWarning, match="other settings"):
+        folder = trained_model(first.with_changes(["learning_rate=5e-2"]))
+    assert (tmp_path / "model.safetensors").read_bytes() != weights
+    assert log_history(tmp_path)[0]["learning_rate"] == pytest.approx(5e-2)
+    aside = tmp_path.with_name(tmp_path.name + ".previous")
+    assert (aside / "model.safetensors").read_bytes() == weights
+    assert folder == tmp_path
 
 
 def test_split_groups_are_refused():
@@ -72,7 +111,7 @@ def test_contrastive_baselines_lower_their_loss_on_a_toy_set(tmp_path, method):
         tmp_path,
         f"method={method}",
         "max_examples=4",
-        "contrastive_batch_size=4",
+        "baselines.batch_size=4",
         "max_steps=12",
         "learning_rate=3e-3",
         "save_steps=100",
@@ -105,20 +144,3 @@ def test_cli_train_saves_a_loadable_model(tmp_path, capsys):
 def test_cli_train_reports_bad_settings(capsys):
     assert main(["train", "--config", "tiny", "--set", "nope=1"]) == 2
     assert "Unknown configuration keys ['nope']" in capsys.readouterr().err
-
-
-def test_finished_run_is_reused_unless_a_training_setting_changed(tmp_path, monkeypatch):
-    from dataclasses import asdict
-
-    import grace.train
-
-    config = load_config("tiny", {"output_dir": str(tmp_path)})
-    (tmp_path / "train_config.json").write_text(json.dumps(asdict(config)))
-    (tmp_path / "log_history.json").write_text("[]")
-    calls = []
-    monkeypatch.setattr(grace.train, "train", lambda c: calls.append(c))
-
-    grace.train.trained_model(load_config("tiny", {"output_dir": str(tmp_path), "eval_draws": 5}))
-    assert calls == []  # scoring settings do not make a new run
-    grace.train.trained_model(load_config("tiny", {"output_dir": str(tmp_path), "seed": 3}))
-    assert len(calls) == 1

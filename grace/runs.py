@@ -1,0 +1,136 @@
+"""Run folders that are what their settings say.
+
+A run folder holds ``grace_config.json``: the full configuration and the hash of the settings
+that decide the trained weights (``TrainConfig.settings_hash``; logging and evaluation
+settings are left out). The rules:
+
+* a finished run (``log_history.json`` written) is reused only when the hashes match;
+* an unfinished run resumes from its last checkpoint only when the hashes match;
+* otherwise the old folder is moved aside to ``<folder>.previous`` (never resumed into a
+  different configuration, never silently kept) and training starts from scratch.
+
+Evaluation reports carry a key of the same kind (model identity, encoder settings, suite),
+so a report written under other settings is never reused. The book's run names live here too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+from grace.config import TrainConfig, load_config
+
+CONFIG_FILE = "grace_config.json"
+HISTORY_FILE = "log_history.json"
+
+#: The book's trained models: run folder name -> what it changes in the profile.
+RUNS: dict[str, dict] = {
+    "grace-supervised": {"run.method": "grace", "run.setting": "supervised"},
+    "grace-unsupervised": {"run.method": "grace", "run.setting": "unsupervised"},
+    "contrastive": {"run.method": "contrastive"},
+    "simcse": {"run.method": "simcse"},
+}
+#: Table labels of the trained models (``None``: the profile's base model).
+LABELS = {
+    "base": None,
+    "+CL": "contrastive",
+    "GRACE supervised": "grace-supervised",
+    "SimCSE": "simcse",
+    "GRACE unsupervised": "grace-unsupervised",
+}
+
+
+def saved_hash(folder: str | Path) -> str | None:
+    """The settings hash recorded in a run folder (None: not a run folder of this layout)."""
+    path = Path(folder) / CONFIG_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())["settings_hash"]
+    except (json.JSONDecodeError, KeyError):
+        return None
+
+
+def is_finished(folder: str | Path, config: TrainConfig) -> bool:
+    """Whether ``folder`` holds a finished run trained with exactly these settings."""
+    folder = Path(folder)
+    return (folder / HISTORY_FILE).exists() and saved_hash(folder) == config.settings_hash()
+
+
+def prepare_run_folder(config: TrainConfig) -> Path:
+    """Make ``run.output_dir`` the folder of these settings; returns it.
+
+    A folder written under other settings (or by an older layout) is moved aside to
+    ``<name>.previous`` (replacing an older one there), with a warning.
+    """
+    folder = Path(config.run.output_dir)
+    if folder.exists() and any(folder.iterdir()) and saved_hash(folder) != config.settings_hash():
+        aside = folder.with_name(folder.name + ".previous")
+        if aside.exists():
+            shutil.rmtree(aside)
+        folder.rename(aside)
+        warnings.warn(
+            f"{folder} held a run with other settings; moved it to {aside} and training anew.",
+            stacklevel=2,
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"settings_hash": config.settings_hash(), "config": config.to_dict()}
+    (folder / CONFIG_FILE).write_text(json.dumps(record, indent=2))
+    return folder
+
+
+def mark_finished(folder: str | Path, log_history: list[dict]) -> None:
+    """The last thing a run writes: its logged metrics, which also mean "finished"."""
+    (Path(folder) / HISTORY_FILE).write_text(json.dumps(log_history, indent=1))
+
+
+def log_history(folder: str | Path) -> list[dict]:
+    """The logged metrics of a finished run, one dict per logging step."""
+    return json.loads((Path(folder) / HISTORY_FILE).read_text())
+
+
+def trained_model(config: TrainConfig) -> Path:
+    """The folder of a finished run with these settings, training (or resuming) it if needed.
+
+    Notebooks call this, so a later notebook (or a rerun) reuses a model trained earlier, and
+    a profile edit that changes training trains again.
+    """
+    if not is_finished(config.run.output_dir, config):
+        from grace.train import train
+
+        train(config)
+    return Path(config.run.output_dir)
+
+
+def run_config(config: TrainConfig, name: str, out: str | Path) -> TrainConfig:
+    """The profile's config for one of the book's runs (``RUNS``), in ``out/name``."""
+    return config.with_changes({**RUNS[name], "run.output_dir": str(Path(out) / name)})
+
+
+def model_identity(model: str) -> str:
+    """What names a model's weights: a run folder's settings hash, else the name itself."""
+    return saved_hash(model) or model
+
+
+def report_key(model: str, suite: str, **settings) -> dict:
+    """What an evaluation report depends on: model identity, encoder settings, suite."""
+    return json.loads(
+        json.dumps({"model": model_identity(model), "suite": suite, "settings": settings})
+    )
+
+
+def setup_notebook(profile: str, output_dir: str) -> tuple[TrainConfig, Path]:
+    """The shared first cell of every notebook: the profile's config and the output folder.
+
+    Offline profiles (``tiny``, ``cpu``) switch the Hugging Face hub off unless the
+    environment says otherwise.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1" if profile in ("tiny", "cpu") else "0")
+    config = load_config(profile, {"run.output_dir": output_dir})
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"profile={profile} model={config.run.model} output_dir={output_dir}")
+    return config, out
