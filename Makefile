@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 lint: install
-	$(BIN)/ruff check grace tests benchmarks
+	$(BIN)/ruff check grace tests benchmarks scripts
 
 # Every notebook with the tiny profile, the book built from them, then the unit tests (which
 # also check the executed notebooks).

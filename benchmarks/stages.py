@@ -14,6 +14,8 @@ import json
 import statistics
 from pathlib import Path
 
+from grace.runs import HISTORY_FILE, log_history
+
 
 def print_rows(title: str, rows: dict[str, float], total: float | None = None) -> None:
     total = total or sum(rows.values()) or 1.0
@@ -24,8 +26,8 @@ def print_rows(title: str, rows: dict[str, float], total: float | None = None) -
 
 
 def training_runs(run: Path) -> None:
-    for history_path in sorted(run.glob("*/log_history.json")):
-        history = json.loads(history_path.read_text())
+    for history_path in sorted(run.glob(f"*/{HISTORY_FILE}")):
+        history = log_history(history_path.parent)
         steps = [h for h in history if "step_time" in h or "loss" in h]
         final = history[-1]
         line = f"  {history_path.parent.name:22s} {len(steps):3d} steps, "

@@ -56,9 +56,10 @@ def main() -> None:
         steps = [h["step_time"] for h in trainer.state.log_history if "step_time" in h]
 
     print(
-        f"profile={args.profile} model={config.model} threads={torch.get_num_threads()} "
-        f"groups={config.prompts_per_generation} x {config.num_generations} rollouts, "
-        f"prompt<={config.max_prompt_tokens} completion<={config.max_completion_length} tokens"
+        f"profile={args.profile} model={config.run.model} threads={torch.get_num_threads()} "
+        f"groups={config.grpo.prompts_per_generation} x {config.policy.num_generations} "
+        f"rollouts, prompt<={config.policy.max_prompt_tokens} "
+        f"completion<={config.policy.max_completion_length} tokens"
     )
 
     def median(values: list[float]) -> float:

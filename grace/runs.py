@@ -110,13 +110,32 @@ def run_config(config: TrainConfig, name: str, out: str | Path) -> TrainConfig:
     return config.with_changes({**RUNS[name], "run.output_dir": str(Path(out) / name)})
 
 
+def model_paths(config: TrainConfig, out: str | Path) -> dict[str, str]:
+    """Table label -> what to load: the profile's base model or the run folder in ``out``."""
+    return {
+        label: config.run.model if run is None else str(Path(out) / run)
+        for label, run in LABELS.items()
+    }
+
+
 def model_identity(model: str) -> str:
     """What names a model's weights: a run folder's settings hash, else the name itself."""
     return saved_hash(model) or model
 
 
+# Encoder settings that never change a score (where rationales are stored, how rows are
+# batched), and those that only matter when rationales are sampled.
+NOT_SCORING = ("cache_dir", "batch_size")
+SAMPLING = ("max_new_tokens", "temperature", "top_p", "seed", "num_rationales", "single_pass")
+
+
 def report_key(model: str, suite: str, **settings) -> dict:
-    """What an evaluation report depends on: model identity, encoder settings, suite."""
+    """What an evaluation report depends on: model identity, encoder settings, suite.
+
+    A direct-mode key ignores the sampling settings, so every direct row of a model is one.
+    """
+    ignored = NOT_SCORING + (SAMPLING if settings.get("mode") == "direct" else ())
+    settings = {k: v for k, v in settings.items() if k not in ignored}
     return json.loads(
         json.dumps({"model": model_identity(model), "suite": suite, "settings": settings})
     )

@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from grace.config import load_config  # noqa: E402
 from grace.evaluation import GraceMTEBModel, evaluate  # noqa: E402
-from grace.train import log_history, trained_model  # noqa: E402
+from grace.runs import log_history, trained_model  # noqa: E402
 
 PROFILE = "cpu"
 VARIANTS = {
@@ -30,7 +30,7 @@ VARIANTS = {
     "lr5e-5": {"learning_rate": 5e-5},
     "lora-lr2e-4": {"lora": True, "learning_rate": 2e-4},
     "lr5e-5-group8": {"learning_rate": 5e-5, "num_generations": 8, "prompts_per_generation": 2},
-    "lr5e-5-temp0.7": {"learning_rate": 5e-5, "temperature": 0.7},
+    "lr5e-5-temp0.7": {"learning_rate": 5e-5, "policy.temperature": 0.7},
 }
 RESULTS = Path("results/sweep")
 
@@ -38,14 +38,10 @@ RESULTS = Path("results/sweep")
 def run_variant(name: str, overrides: dict) -> dict:
     config = load_config(PROFILE, {**overrides, "output_dir": f"runs/sweep/{name}"})
     model_dir = trained_model(config)
-    encoder = GraceMTEBModel(
-        model_dir,
-        mode="rationale",
-        max_new_tokens=config.eval_max_new_tokens,
-        batch_size=config.eval_batch_size,
-    )
-    report = evaluate(encoder, config.eval_suite, label=f"GRACE supervised ({name})")
-    history = log_history(config.output_dir)
+    settings = config.evaluation.encoder_settings(num_rationales=1)
+    encoder = GraceMTEBModel(str(model_dir), **settings)
+    report = evaluate(encoder, config.evaluation.suite, label=f"GRACE supervised ({name})")
+    history = log_history(model_dir)
     rewards = [entry["reward"] for entry in history if "reward" in entry]
     return {
         "variant": name,

@@ -136,3 +136,35 @@ def test_paper_profile_is_the_reference_recipe():
     # 4 GPUs x 16 completions x 2 accumulation steps = 128 completions = 16 prompts per update.
     grpo = config.grpo
     assert 4 * grpo.per_device_train_batch_size * grpo.gradient_accumulation_steps == 16 * 8
+
+
+# The precision each profile trains in: (weights dtype, bf16 autocast).
+PRECISION = {
+    "tiny": ("float32", False),
+    "cpu": ("float32", False),
+    "colab": ("float32", False),  # T4: no bf16
+    "paper": ("float32", True),  # full fine-tuning: fp32 master weights, bf16 autocast
+    "gpu": ("bfloat16", True),  # LoRA: a frozen bf16 base, fp32 adapters
+}
+
+
+@pytest.mark.parametrize("profile", known_profiles())
+def test_each_profile_states_its_precision(profile):
+    adaptation = load_config(profile).adaptation
+    assert (adaptation.dtype, adaptation.bf16) == PRECISION[profile]
+    assert adaptation.lora or adaptation.dtype == "float32"
+
+
+def test_full_fine_tuning_trains_fp32_weights_and_lora_fp32_adapters(tmp_path):
+    import torch
+
+    from grace.train import build_grpo_trainer
+
+    full = build_grpo_trainer(load_config("tiny", [f"output_dir={tmp_path}"]))
+    assert {p.dtype for p in full.model.parameters()} == {torch.float32}
+    lora = build_grpo_trainer(
+        load_config("tiny", [f"output_dir={tmp_path}", "lora=true", "adaptation.dtype=bfloat16"])
+    )
+    trained = {p.dtype for p in lora.model.parameters() if p.requires_grad}
+    frozen = {p.dtype for p in lora.model.parameters() if not p.requires_grad}
+    assert trained == {torch.float32} and frozen == {torch.bfloat16}

@@ -160,12 +160,28 @@ def test_cli_eval_hub_suite_offline_is_a_clear_error(capsys, monkeypatch):
 
 def test_cached_report_evaluates_once_and_names_files_safely(tmp_path):
     from grace.evaluation import cached_report, report_path
+    from grace.runs import report_key
 
     path = report_path(tmp_path, "GRACE supervised (draw 1), +CL/x")
     assert path.name == "GRACE_supervised_draw_1_plusCL-x.json"
     built = []
     make = lambda: built.append(1) or random_encoder()  # noqa: E731
-    first = cached_report(path, "random", make, "LeeSTS")
-    second = cached_report(path, "random", make, "LeeSTS")
+    key = report_key("random", "LeeSTS", num_rationales=1)
+    first = cached_report(path, "random", make, "LeeSTS", key)
+    second = cached_report(path, "random", make, "LeeSTS", key)
     assert built == [1] and path.exists()
     assert first["tasks"] == second["tasks"] and first["label"] == "random"
+    # Other settings (here the draws) under the same file name: measured again, not reused.
+    third = cached_report(path, "random", make, "LeeSTS", key | {"settings": {"draws": 4}})
+    assert built == [1, 1] and third["key"]["settings"] == {"draws": 4}
+
+
+def test_report_keys_name_a_run_by_its_settings(tmp_path):
+    from grace.config import load_config
+    from grace.runs import prepare_run_folder, report_key
+
+    config = load_config("tiny", {"output_dir": str(tmp_path / "run")})
+    prepare_run_folder(config)
+    key = report_key(str(tmp_path / "run"), "offline", max_new_tokens=4)
+    assert key["model"] == config.settings_hash()
+    assert report_key("smollm2-135m-instruct", "offline")["model"] == "smollm2-135m-instruct"

@@ -144,3 +144,31 @@ def test_cli_train_saves_a_loadable_model(tmp_path, capsys):
 def test_cli_train_reports_bad_settings(capsys):
     assert main(["train", "--config", "tiny", "--set", "nope=1"]) == 2
     assert "Unknown configuration keys ['nope']" in capsys.readouterr().err
+
+
+def test_an_empty_system_prompt_renders_the_same_for_trl_and_the_reward(tiny, tmp_path):
+    from grace.prompts import chat_prompt
+    from grace.train import grpo_dataset
+
+    _, tokenizer = tiny
+    for system in ("", "Be brief."):
+        config = load_config("tiny", [f"output_dir={tmp_path}", f"policy.system_prompt={system}"])
+        row = grpo_dataset(config, tokenizer)[0]
+        trl_side = tokenizer.apply_chat_template(
+            row["prompt"], tokenize=False, add_generation_prompt=True
+        )
+        assert trl_side == chat_prompt(tokenizer, row["text"], system)
+
+
+def test_simcse_trains_with_dropout_but_saves_the_models_own_rate(tmp_path):
+    from grace.baselines import build_contrastive_trainer
+
+    config = load_config("tiny", [f"output_dir={tmp_path}", "method=simcse", "max_steps=1"])
+    trainer = build_contrastive_trainer(config)
+    rates = {
+        m.attention_dropout for m in trainer.model.modules() if hasattr(m, "attention_dropout")
+    }
+    assert rates == {config.baselines.simcse_dropout}
+    train(config)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["attention_dropout"] == 0.0  # a loaded checkpoint embeds without dropout

