@@ -4,14 +4,144 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
+from grace.rationale import MAX_NEW_TOKENS
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``grace embed: error: ...``) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# Argument types: each checks one argument when it is parsed, before any model is loaded.
+
+
+def count(text: str) -> int:
+    """A whole number >= 1 (token caps, draws, batch sizes)."""
+    value = whole_number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def seed(text: str) -> int:
+    value = whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def temperature(text: str) -> float:
+    """A number >= 0; 0 means greedy decoding, said explicitly rather than implied."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 = greedy), got {text}")
+    return value
+
+
+def device(text: str) -> str:
+    """A torch device that exists on this machine."""
+    import torch
+
+    try:
+        parsed = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(
+            f"unknown device {text!r}; use cpu, cuda, cuda:N or mps"
+        ) from None
+    if parsed.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (parsed.index or 0) >= available:
+            raise argparse.ArgumentTypeError(
+                f"{text}: this machine has {available} CUDA device(s); try --device cpu"
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError("mps is not available here; try --device cpu")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"unsupported device {text!r}; use cpu, cuda or mps")
+    return text
+
+
+def input_file(text: str) -> str:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: is a folder, not a file")
+    return text
+
+
+def existing_folder(text: str) -> str:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: no such folder")
+    return text
+
+
+def output_file(text: str) -> str:
+    """A file path that can be written: not a folder, and in a folder that can be made."""
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a folder; give a file name")
+    if Path(text).exists() and not os.access(text, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text}: the file is not writable")
+    writable_folder(Path(text).parent, text)
+    return text
+
+
+def output_folder(text: str) -> str:
+    """A folder that exists or can be made, and can be written."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a file, not a folder")
+    writable_folder(Path(text), text)
+    return text
+
+
+def writable_folder(folder: Path, text: str) -> None:
+    """Raise unless ``folder``, or the nearest folder above it that exists, can be written."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text}: cannot write in {existing}")
+
+
+def notebook_numbers(text: str) -> list[int]:
+    """``5,8``: numbers of notebooks that exist."""
+    from grace.reproduce import ReproduceError, notebooks
+
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"expected notebook numbers such as 5,8, got {text!r}")
+    numbers = [int(part) for part in parts]
+    try:
+        notebooks(numbers)
+    except ReproduceError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return numbers
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="grace",
         description="GRACE: embeddings from an LLM's rationales, trained with GRPO.",
     )
@@ -19,10 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     embed = commands.add_parser("embed", help="embed texts from a file into a .npy matrix")
     embed.add_argument("--model", required=True, help="hub id, local folder, or alias")
-    embed.add_argument("--input", required=True, help=".txt (one text a line) or .jsonl (text)")
-    embed.add_argument("--output", required=True, help="where to write the (N, H) .npy array")
+    embed.add_argument(
+        "--input",
+        required=True,
+        type=input_file,
+        help=".txt (one text a line, UTF-8, no blank lines) or .jsonl (field text)",
+    )
+    embed.add_argument(
+        "--output",
+        required=True,
+        type=output_file,
+        help="file for the (N, H) array in .npy format (written under exactly this name)",
+    )
     add_encoder_options(embed)
-    embed.add_argument("--rationales-out", help="write each text's rationale to this .jsonl")
+    embed.add_argument(
+        "--rationales-out", type=output_file, help="write each text's rationale to this .jsonl"
+    )
     embed.set_defaults(run=run_embed)
 
     train = commands.add_parser("train", help="train with GRACE (GRPO) or a contrastive baseline")
@@ -33,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one setting, e.g. --set output_dir=runs/x (repeatable)",
+        help="override one setting: --set optim.learning_rate=1e-5, or a bare name when only "
+        "one section has it: --set output_dir=runs/x (repeatable)",
     )
     train.set_defaults(run=run_train)
 
@@ -42,21 +185,29 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--suite", default="offline", help="offline | subset | paper | TASK[,TASK...]"
     )
-    evaluate.add_argument("--output", help="write the report (mteb results + summary) here")
+    evaluate.add_argument(
+        "--output", type=output_file, help="write the report (mteb results + summary) here"
+    )
     evaluate.add_argument("--label", help="row name in tables (default: the model's name)")
     add_encoder_options(evaluate)
     evaluate.set_defaults(run=run_eval)
 
     reproduce = commands.add_parser("reproduce", help="run the book's notebooks with papermill")
     reproduce.add_argument("--profile", default="cpu", help="tiny | cpu | colab | paper | YAML")
-    reproduce.add_argument("--only", help="notebook numbers to run, e.g. 5,8")
-    reproduce.add_argument("--output", help="where executed notebooks and results go")
+    reproduce.add_argument("--only", type=notebook_numbers, help="notebooks to run, e.g. 5,8")
+    reproduce.add_argument(
+        "--output", type=output_folder, help="where executed notebooks and results go"
+    )
     reproduce.add_argument("--fresh", action="store_true", help="rerun finished notebooks too")
     reproduce.set_defaults(run=run_reproduce)
 
     book = commands.add_parser("book", help="build the Jupyter Book (warnings are errors)")
-    book.add_argument("--executed", help="executed notebooks to use (default: book/executed)")
-    book.add_argument("--output", help="the HTML goes to OUTPUT/_build/html (default: .)")
+    book.add_argument(
+        "--executed", type=existing_folder, help="executed notebooks (default: book/executed)"
+    )
+    book.add_argument(
+        "--output", type=output_folder, help="the HTML goes to OUTPUT/_build/html (default: .)"
+    )
     book.set_defaults(run=run_book)
     return parser
 
@@ -64,16 +215,22 @@ def build_parser() -> argparse.ArgumentParser:
 def add_encoder_options(parser: argparse.ArgumentParser) -> None:
     """The ``GraceEncoder`` settings shared by the commands that embed text."""
     parser.add_argument("--mode", choices=("rationale", "direct"), default="rationale")
-    parser.add_argument("--max-new-tokens", type=int, default=2048)
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy rationales")
+    parser.add_argument("--max-new-tokens", type=count, default=MAX_NEW_TOKENS)
     parser.add_argument(
-        "--num-rationales", type=int, default=1, help="average the embeddings of k rationales"
+        "--temperature", type=temperature, default=1.0, help=">= 0; 0 = greedy rationales"
+    )
+    parser.add_argument(
+        "--num-rationales", type=count, default=1, help="average the embeddings of k rationales"
     )
     parser.add_argument("--int8", action="store_true", help="dynamic int8 quantisation (CPU)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--cache-dir", help="reuse rationales sampled before (SQLite cache)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument("--batch-size", type=count, default=8)
+    parser.add_argument(
+        "--cache-dir", type=output_folder, help="reuse rationales sampled before (SQLite cache)"
+    )
+    parser.add_argument(
+        "--device", type=device, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
 
 
 def encoder_settings(args: argparse.Namespace) -> dict:
@@ -94,11 +251,12 @@ def run_embed(args: argparse.Namespace) -> None:
     from grace.data import read_texts
     from grace.encoder import GraceEncoder
 
-    texts = read_texts(args.input)
+    texts = read_texts(args.input, skip_blank=False)  # row i of the output is line i
     encoder = GraceEncoder.from_pretrained(args.model, **encoder_settings(args))
     embeddings, rationales = encoder.encode_with_rationales(texts, show_progress_bar=True)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    np.save(args.output, embeddings)
+    with open(args.output, "wb") as handle:  # np.save(path) would append ".npy" to the name
+        np.save(handle, embeddings)
     if args.rationales_out:
         with open(args.rationales_out, "w", encoding="utf-8") as handle:
             for text, rationale in zip(texts, rationales, strict=True):
@@ -110,16 +268,24 @@ def run_train(args: argparse.Namespace) -> None:
     from grace.config import load_config
     from grace.train import train
 
-    overrides = [*args.set, *([f"method={args.method}"] if args.method else [])]
+    overrides = [*args.set, *([f"run.method={args.method}"] if args.method else [])]
     config = load_config(args.config, overrides)
     trainer = train(config)
-    print(f"Trained {trainer.state.global_step} steps; model saved in {config.output_dir}")
+    print(f"Trained {trainer.state.global_step} steps; model saved in {config.run.output_dir}")
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from grace.evaluation import GraceMTEBModel, evaluate, minilm_encoder, summarize, to_markdown
+    from grace.evaluation import (
+        GraceMTEBModel,
+        evaluate,
+        minilm_encoder,
+        resolve_tasks,
+        summarize,
+        to_markdown,
+    )
     from grace.evaluation.model import MINILM
 
+    resolve_tasks(args.suite)  # unknown names or an unreachable hub fail before the model loads
     if args.model == MINILM:
         model = minilm_encoder()
     else:
@@ -135,8 +301,7 @@ def run_eval(args: argparse.Namespace) -> None:
 def run_reproduce(args: argparse.Namespace) -> None:
     from grace.reproduce import reproduce
 
-    only = [int(n) for n in args.only.split(",")] if args.only else None
-    summary = reproduce(args.profile, args.output, only=only, resume=not args.fresh)
+    summary = reproduce(args.profile, args.output, only=args.only, resume=not args.fresh)
     print(f"All notebooks done in {summary['total_seconds']} s (profile {args.profile}).")
 
 
@@ -147,15 +312,26 @@ def run_book(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # bad arguments (status 2) or --help (status 0)
+        return int(stop.code or 0)
     from grace.config import ConfigError
     from grace.data import DataError
+    from grace.encoder import CacheError
     from grace.models import ModelLoadError
     from grace.reproduce import ReproduceError
 
     try:
         args.run(args)
-    except (ConfigError, DataError, ModelLoadError, ReproduceError, FileNotFoundError) as error:
+    except (
+        CacheError,
+        ConfigError,
+        DataError,
+        ModelLoadError,
+        ReproduceError,
+        FileNotFoundError,
+    ) as error:
         print(f"grace {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from grace.config import TrainConfig
 from grace.prompts import truncate_text
 
 TRIPLE_FIELDS = ("query", "positive", "negative")
@@ -32,39 +31,73 @@ class DataError(ValueError):
     """Bad input data; the message names the file and line."""
 
 
-def read_jsonl(path: str | Path, fields: tuple[str, ...]) -> list[dict]:
-    """Rows of a jsonl file, each checked to hold non-empty strings under ``fields``."""
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{where}: not valid JSON ({error.msg}).") from error
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}.")
-            for field in fields:
-                value = row.get(field)
-                if not isinstance(value, str):
-                    raise DataError(f"{where}: missing string field {field!r}.")
-                if not value.strip():
-                    raise DataError(f"{where}: field {field!r} is empty.")
-            rows.append(row)
-    return rows
+def read_lines(path: str | Path, skip_blank: bool = True) -> list[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file, without line ends or a leading byte-order mark.
 
-
-def read_texts(path: str | Path) -> list[str]:
-    """Texts from ``.jsonl`` (field ``text``) or plain text (one per line, blank lines skipped)."""
+    Blank lines at the end of the file are dropped. Other blank lines are skipped, or, with
+    ``skip_blank=False`` (``grace embed``: row i of the output must be line i), an error.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file.")
-    if path.suffix == ".jsonl":
-        return [row["text"] for row in read_jsonl(path, ("text",))]
-    with open(path, encoding="utf-8") as handle:
-        return [line.rstrip("\n") for line in handle if line.strip()]
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a file.")
+    lines = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"{path}, line {number}: not UTF-8 (byte {error.start + 1} of the line is "
+                    f"{raw[error.start]:#04x}); save the file as UTF-8."
+                ) from error
+            line = line.removesuffix("\n").removesuffix("\r")
+            lines.append((number, line.removeprefix("\ufeff") if number == 1 else line))
+    while lines and not lines[-1][1].strip():
+        lines.pop()
+    blank = {number for number, line in lines if not line.strip()}
+    if blank and not skip_blank:
+        raise DataError(
+            f"{path}, line {min(blank)}: blank line. Each line is one text and row i of the "
+            "output is line i, so remove it."
+        )
+    return [(number, line) for number, line in lines if number not in blank]
+
+
+def read_jsonl(path: str | Path, fields: tuple[str, ...], skip_blank: bool = True) -> list[dict]:
+    """Rows of a jsonl file, each checked to hold non-empty strings under ``fields``."""
+    rows = []
+    for number, line in read_lines(path, skip_blank):
+        where = f"{path}, line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{where}: not valid JSON ({error.msg}).") from error
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}.")
+        for field in fields:
+            value = row.get(field)
+            if not isinstance(value, str):
+                raise DataError(f"{where}: missing string field {field!r}.")
+            if not value.strip():
+                raise DataError(f"{where}: field {field!r} is empty.")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as error:  # JSON escapes can spell half a character
+                raise DataError(
+                    f"{where}: field {field!r} holds a lone surrogate "
+                    f"({value[error.start]!r}), which is not text."
+                ) from error
+        rows.append(row)
+    return rows
+
+
+def read_texts(path: str | Path, skip_blank: bool = True) -> list[str]:
+    """Texts from ``.jsonl`` (field ``text``) or plain text (one per line; see ``read_lines``)."""
+    if Path(path).suffix == ".jsonl":
+        return [row["text"] for row in read_jsonl(path, ("text",), skip_blank)]
+    return [line for _, line in read_lines(path, skip_blank)]
 
 
 def package_file(distribution: str, relative_path: str) -> Path:
@@ -100,10 +133,10 @@ def read_triples(path: str | Path) -> list[dict]:
 
 
 def load_triples(source: str, split: str = "train") -> list[dict]:
-    """Triples from a jsonl file, an offline builder name, or a ``datasets`` id (online)."""
+    """Triples from a jsonl file (local or a URL), an offline builder, or a ``datasets`` id."""
     if source in BUILDERS:
         return BUILDERS[source]()
-    if source.endswith(".jsonl") or Path(source).exists():
+    if not is_remote(source) and (source.endswith(".jsonl") or Path(source).exists()):
         return read_triples(source)
     rows = [dict(row) for row in _hub_dataset(source, split)]
     for number, row in enumerate(rows, start=1):
@@ -114,18 +147,31 @@ def load_triples(source: str, split: str = "train") -> list[dict]:
 
 
 def load_sentences(source: str, split: str = "train") -> list[str]:
-    """Sentences from .txt/.jsonl, an offline builder name, or a ``datasets`` id (``text``)."""
+    """Sentences from .txt/.jsonl (local or a URL), an offline builder, or a ``datasets`` id.
+
+    The paper's unsupervised data is one file on the hub:
+    ``hf://datasets/princeton-nlp/datasets-for-simcse/wiki1m_for_simcse.txt``.
+    """
     if source in BUILDERS:
         return BUILDERS[source]()
-    if Path(source).suffix in (".txt", ".jsonl") or Path(source).exists():
+    local = Path(source).suffix in (".txt", ".jsonl") or Path(source).exists()
+    if not is_remote(source) and local:
         return read_texts(source)
     return [row["text"] for row in _hub_dataset(source, split) if row["text"].strip()]
+
+
+def is_remote(source: str) -> bool:
+    """A file named by URL (``hf://datasets/...``, ``https://...``) rather than a local path."""
+    return source.startswith(("hf://", "http://", "https://"))
 
 
 def _hub_dataset(source: str, split: str):
     import datasets
 
     try:
+        if is_remote(source):  # one file: jsonl rows, or text lines
+            builder = "json" if source.endswith((".jsonl", ".json")) else "text"
+            return datasets.load_dataset(builder, data_files=source, split="train")
         return datasets.load_dataset(source, split=split)
     except Exception as error:  # datasets raises many kinds; one clear message for all
         raise DataError(
@@ -252,30 +298,27 @@ BUILDERS = {"rotten-tomatoes": movie_triples, "lee-sentences": lee_sentences}
 # --- what a training run reads --------------------------------------------------------
 
 
-def uses_sentences(config: TrainConfig) -> bool:
-    """SimCSE and unsupervised GRACE train on sentences; GRACE and +CL on triples."""
-    return config.method == "simcse" or (
-        config.method == "grace" and config.setting == "unsupervised"
-    )
+def training_rows(
+    tokenizer: PreTrainedTokenizerBase,
+    source: str,
+    sentences: bool,
+    max_examples: int | None,
+    max_tokens: int,
+) -> list[dict]:
+    """Rows with ``text`` (the policy's prompt text) and, for triples, ``query``/``negative``.
 
-
-def training_rows(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> list[dict]:
-    """Rows with ``text`` (the policy's prompt text) and, when supervised, ``query``/``negative``.
-
-    Texts are cut to ``max_prompt_tokens`` here, once, so trl and the reward see the same text.
+    ``sentences`` reads ``source`` as sentences (SimCSE, unsupervised GRACE), else as triples.
+    Texts are cut to ``max_tokens`` here, once, so trl and the reward see the same text.
     """
-    if uses_sentences(config):
-        rows = [{"text": s} for s in load_sentences(config.sentences)]
+    if sentences:
+        rows = [{"text": s} for s in load_sentences(source)]
     else:
         rows = [
             {"text": t["positive"], "query": t["query"], "negative": t["negative"]}
-            for t in load_triples(config.triples)
+            for t in load_triples(source)
         ]
-    rows = rows[: config.max_examples] if config.max_examples else rows
+    rows = rows[:max_examples] if max_examples else rows
     return [
-        {
-            key: truncate_text(tokenizer, value, config.max_prompt_tokens)
-            for key, value in row.items()
-        }
+        {key: truncate_text(tokenizer, value, max_tokens) for key, value in row.items()}
         for row in rows
     ]

@@ -7,10 +7,12 @@ no-reasoning baseline. The interface follows sentence-transformers' ``encode``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -23,10 +25,10 @@ from grace.models import load_model, model_fingerprint, quantize_int8
 from grace.pooling import pool
 from grace.prompts import SYSTEM_PROMPT, build_prompts, system_prefix_length
 from grace.rationale import (
+    MAX_NEW_TOKENS,
     Rollouts,
     SamplingConfig,
     generate_rationales,
-    seeded,
     tokenize_prompts,
 )
 
@@ -38,7 +40,7 @@ class EncoderConfig:
     """How texts become embeddings. Defaults are the paper's inference settings."""
 
     mode: str = "rationale"
-    max_new_tokens: int = 2048
+    max_new_tokens: int = MAX_NEW_TOKENS
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
@@ -54,8 +56,10 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"Unknown mode {self.mode!r}; choose one of {MODES}.")
-        if self.num_rationales < 1:
-            raise ValueError(f"num_rationales must be at least 1, got {self.num_rationales}.")
+        for name in ("num_rationales", "batch_size", "max_input_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        SamplingConfig(self.temperature, self.top_p, self.max_new_tokens)  # checks those three
 
     @property
     def draws(self) -> int:
@@ -65,7 +69,7 @@ class EncoderConfig:
 
     @property
     def sampling(self) -> SamplingConfig:
-        return SamplingConfig(self.temperature, self.top_p, self.max_new_tokens, seed=None)
+        return SamplingConfig(self.temperature, self.top_p, self.max_new_tokens, self.seed)
 
 
 def last_hidden_states(
@@ -116,29 +120,95 @@ def rollouts_from_completions(
     return Rollouts(prompt_ids, prompt_mask, ids.to(device), mask.to(device), texts, no_cap)
 
 
+class CacheError(RuntimeError):
+    """The rationale cache cannot be read or written; the message names the file and the fix."""
+
+
 class RationaleCache:
-    """Completion ids on disk (SQLite), keyed by model, prompt, sampling settings and seed."""
+    """Completion ids on disk (SQLite), keyed by model, prompt, sampling settings, seed, draw.
 
-    def __init__(self, folder: str | Path) -> None:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(Path(folder) / "rationales.sqlite")
-        self.db.execute("CREATE TABLE IF NOT EXISTS rationales (key TEXT PRIMARY KEY, ids TEXT)")
+    A key determines its rationale (``generate_rationales`` seeds each row from it), so a
+    cache hit returns exactly what sampling would have written, whatever else was cached.
+    A file that is not a readable cache is moved aside and rebuilt, with a warning; a bad
+    row is sampled again and overwritten.
+    """
 
-    @staticmethod
-    def key(model_id: str, prompt: str, sampling: SamplingConfig, seed: int, draw: int) -> str:
-        fields = [model_id, prompt, asdict(replace(sampling, seed=seed)), draw]
+    VERSION = 2  # bump when the same key would sample a different rationale (v2: per-row RNG)
+
+    def __init__(self, folder: str | Path, vocab_size: int) -> None:
+        self.path = Path(folder) / "rationales.sqlite"
+        self.vocab_size = vocab_size
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = self._open()
+        except sqlite3.DatabaseError as error:
+            if "locked" in str(error) or "unable to open" in str(error):  # not the file's fault
+                raise CacheError(
+                    f"Cannot open the rationale cache {self.path} ({error})."
+                ) from error
+            aside = self.path.with_name(self.path.name + ".corrupt")
+            warnings.warn(
+                f"{self.path} is not a readable rationale cache ({error}); moved it to {aside} "
+                "and started an empty cache.",
+                stacklevel=3,
+            )
+            self.path.replace(aside)
+            self.db = self._open()
+        except OSError as error:
+            raise CacheError(f"Cannot create the rationale cache {self.path}: {error}") from error
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=60)  # other processes may be writing
+        try:
+            db.execute("CREATE TABLE IF NOT EXISTS rationales (key TEXT PRIMARY KEY, ids TEXT)")
+            db.execute("SELECT key, ids FROM rationales LIMIT 1").fetchall()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    @classmethod
+    def key(cls, model_id: str, prompt: str, sampling: SamplingConfig, draw: int) -> str:
+        fields = [cls.VERSION, model_id, prompt, asdict(sampling), draw]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
     def get(self, key: str) -> list[int] | None:
-        row = self.db.execute("SELECT ids FROM rationales WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        """The stored ids, or None when absent or not a list of token ids (a warning)."""
+        with self._failures():
+            row = self.db.execute("SELECT ids FROM rationales WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            ids = json.loads(row[0])
+        except (TypeError, ValueError):
+            ids = None
+        valid = isinstance(ids, list) and all(
+            type(i) is int and 0 <= i < self.vocab_size for i in ids
+        )
+        if not valid:
+            # One message for all bad rows: Python shows a repeated warning once.
+            warnings.warn(
+                f"{self.path} holds rows that are not token ids; they are sampled again.",
+                stacklevel=3,
+            )
+            return None
+        return ids
 
     def put(self, items: dict[str, list[int]]) -> None:
-        with self.db:
-            self.db.executemany(
-                "INSERT OR REPLACE INTO rationales VALUES (?, ?)",
-                [(key, json.dumps(ids)) for key, ids in items.items()],
-            )
+        rows = [(key, json.dumps(ids)) for key, ids in items.items()]
+        with self._failures(), self.db:
+            self.db.executemany("INSERT OR REPLACE INTO rationales VALUES (?, ?)", rows)
+
+    @contextlib.contextmanager
+    def _failures(self) -> Iterator[None]:
+        """SQLite errors after opening (a file damaged mid-run, a full disk) name the fix."""
+        try:
+            yield
+        except sqlite3.Error as error:
+            raise CacheError(
+                f"The rationale cache {self.path} failed ({error}). Delete it, or run without "
+                "a cache (no --cache-dir; cache_dir=None)."
+            ) from error
 
 
 class GraceEncoder:
@@ -146,7 +216,8 @@ class GraceEncoder:
 
     Empty or whitespace-only texts are encoded as the empty string: the chat template still
     gives real tokens to pool, so their embedding is finite and unit-length (one warning).
-    Sampled rationales depend on ``seed`` and on the order of the input list.
+    A sampled rationale depends only on the model, its text, the sampling settings, ``seed``
+    and its draw number: not on batching, input order, the cache or other processes.
     """
 
     def __init__(
@@ -165,7 +236,9 @@ class GraceEncoder:
                 "GraceEncoder.from_pretrained(..., int8=True) or grace.models.quantize_int8."
             )
         self.prefix_length = system_prefix_length(tokenizer, self.config.system_prompt)
-        self.cache = RationaleCache(self.config.cache_dir) if self.config.cache_dir else None
+        self.cache = None
+        if self.config.cache_dir:
+            self.cache = RationaleCache(self.config.cache_dir, model.config.vocab_size)
         # Cache keys name the weights, so a retrained model never reads stale rationales.
         self.model_id = model_fingerprint(model) if self.cache else ""
         self.generated = 0  # how many rationales this encoder has sampled (cache misses)
@@ -230,13 +303,12 @@ class GraceEncoder:
 
         embeddings = [None] * len(prompts)
         rationales = [[""] * k for _ in prompts]
-        with seeded(config.seed):
-            for batch in tqdm(batches, desc=f"encode ({config.mode})", disable=not show):
-                rows = [(prompts[i], draw) for i in batch for draw in range(k)]
-                vectors, written = self._encode_batch(rows)
-                for n, i in enumerate(batch):
-                    embeddings[i] = vectors[n * k : (n + 1) * k]
-                    rationales[i] = written[n * k : (n + 1) * k]
+        for batch in tqdm(batches, desc=f"encode ({config.mode})", disable=not show):
+            rows = [(prompts[i], draw) for i in batch for draw in range(k)]
+            vectors, written = self._encode_batch(rows)
+            for n, i in enumerate(batch):
+                embeddings[i] = vectors[n * k : (n + 1) * k]
+                rationales[i] = written[n * k : (n + 1) * k]
         return torch.stack(embeddings).cpu().numpy(), rationales
 
     def _clean(self, texts: list[str]) -> list[str]:
@@ -274,6 +346,7 @@ class GraceEncoder:
                 [prompts[i] for i in missing],
                 self.config.sampling,
                 keep_hidden=self.config.single_pass,
+                draws=[rows[i][1] for i in missing],
             )
             self.generated += len(missing)
             for i, vector, text in zip(missing, self._embed(fresh), fresh.texts, strict=True):
@@ -301,8 +374,7 @@ class GraceEncoder:
         return embed_rollouts(self.model, rollouts, self.prefix_length, self.config.pooling)
 
     def _cache_key(self, prompt: str, draw: int) -> str:
-        config = self.config
-        return RationaleCache.key(self.model_id, prompt, config.sampling, config.seed, draw)
+        return RationaleCache.key(self.model_id, prompt, self.config.sampling, draw)
 
 
 def mean_of_draws(draws: np.ndarray) -> np.ndarray:

@@ -4,16 +4,29 @@ A rollout is a prompt (left-padded) followed by its completion (right-padded aft
 Besides the text, the reward needs to know which completions ran into the token cap without
 an EOS (they are penalised), and the encoder can take the last-layer hidden states straight
 from generation instead of paying for a second forward pass.
+
+Each row samples from its own random stream (``RowSampler``), seeded from its prompt, the
+seed and its draw number, so a rationale never depends on the rows batched beside it.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+import hashlib
+import json
+import math
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.generation.logits_process import TopPLogitsWarper
+
+#: The paper's longest rationale (and policy completion), in tokens.
+MAX_NEW_TOKENS = 2048
 
 
 @dataclass
@@ -21,12 +34,24 @@ class SamplingConfig:
     """How rationales are sampled. ``temperature=0`` means greedy decoding.
 
     Defaults are the paper's evaluation settings (temperature 1, top-p 1, up to 2048 tokens).
+    With a ``seed`` each row's rationale depends only on the seed, its prompt and its draw
+    number (see ``row_seeds``); without one, row seeds come from torch's global RNG.
     """
 
     temperature: float = 1.0
     top_p: float = 1.0
-    max_new_tokens: int = 2048
+    max_new_tokens: int = MAX_NEW_TOKENS
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(
+                f"temperature must be a number >= 0 (0 = greedy), got {self.temperature}."
+            )
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}.")
 
 
 @dataclass
@@ -79,28 +104,50 @@ def completion_mask(completion_ids: torch.Tensor, eos_ids: list[int]) -> torch.T
     return eos_before == 0
 
 
-@contextlib.contextmanager
-def seeded(seed: int | None) -> Iterator[None]:
-    """Run a block with a fixed torch RNG seed without disturbing the caller's RNG state."""
+def row_seeds(prompts: list[str], seed: int | None, draws: list[int] | None = None) -> list[int]:
+    """One sampling seed per row: a hash of (seed, prompt, draw), or random if ``seed`` is None.
+
+    Hashing makes a row's rationale independent of its batch, its position and of which other
+    rows were cached. Temperature, top-p and the token cap stay out of the hash on purpose: the
+    same noise at every temperature, and a shorter cap gives a prefix of a longer one.
+    """
+    draws = draws if draws is not None else [0] * len(prompts)
     if seed is None:
-        yield
-        return
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+        return torch.randint(2**62, (len(prompts),)).tolist()
+    hashes = [
+        hashlib.sha256(json.dumps([seed, prompt, draw]).encode()).digest()
+        for prompt, draw in zip(prompts, draws, strict=True)
+    ]
+    return [int.from_bytes(digest[:8], "big") >> 1 for digest in hashes]  # < 2**63
 
 
-def sampling_kwargs(sampling: SamplingConfig) -> dict:
-    """``generate`` arguments for a sampling config; top-k is switched off as in the paper."""
-    if sampling.temperature <= 0:
-        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    return {
-        "do_sample": True,
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p,
-        "top_k": 0,
-    }
+class RowSampler(LogitsProcessor):
+    """Samples each row's next token with that row's own RNG; greedy decoding then keeps it.
+
+    ``generate``'s own sampling draws every row from one global RNG stream, so a row's tokens
+    would change with the rows beside it. Here row i adds Gumbel noise from generator i and
+    takes the argmax: argmax(logits / T + Gumbel) is an exact sample of softmax(logits / T)
+    (the Gumbel-max trick). The returned scores are -inf except at the chosen token.
+    """
+
+    def __init__(self, seeds: list[int], sampling: SamplingConfig) -> None:
+        self.seeds = seeds
+        self.generators: list[torch.Generator] = []  # made on the logits' device at step 1
+        self.temperature = sampling.temperature
+        self.top_p = TopPLogitsWarper(sampling.top_p) if sampling.top_p < 1 else None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        device = scores.device
+        if not self.generators:
+            self.generators = [torch.Generator(device).manual_seed(s) for s in self.seeds]
+        scores = scores.float() / self.temperature
+        if self.top_p is not None:
+            scores = self.top_p(input_ids, scores)
+        uniform = torch.stack(
+            [torch.rand(scores.shape[1], generator=g, device=device) for g in self.generators]
+        ).clamp_(min=torch.finfo(torch.float32).tiny)
+        chosen = (scores - torch.log(-torch.log(uniform))).argmax(dim=1, keepdim=True)
+        return torch.full_like(scores, -math.inf).scatter_(1, chosen, 0.0)
 
 
 @torch.no_grad()
@@ -110,8 +157,12 @@ def generate_rationales(
     prompts: list[str],
     sampling: SamplingConfig,
     keep_hidden: bool = False,
+    draws: list[int] | None = None,
 ) -> Rollouts:
     """Sample one completion per rendered prompt (see ``prompts.build_prompts``).
+
+    ``draws`` numbers repeated prompts (draw j of a text gets its own seed, see ``row_seeds``).
+    Top-k is switched off, as in the paper.
 
     With ``keep_hidden`` the last-layer state of every prompt and completion token is kept.
     ``generate`` reports the states of the tokens it feeds in, so the final sampled token,
@@ -119,16 +170,23 @@ def generate_rationales(
     second forward pass over the same tokens at a fraction of its cost.
     """
     prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, model.device)
-    with seeded(sampling.seed):
-        out = model.generate(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            max_new_tokens=sampling.max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            output_hidden_states=keep_hidden,
-            return_dict_in_generate=True,
-            **sampling_kwargs(sampling),
-        )
+    processors = LogitsProcessorList()
+    if sampling.temperature > 0:
+        seeds = row_seeds(prompts, sampling.seed, draws)
+        processors.append(RowSampler(seeds, sampling))
+    out = model.generate(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        max_new_tokens=sampling.max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        output_hidden_states=keep_hidden,
+        return_dict_in_generate=True,
+        do_sample=False,  # greedy over RowSampler's scores: its sample, or the plain argmax
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        logits_processor=processors,
+    )
     completion_ids = out.sequences[:, prompt_ids.shape[1] :]
     eos_ids = eos_token_ids(model, tokenizer)
     mask = completion_mask(completion_ids, eos_ids)

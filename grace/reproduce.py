@@ -27,11 +27,21 @@ class ReproduceError(RuntimeError):
 
 
 def notebooks(only: list[int] | None = None, folder: Path = NOTEBOOK_DIR) -> list[Path]:
-    """The numbered notebooks (``NN_name.ipynb``) in order, or just the numbers in ``only``."""
+    """The numbered notebooks (``NN_name.ipynb``) in order, or just the numbers in ``only``.
+
+    A number with no notebook is an error: running nothing would look like success.
+    """
     found = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
-    if only:
-        found = [p for p in found if int(p.name[:2]) in only]
-    return found
+    if only is None:
+        return found
+    numbers = sorted({int(p.name[:2]) for p in found})
+    unknown = sorted(set(only) - set(numbers))
+    if not only or unknown:
+        raise ReproduceError(
+            f"No notebook numbered {', '.join(map(str, unknown)) or '(none given)'}; "
+            f"the notebooks are {', '.join(map(str, numbers))}."
+        )
+    return [p for p in found if int(p.name[:2]) in only]
 
 
 def read_summary(output: Path) -> dict:

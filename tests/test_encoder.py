@@ -1,3 +1,7 @@
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -149,3 +153,55 @@ def test_int8_encoder_stays_close_to_fp32_and_names_other_weights(texts):
     assert model_fingerprint(fp32.model) != model_fingerprint(int8.model)
     with pytest.raises(ValueError, match="quantised model"):
         GraceEncoder(fp32.model, fp32.tokenizer, int8=True)
+
+
+def test_sampled_rationales_ignore_batching_order_and_cache(tiny, texts, tmp_path):
+    settings = dict(max_new_tokens=8, num_rationales=2)
+    reference, rationales = GraceEncoder(*tiny, batch_size=4, **settings).encode_draws(texts)
+
+    def check(draws, written, rows=slice(None)):
+        assert written == rationales[rows]
+        assert np.allclose(draws, reference[rows], atol=1e-5)
+
+    for i, text in enumerate(texts):  # each text alone
+        check(*GraceEncoder(*tiny, **settings).encode_draws([text]), rows=slice(i, i + 1))
+    backward, written = GraceEncoder(*tiny, batch_size=10, **settings).encode_draws(texts[::-1])
+    check(backward[::-1], written[::-1])
+    check(*GraceEncoder(*tiny, batch_size=2, **settings).encode_draws(texts))
+
+    cached = GraceEncoder(*tiny, cache_dir=str(tmp_path), batch_size=4, **settings)
+    cached.encode_draws(texts[1:3])  # a partly filled cache
+    check(*cached.encode_draws(texts))
+    assert cached.generated == 2 * len(texts)  # each draw sampled once
+
+
+ENCODE_IN_A_PROCESS = """
+import json, sys
+import numpy as np
+from grace.encoder import GraceEncoder
+texts, cache, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+encoder = GraceEncoder.from_pretrained("tiny-random", device="cpu", max_new_tokens=8,
+                                       cache_dir=cache, batch_size=3)
+np.save(out, encoder.encode(texts))
+"""
+
+
+def test_two_processes_sharing_a_cache_agree_with_one_uncached_run(tiny, texts, tmp_path):
+    reference = GraceEncoder(*tiny, max_new_tokens=8).encode(texts)
+    orders = {"a": texts, "b": texts[::-1]}
+    runs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                ENCODE_IN_A_PROCESS,
+                json.dumps(order),
+                str(tmp_path / "cache"),
+                str(tmp_path / f"{name}.npy"),
+            ]
+        )
+        for name, order in orders.items()
+    ]
+    assert [run.wait(timeout=300) for run in runs] == [0, 0]
+    assert np.allclose(np.load(tmp_path / "a.npy"), reference, atol=1e-5)
+    assert np.allclose(np.load(tmp_path / "b.npy")[::-1], reference, atol=1e-5)

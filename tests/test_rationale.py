@@ -87,3 +87,51 @@ def test_smollm2_single_pass_matches_second_pass(smollm2, texts):
     rollouts.hidden = None
     second = embed_rollouts(model, rollouts, prefix)
     assert (single * second).sum(-1).min() > 0.9999
+
+
+@pytest.mark.parametrize(
+    ("bias", "top_p"),
+    [(0.0, 1.0), (0.0, 0.7), (4.0, 1.0)],  # bias 4: rows stop at different steps
+)
+def test_a_rationale_depends_on_its_prompt_seed_and_draw_only(tiny, texts, bias, top_p):
+    model, tokenizer = tiny
+    model = eos_biased(model, tokenizer, bias)
+    prompts = build_prompts(tokenizer, texts, SYSTEM_PROMPT, 1024)
+    config = SamplingConfig(max_new_tokens=10, top_p=top_p, seed=7)
+
+    def completions(rows, draws=None):
+        rollouts = generate_rationales(model, tokenizer, rows, config, draws=draws)
+        return [
+            ids[mask].tolist()
+            for ids, mask in zip(rollouts.completion_ids, rollouts.completion_mask, strict=True)
+        ]
+
+    together = completions(prompts)
+    assert together == [completions([p])[0] for p in prompts]  # alone
+    assert together == completions(prompts[::-1])[::-1]  # another order, other neighbours
+    assert together[1:3] == completions(prompts[1:3])  # another batch size
+    assert together[0] == completions(prompts[:2] + prompts[:1], draws=[0, 0, 1])[0]
+    other_draw = completions(prompts[:1], draws=[1])[0]
+    assert other_draw != together[0]  # draw j of a text has its own seed
+
+
+def test_temperature_zero_is_greedy_and_negative_is_refused(tiny, texts):
+    model, tokenizer = tiny
+    prompts = build_prompts(tokenizer, texts[:2], SYSTEM_PROMPT, 1024)
+    greedy = generate_rationales(model, tokenizer, prompts, SamplingConfig(0.0, max_new_tokens=6))
+    mask = greedy.attention_mask[:, :-1]
+    logits = model(
+        input_ids=greedy.input_ids[:, :-1],
+        attention_mask=mask,
+        position_ids=(mask.long().cumsum(dim=1) - 1).clamp(min=0),
+    ).logits
+    start = greedy.prompt_ids.shape[1] - 1
+    assert torch.equal(logits[:, start:].argmax(-1), greedy.completion_ids)  # each step's argmax
+    for bad in (
+        dict(temperature=-1.0),
+        dict(temperature=float("nan")),
+        dict(top_p=0.0),
+        dict(max_new_tokens=0),
+    ):
+        with pytest.raises(ValueError):
+            SamplingConfig(**bad)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from grace.data import DataError
-from grace.evaluation.model import GraceMTEBModel, TextEncoder, minilm_encoder
+from grace.evaluation.model import MINILM, GraceMTEBModel, TextEncoder, minilm_encoder
 from grace.evaluation.results import bar_chart, summarize, to_markdown, with_paper
 from grace.evaluation.tasks import OFFLINE_TASKS
 
@@ -47,6 +47,9 @@ class HubRequired(DataError):
     """A suite needs task data from the Hugging Face hub, which cannot be reached."""
 
 
+SUITE_HELP = "use offline, subset, paper, or mteb task names separated by commas"
+
+
 def suite_task_names(suite: str) -> list[str]:
     if suite == "paper":
         return [name for names in PAPER_TASKS.values() for name in names]
@@ -54,27 +57,59 @@ def suite_task_names(suite: str) -> list[str]:
         return list(SUBSET_TASKS)
     if suite == "offline":
         return list(OFFLINE_BY_NAME)
-    return [name.strip() for name in suite.split(",") if name.strip()]
+    names = [name.strip() for name in suite.split(",") if name.strip()]
+    if not names:
+        raise DataError(f"Suite {suite!r} names no tasks; {SUITE_HELP}.")
+    return names
 
 
 def resolve_tasks(suite: str) -> list:
     """mteb task objects for a suite name or a comma-separated list of task names.
 
-    Hub tasks fail fast when ``HF_HUB_OFFLINE`` is set, before any model is run.
+    Unknown names, and hub tasks without a reachable hub, fail here, before any model is run.
     """
     import mteb
 
     names = suite_task_names(suite)
     offline = [OFFLINE_BY_NAME[n]() for n in names if n in OFFLINE_BY_NAME]
     hub_names = [n for n in names if n not in OFFLINE_BY_NAME]
-    hub = list(mteb.get_tasks(tasks=hub_names, languages=["eng"])) if hub_names else []
+    try:
+        hub = list(mteb.get_tasks(tasks=hub_names, languages=["eng"])) if hub_names else []
+    except KeyError as error:  # mteb: "'offlin' not found and no similar keys were found."
+        found = str(error.args[0]).removeprefix("KeyError: ").rstrip(".")
+        raise DataError(f"Unknown suite or task: {found}; {SUITE_HELP}.") from None
+    listed = f"{', '.join(hub_names[:3])}{', ...' if len(hub_names) > 3 else ''}"
     if hub and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise HubRequired(
             f"Suite {suite!r} needs {len(hub)} tasks whose data lives on the Hugging Face hub "
-            f"({', '.join(hub_names[:3])}{', ...' if len(hub_names) > 3 else ''}), but "
-            "HF_HUB_OFFLINE is set. Unset it on a machine with internet, or use --suite offline."
+            f"({listed}), but HF_HUB_OFFLINE is set. Unset it on a machine with internet, or "
+            "use --suite offline."
+        )
+    if hub and (problem := hub_unreachable()):
+        raise HubRequired(
+            f"Suite {suite!r} needs {len(hub)} tasks from the Hugging Face hub ({listed}), "
+            f"which cannot be reached ({problem}). Connect, or use --suite offline."
         )
     return offline + hub
+
+
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the hub (``HF_ENDPOINT``) cannot be reached, or None when it answers.
+
+    One quick request here saves loading a model only to meet mteb's retries later.
+    """
+    import urllib.error
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    request = urllib.request.Request(endpoint, method="HEAD")
+    try:
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # an HTTP answer, even an error status, means the hub is there
+    except (urllib.error.URLError, OSError) as error:
+        return f"{endpoint}: {getattr(error, 'reason', error)}"
+    return None
 
 
 def task_records(model_result, tasks: list) -> list[dict]:
@@ -104,6 +139,8 @@ def evaluate(
     import mteb
 
     tasks = resolve_tasks(suite)
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)  # fails now, not after the run
     start = time.perf_counter()
     result = mteb.evaluate(model, tasks, cache=None, show_progress_bar=True)
     seconds = time.perf_counter() - start
@@ -120,22 +157,49 @@ def evaluate(
         "mteb": [r.to_dict() for r in result.task_results],
     }
     if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(report, indent=2, default=str))
     return report
 
 
 def cached_report(
-    path: str | Path, label: str, make_encoder: Callable[[], TextEncoder], suite: str
+    path: str | Path,
+    label: str,
+    make_encoder: Callable[[], TextEncoder],
+    suite: str,
+    key: dict,
 ) -> dict:
-    """The report saved at ``path``, or a fresh evaluation (saved there) if there is none.
+    """The report saved at ``path`` if it was made under ``key``, else a fresh evaluation.
 
+    ``key`` says what the scores depend on (``grace.runs.report_key``: model identity, encoder
+    settings, suite); a report written under another key is measured again and replaced.
     ``make_encoder`` is only called when needed: loading a model costs seconds.
     """
     path = Path(path)
-    if not path.exists():
-        evaluate(make_encoder(), suite, output=path, label=label)
-    return json.loads(path.read_text())
+    key = json.loads(json.dumps(key))
+    if path.exists():
+        report = json.loads(path.read_text())
+        if report.get("key") == key:
+            return report
+    report = evaluate(make_encoder(), suite, label=label) | {"key": key}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def evaluate_cached(model: str, label: str, suite: str, folder: str | Path, **settings) -> dict:
+    """The report of ``model`` under encoder ``settings``, cached in ``folder`` by its key.
+
+    ``model`` is a name or folder for ``GraceMTEBModel``, or ``minilm`` for the reference.
+    """
+    from grace.runs import report_key
+
+    if model == MINILM:
+        settings = {}
+        make = minilm_encoder
+    else:
+        make = lambda: GraceMTEBModel(model, **settings)  # noqa: E731
+    key = report_key(model, suite, **settings)
+    return cached_report(report_path(folder, label), label, make, suite, key)
 
 
 def report_path(folder: str | Path, label: str) -> Path:
@@ -147,6 +211,7 @@ def report_path(folder: str | Path, label: str) -> Path:
 
 __all__ = [
     "cached_report",
+    "evaluate_cached",
     "report_path",
     "GraceMTEBModel",
     "TextEncoder",

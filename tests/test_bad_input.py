@@ -1,0 +1,207 @@
+"""Issue 15's probes: every bad input gets a one-line error (exit status 2) before any model
+loads, or the behaviour the issue asked for. One row or test per probe, so none comes back."""
+
+import os
+import re
+import sqlite3
+import time
+
+import numpy as np
+import pytest
+
+import grace.encoder
+from grace.cli import main
+from grace.data import DataError, read_texts, read_triples
+from grace.encoder import CacheError, EncoderConfig, GraceEncoder
+from grace.evaluation import HubRequired, resolve_tasks
+from grace.reproduce import ReproduceError, notebooks
+
+
+@pytest.fixture
+def files(tmp_path):
+    """Paths the probes name: a good input, a folder, a plain file, a non-UTF-8 file."""
+    (tmp_path / "texts.txt").write_text("one\ntwo\n")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    names = {"texts": "texts.txt", "folder": "folder", "file": "file", "latin1": "latin1.txt"}
+    return {key: str(tmp_path / name) for key, name in names.items()}
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if a model starts loading: the probes must stop before that."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(grace.encoder, "load_model", refuse)
+
+
+EMBED = ["embed", "--model", "tiny-random", "--input", "{texts}", "--output", "{out}"]
+
+PROBES = [
+    (EMBED + ["--max-new-tokens", "0"], "--max-new-tokens: must be at least 1, got 0"),
+    (EMBED + ["--max-new-tokens", "-5"], "--max-new-tokens: must be at least 1, got -5"),
+    (EMBED + ["--max-new-tokens", "ten"], "--max-new-tokens: expected a whole number"),
+    (EMBED + ["--num-rationales", "0"], "--num-rationales: must be at least 1"),
+    (EMBED + ["--batch-size", "0"], "--batch-size: must be at least 1"),
+    (EMBED + ["--temperature", "-1"], "--temperature: must be >= 0 (0 = greedy)"),
+    (EMBED + ["--temperature", "nan"], "--temperature: must be >= 0"),
+    (EMBED + ["--seed", "-1"], "--seed: must be 0 or more"),
+    (EMBED + ["--device", "gpu"], "--device: unknown device 'gpu'"),
+    (EMBED + ["--device", "cuda:99"], "--device: cuda:99: this machine has"),
+    (EMBED + ["--cache-dir", "{file}"], "--cache-dir: {file}: is a file, not a folder"),
+    (EMBED + ["--rationales-out", "{folder}"], "--rationales-out: {folder}: is a folder"),
+    (
+        ["embed", "--model", "tiny-random", "--input", "{folder}", "--output", "{out}"],
+        "--input: {folder}: is a folder, not a file",
+    ),
+    (
+        ["embed", "--model", "tiny-random", "--input", "{folder}/none.txt", "--output", "{out}"],
+        "--input: {folder}/none.txt: no such file",
+    ),
+    (
+        ["embed", "--model", "tiny-random", "--input", "{texts}", "--output", "{folder}"],
+        "--output: {folder}: is a folder; give a file name",
+    ),
+    (  # unwritable: the folder to write in is a file
+        ["embed", "--model", "tiny-random", "--input", "{texts}", "--output", "{file}/e.npy"],
+        "--output: {file}/e.npy: {file} is a file, not a folder",
+    ),
+    (
+        ["embed", "--model", "tiny-random", "--input", "{latin1}", "--output", "{out}"],
+        "{latin1}, line 1: not UTF-8 (byte 4 of the line is 0xe9)",
+    ),
+    (["eval", "--model", "tiny-random", "--suite", "offlin"], "Unknown suite or task: 'offlin'"),
+    (["eval", "--model", "tiny-random", "--suite", ","], "Suite ',' names no tasks"),
+    (
+        ["eval", "--model", "tiny-random", "--output", "{file}/r.json"],
+        "--output: {file}/r.json: {file} is a file, not a folder",
+    ),
+    (["reproduce", "--only", "99"], "--only: No notebook numbered 99"),
+    (["reproduce", "--only", ""], "--only: expected notebook numbers such as 5,8, got ''"),
+    (["reproduce", "--only", "abc"], "--only: expected notebook numbers"),
+    (["reproduce", "--output", "{file}"], "--output: {file}: is a file, not a folder"),
+    (["book", "--executed", "{folder}/none"], "--executed: {folder}/none: no such folder"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), PROBES, ids=[p[1] for p in PROBES])
+def test_bad_argument_is_one_line_and_status_2(argv, message, files, tmp_path, no_model, capsys):
+    names = {**files, "out": str(tmp_path / "out.npy")}
+    assert main([arg.format(**names) for arg in argv]) == 2
+    err = capsys.readouterr().err
+    assert message.format(**names) in err
+    assert err.count("\n") == 1 and err.startswith(f"grace {argv[0]}: error: ")
+    assert not os.path.exists(names["out"])
+
+
+def test_embed_writes_the_output_path_exactly_as_given(tmp_path, files, capsys):
+    for name in ("emb.bin", "no_suffix"):
+        output = tmp_path / name
+        argv = ["embed", "--model", "tiny-random", "--input", files["texts"]]
+        assert main([*argv, "--output", str(output), "--mode", "direct", "--device", "cpu"]) == 0
+        assert np.load(output).shape == (2, 32)
+        assert f"embeddings to {output}\n" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".npy") == []
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"\xef\xbb\xbffirst\nsecond\n", ["first", "second"]),  # the BOM is dropped
+        (b"first\r\nsecond\r\n\r\n\n", ["first", "second"]),  # CRLF; blank lines at the end
+        (b"first\n \nthird\n", "line 2: blank line"),  # row i of the output must be line i
+        (b"first\n\xff\n", "line 2: not UTF-8 (byte 1 of the line is 0xff)"),
+        (b'{"text": "a"}\n\n{"text": "c"}\n', "line 2: blank line"),
+        (b'\xef\xbb\xbf{"text": "a"}\n', ["a"]),
+        (b'{"text": "a"}\n{"text": "\\ud800"}\n', "line 2: field 'text' holds a lone surrogate"),
+    ],
+)
+def test_embed_input_keeps_line_numbers(tmp_path, content, expected):
+    suffix = ".jsonl" if content.lstrip(b"\xef\xbb\xbf").startswith(b"{") else ".txt"
+    path = tmp_path / f"input{suffix}"
+    path.write_bytes(content)
+    if isinstance(expected, list):
+        assert read_texts(path, skip_blank=False) == expected
+    else:
+        with pytest.raises(DataError, match=re.escape(f"{path}, {expected}")):
+            read_texts(path, skip_blank=False)
+
+
+def test_training_files_skip_blank_lines_but_name_decoding_errors(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    line = '{"query": "caf\xe9", "positive": "p", "negative": "n"}\n'
+    path.write_bytes(("\n" + line).encode("latin-1"))  # train --set triples=latin1.jsonl
+    with pytest.raises(DataError, match=r"latin1.jsonl, line 2: not UTF-8"):
+        read_triples(path)
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("a\n\nb\n")
+    assert read_texts(sentences) == ["a", "b"]  # training sentences: a bag, blank lines skipped
+
+
+def test_encoder_settings_are_checked():
+    for bad in (
+        dict(temperature=-1.0),
+        dict(max_new_tokens=0),
+        dict(num_rationales=0),
+        dict(batch_size=0),
+        dict(top_p=1.5),
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            EncoderConfig(**bad)
+
+
+def test_unknown_notebook_numbers_are_refused():
+    with pytest.raises(ReproduceError, match="No notebook numbered 99"):
+        notebooks([99])
+    with pytest.raises(ReproduceError, match="none given"):
+        notebooks([])
+
+
+def test_hub_suite_without_network_fails_fast(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nobody there
+    start = time.perf_counter()
+    with pytest.raises(HubRequired, match="cannot be reached"):
+        resolve_tasks("paper")
+    assert time.perf_counter() - start < 10
+
+
+def test_corrupt_cache_file_is_moved_aside_and_rebuilt(tiny, texts, tmp_path):
+    reference = GraceEncoder(*tiny, max_new_tokens=6).encode(texts[:2])
+    (tmp_path / "rationales.sqlite").write_bytes(b"not a database " * 100)
+    with pytest.warns(UserWarning, match="is not a readable rationale cache"):
+        encoder = GraceEncoder(*tiny, max_new_tokens=6, cache_dir=str(tmp_path))
+    assert (tmp_path / "rationales.sqlite.corrupt").exists()
+    assert np.allclose(encoder.encode(texts[:2]), reference, atol=1e-5)
+
+
+@pytest.mark.parametrize("stored", ["not json", "[1, 2", '{"a": 1}', "[1e400]", "[99999]", "[-1]"])
+def test_bad_cache_row_is_sampled_again(tiny, texts, tmp_path, stored):
+    encoder = GraceEncoder(*tiny, max_new_tokens=6, cache_dir=str(tmp_path))
+    reference = encoder.encode(texts[:1])
+    with sqlite3.connect(tmp_path / "rationales.sqlite") as db:
+        db.execute("UPDATE rationales SET ids = ?", (stored,))
+    again = GraceEncoder(*tiny, max_new_tokens=6, cache_dir=str(tmp_path))
+    with pytest.warns(UserWarning, match="rows that are not token ids"):
+        assert np.allclose(again.encode(texts[:1]), reference, atol=1e-5)
+    assert again.generated == 1
+    assert GraceEncoder(*tiny, max_new_tokens=6, cache_dir=str(tmp_path)).encode(texts[:1]).any()
+
+
+def test_cache_failing_mid_run_names_the_file_and_the_fix(tiny, texts, tmp_path):
+    encoder = GraceEncoder(*tiny, max_new_tokens=6, cache_dir=str(tmp_path))
+    with sqlite3.connect(tmp_path / "rationales.sqlite") as db:
+        db.execute("DROP TABLE rationales")
+    with pytest.raises(CacheError, match="rationales.sqlite failed .*Delete it, or run without"):
+        encoder.encode(texts[:1])
+
+
+def test_unopenable_cache_is_an_error_with_status_2(tmp_path, files, capsys):
+    (tmp_path / "cache" / "rationales.sqlite").mkdir(parents=True)  # a folder where the file goes
+    argv = ["embed", "--model", "tiny-random", "--input", files["texts"], "--device", "cpu"]
+    argv += ["--output", str(tmp_path / "e.npy"), "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 2
+    assert "Cannot open the rationale cache" in capsys.readouterr().err
