@@ -9,6 +9,8 @@ positives. transformers' ``Trainer`` gives checkpoints, resuming and logging.
 
 from __future__ import annotations
 
+import zlib
+
 import datasets
 import torch
 import torch.nn.functional as F
@@ -22,11 +24,31 @@ from grace.prompts import build_prompts, system_prefix_length
 from grace.rationale import tokenize_prompts
 
 
-def info_nce(anchors: torch.Tensor, candidates: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Cross-entropy of each anchor i against all candidates, candidate i being its positive."""
+def info_nce(
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    temperature: float,
+    anchor_keys: torch.Tensor | None = None,
+    candidate_keys: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of each anchor i against all candidates, candidate i being its positive.
+
+    With keys (one id per text), a candidate j != i holding the same text as anchor i's
+    positive is a false negative and is left out: with 112 training plots, about half of the
+    random batches of 8 hold some plot twice.
+    """
     logits = anchors @ candidates.T / temperature
-    labels = torch.arange(anchors.shape[0], device=anchors.device)
-    return F.cross_entropy(logits, labels)
+    rows = torch.arange(anchors.shape[0], device=anchors.device)
+    if anchor_keys is not None and candidate_keys is not None:
+        same = anchor_keys[:, None] == candidate_keys[None, :]
+        same[rows, rows] = False
+        logits = logits.masked_fill(same, float("-inf"))
+    return F.cross_entropy(logits, rows)
+
+
+def text_keys(texts: list[str]) -> torch.Tensor:
+    """One integer per text, equal for equal texts (stable across processes)."""
+    return torch.tensor([zlib.crc32(text.encode()) for text in texts], dtype=torch.long)
 
 
 class PromptCollator:
@@ -46,6 +68,7 @@ class PromptCollator:
             )
             ids, mask = tokenize_prompts(self.tokenizer, prompts, torch.device("cpu"))
             batch[f"{field}_ids"], batch[f"{field}_mask"] = ids, mask
+            batch[f"{field}_key"] = text_keys([row[field] for row in rows])
         return batch
 
 
@@ -63,15 +86,17 @@ class ContrastiveTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         temperature = self.grace_config.baselines.temperature
+        keys = inputs["text_key"]
         if self.grace_config.run.method == "simcse":
             first, second = self.embed(model, inputs, "text"), self.embed(model, inputs, "text")
-            loss = info_nce(first, second, temperature)
+            loss = info_nce(first, second, temperature, keys, keys)
         else:
             query = self.embed(model, inputs, "query")
             documents = torch.cat(
                 [self.embed(model, inputs, "text"), self.embed(model, inputs, "negative")]
             )
-            loss = info_nce(query, documents, temperature)
+            candidate_keys = torch.cat([keys, inputs["negative_key"]])
+            loss = info_nce(query, documents, temperature, keys, candidate_keys)
         return (loss, {}) if return_outputs else loss
 
 

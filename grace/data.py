@@ -259,22 +259,43 @@ def rank_by_word_overlap(texts: list[str]) -> list[list[int]]:
     return [sorted((j for j in others if j != i), key=lambda j: -overlap(i, j)) for i in others]
 
 
-def movie_triples(held_out_movies: bool = False, seed: int = 0) -> list[dict]:
+#: Share of the training movies' reviews kept out of training, to validate on during training.
+VALIDATION_FRACTION = 0.1
+SPLITS = ("train", "validation", "test")
+
+
+def movie_triples(split: str = "train", seed: int = 0) -> list[dict]:
     """Review -> plot triples: query = a review, positive = its movie's plot, negative = the
     plot of the movie whose plot shares the most words with it (a hard negative).
 
-    ``held_out_movies`` picks the evaluation movies instead of the training ones.
+    ``split``: ``train`` and ``validation`` share the training movies and divide their reviews
+    (by a hash of the review, 10 % to validation); ``test`` is the held-out movies, never
+    trained or validated on. Each triple also names its ``movie``.
     """
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; choose one of {SPLITS}.")
     rows = rotten_tomatoes()
     plots = {r["movie"]: r["text"] for r in rows if r["category"] == "plot"}
     reviewed = {r["movie"] for r in rows if r["category"] != "plot"}
-    movies = sorted(m for m in plots.keys() & reviewed if held_out(m) == held_out_movies)
+    movies = sorted(m for m in plots.keys() & reviewed if held_out(m) == (split == "test"))
     ranking = rank_by_word_overlap([plots[m] for m in movies])
     negative_of = {m: plots[movies[ranked[0]]] for m, ranked in zip(movies, ranking, strict=True)}
+
+    def wanted(review: str) -> bool:
+        if split == "test":
+            return True
+        validation = stable_fraction(review, "grace-validation") < VALIDATION_FRACTION
+        return validation == (split == "validation")
+
     triples = [
-        {"query": r["text"], "positive": plots[r["movie"]], "negative": negative_of[r["movie"]]}
+        {
+            "query": r["text"],
+            "positive": plots[r["movie"]],
+            "negative": negative_of[r["movie"]],
+            "movie": r["movie"],
+        }
         for r in rows
-        if r["category"] != "plot" and r["movie"] in negative_of
+        if r["category"] != "plot" and r["movie"] in negative_of and wanted(r["text"])
     ]
     random.Random(seed).shuffle(triples)
     return triples

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+VARIANTS = ("paper", "contrastive")
+
 
 @dataclass
 class RewardConfig:
@@ -23,10 +25,15 @@ class RewardConfig:
     # Reward of a rollout that hit the token cap without EOS; None switches the penalty off
     # (useful for a random test model, which practically never ends a rationale).
     length_penalty: float | None = -1.0
+    # Supervised formula: "paper" as published, or "contrastive", which keeps the negative and
+    # the other groups inside each rollout's reward (see ``contrastive_rewards``).
+    variant: str = "paper"
 
     def __post_init__(self) -> None:
         if self.tau <= 0:
             raise ValueError(f"tau must be > 0, got {self.tau}.")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"Unknown reward variant {self.variant!r}; choose one of {VARIANTS}.")
 
 
 @dataclass
@@ -102,6 +109,50 @@ def supervised_rewards(
     ) / config.tau
     total = apply_length_penalty(total, hit_cap, config)
     return RewardTerms(positive, negative_sim, cluster, cross, total)
+
+
+def contrastive_rewards(
+    query: torch.Tensor,
+    positives: torch.Tensor,
+    negative: torch.Tensor,
+    hit_cap: torch.Tensor,
+    config: RewardConfig | None = None,
+) -> RewardTerms:
+    """A supervised variant whose contrast survives the group-mean advantage.
+
+    In the paper's formula cos(q_g, d-_g) and the cross-group term are the same for all the
+    rollouts of a group, so subtracting the group mean removes them: nothing in training pushes
+    a rollout away from the negative or from other groups, and a generic rationale that is
+    close to everything scores as well as a specific one. Here both terms are per rollout::
+
+        [cos(q_g, d+_gi) - cos(d-_g, d+_gi) + w_c * mean_{j!=i} cos(d+_gi, d+_gj)
+         - w_x * mean_{g'!=g} cos(d+_gi, q_g')] / tau
+
+    (the last term as in the unsupervised reward), so a rollout gains by being like its query
+    and unlike the negative and the other queries.
+    """
+    config = config or RewardConfig()
+    positive = torch.einsum("gh,gnh->gn", query, positives)
+    negative_sim = torch.einsum("gh,gnh->gn", negative, positives)
+    cluster = cluster_term(positives)
+    cross = mean_over_other_groups(torch.einsum("gnh,kh->gkn", positives, query))
+    total = (
+        positive - negative_sim + config.cluster_weight * cluster - config.cross_weight * cross
+    ) / config.tau
+    total = apply_length_penalty(total, hit_cap, config)
+    return RewardTerms(positive, negative_sim, cluster, cross, total)
+
+
+def supervised_terms(
+    query: torch.Tensor,
+    positives: torch.Tensor,
+    negative: torch.Tensor,
+    hit_cap: torch.Tensor,
+    config: RewardConfig,
+) -> RewardTerms:
+    """The supervised reward of ``config.variant``: the paper's, or the contrastive variant."""
+    formula = supervised_rewards if config.variant == "paper" else contrastive_rewards
+    return formula(query, positives, negative, hit_cap, config)
 
 
 def unsupervised_rewards(

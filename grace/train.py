@@ -25,7 +25,7 @@ from grace.encoder import embed_rollouts, rollouts_from_completions
 from grace.models import load_model
 from grace.prompts import build_prompts, chat_prompt, system_prefix_length
 from grace.rationale import SamplingConfig, eos_token_ids, generate_rationales
-from grace.rewards import supervised_rewards, unsupervised_rewards
+from grace.rewards import supervised_terms, unsupervised_rewards
 from grace.runs import mark_finished, prepare_run_folder
 
 
@@ -94,7 +94,7 @@ class GraceReward:
             anchor_sources = query[::n] + negative[::n] if supervised else text[::n]
             anchors, anchor_texts = self._rollout_embeddings(model, anchor_sources)
             if supervised:
-                terms = supervised_rewards(
+                terms = supervised_terms(
                     anchors[:groups], samples, anchors[groups:], hit_cap, self.config.reward
                 )
             else:

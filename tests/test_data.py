@@ -62,13 +62,19 @@ def test_split_is_deterministic_disjoint_and_order_free():
 def test_movie_triples_keep_evaluation_movies_out():
     rows = rotten_tomatoes()
     movie_of_plot = {r["text"]: r["movie"] for r in rows if r["category"] == "plot"}
-    train, evaluation = movie_triples(), movie_triples(held_out_movies=True)
+    train, validation = movie_triples(), movie_triples("validation")
+    evaluation = movie_triples("test")
     train_movies = {movie_of_plot[t["positive"]] for t in train}
     eval_movies = {movie_of_plot[t["positive"]] for t in evaluation}
     assert train_movies and eval_movies and not train_movies & eval_movies
     assert all(not held_out(m) for m in train_movies) and all(held_out(m) for m in eval_movies)
     assert all(t["negative"] != t["positive"] for t in train)
+    assert all(t["movie"] == movie_of_plot[t["positive"]] for t in train + evaluation)
     assert len(train) > 3000 and train == movie_triples()  # deterministic
+    # Validation reviews come from the training movies but were never trained on.
+    assert {t["movie"] for t in validation} <= {t["movie"] for t in train}
+    assert not {t["query"] for t in validation} & {t["query"] for t in train}
+    assert 0.07 < len(validation) / (len(train) + len(validation)) < 0.13
 
 
 def test_lee_sentences_are_real_and_apart_from_the_sts_documents():

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from grace.rewards import (
     RewardConfig,
+    contrastive_rewards,
     group_advantages,
     supervised_rewards,
     unsupervised_rewards,
@@ -89,3 +90,58 @@ def test_group_advantages_subtract_group_mean_only():
     assert torch.equal(group_advantages(rewards), torch.tensor([[-1.0, 1.0], [0.0, 0.0]]))
     scaled = group_advantages(rewards, scale_by_std=True)
     assert scaled[0, 1] == pytest.approx(1 / (2**0.5 + 1e-4))
+
+
+def test_contrastive_variant_terms_by_hand():
+    terms = contrastive_rewards(Q, POSITIVES, NEGATIVE, NO_CAP)
+    assert torch.allclose(terms.positive, torch.tensor([[1.0, 0.6], [1.0, 0.6]]))
+    # cos(d-_g, d+_gi), per rollout: g0 (0,1).(1,0)=0, (0,1).(.6,.8)=.8 ;
+    # g1 (.6,.8).(0,1)=.8, (.6,.8).(.8,.6)=.96
+    assert torch.allclose(terms.negative, torch.tensor([[0.0, 0.8], [0.8, 0.96]]))
+    # cos(d+_gi, q_other): g0 rollouts vs q1=(0,1): 0, .8 ; g1 rollouts vs q0=(1,0): 0, .8
+    assert torch.allclose(terms.cross, torch.tensor([[0.0, 0.8], [0.0, 0.8]]))
+    # g0: (1 - 0 + .12 - 0)/.1 = 11.2 ; (.6 - .8 + .12 - .16)/.1 = -2.4
+    expected = torch.tensor(
+        [[11.2, -2.4], [(1 - 0.8 + 0.12) / 0.1, (0.6 - 0.96 + 0.12 - 0.16) / 0.1]]
+    )
+    assert torch.allclose(terms.total, expected, atol=1e-5)
+
+
+def unit(*rows):
+    return F.normalize(torch.tensor(rows, dtype=torch.float32), dim=-1)
+
+
+# One group of four rollouts of a positive document, and a second group for the cross term.
+# Axes: 0 = the query's topic, 1 = the negative's, 2 = the other group's query, 3 = detail
+# found only in this document. A generic rationale leans to the query but is also close to
+# the negative and to the other query; a discriminative one is close to its query only.
+QUERIES = unit([1, 0, 0, 0], [0, 0, 1, 0])
+NEGATIVES = unit([0, 1, 0, 0], [0, 0, 0, 1])
+GENERIC, SPECIFIC = [2, 1, 1, 0], [1, 0, 0, 1]
+GROUPS = torch.stack([unit(GENERIC, GENERIC, GENERIC, SPECIFIC), unit(*[[0, 0, 1, 0]] * 4)])
+NO_CAP_4 = torch.zeros(2, 4, dtype=torch.bool)
+
+
+def test_under_the_papers_formula_the_generic_rollout_wins():
+    advantages = group_advantages(supervised_rewards(QUERIES, GROUPS, NEGATIVES, NO_CAP_4).total)
+    assert advantages[0, 0] > advantages[0, 3]
+
+
+def test_the_contrastive_variant_prefers_the_discriminative_rollout():
+    advantages = group_advantages(contrastive_rewards(QUERIES, GROUPS, NEGATIVES, NO_CAP_4).total)
+    assert advantages[0, 3] > advantages[0, 0]
+
+
+@pytest.mark.parametrize(
+    ("formula", "invariant"), [(supervised_rewards, True), (contrastive_rewards, False)]
+)
+def test_only_the_variants_advantages_depend_on_the_negative(formula, invariant):
+    other_negatives = unit([0, 1, 1, 0], [1, 0, 0, 1])
+    first = group_advantages(formula(QUERIES, GROUPS, NEGATIVES, NO_CAP_4).total)
+    second = group_advantages(formula(QUERIES, GROUPS, other_negatives, NO_CAP_4).total)
+    assert torch.allclose(first, second, atol=1e-5) == invariant
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ValueError, match="Unknown reward variant"):
+        RewardConfig(variant="mine")

@@ -172,3 +172,20 @@ def test_simcse_trains_with_dropout_but_saves_the_models_own_rate(tmp_path):
     train(config)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["attention_dropout"] == 0.0  # a loaded checkpoint embeds without dropout
+
+
+def test_info_nce_leaves_out_false_negatives():
+    from grace.baselines import info_nce, text_keys
+
+    # Two rows whose positives are the same plot: without keys each counts as the other's
+    # negative (loss log 2 with identical embeddings); with keys neither is penalised.
+    anchors = candidates = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    keys = text_keys(["the same plot", "the same plot"])
+    assert float(info_nce(anchors, candidates, 1.0)) == pytest.approx(0.6931, abs=1e-4)
+    assert float(info_nce(anchors, candidates, 1.0, keys, keys)) == pytest.approx(0.0, abs=1e-6)
+    # A hard negative with another text stays in the loss.
+    negatives = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    all_candidates = torch.cat([candidates, negatives])
+    all_keys = torch.cat([keys, text_keys(["plot a", "plot b"])])
+    masked = info_nce(anchors, all_candidates, 1.0, keys, all_keys)
+    assert float(masked) == pytest.approx(float(torch.log(torch.tensor(3.0))), abs=1e-4)
