@@ -17,11 +17,10 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from grace.config import TrainConfig
-from grace.encoder import last_hidden_states
 from grace.models import load_model
 from grace.pooling import pool
 from grace.prompts import build_prompts, system_prefix_length
-from grace.rationale import tokenize_prompts
+from grace.rationale import last_hidden_states, tokenize_prompts
 
 
 def info_nce(

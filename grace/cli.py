@@ -213,18 +213,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_encoder_options(parser: argparse.ArgumentParser) -> None:
-    """The ``GraceEncoder`` settings shared by the commands that embed text."""
-    parser.add_argument("--mode", choices=("rationale", "direct"), default="rationale")
-    parser.add_argument("--max-new-tokens", type=count, default=MAX_NEW_TOKENS)
+    """The ``GraceEncoder`` settings shared by the commands that embed text.
+
+    Unset options take the model folder's ``encoder_config.json`` (written by ``grace train``)
+    and otherwise the paper's inference settings (``EncoderConfig``).
+    """
     parser.add_argument(
-        "--temperature", type=temperature, default=1.0, help=">= 0; 0 = greedy rationales"
+        "--mode", choices=("rationale", "direct"), help="default: the folder's, else rationale"
     )
     parser.add_argument(
-        "--num-rationales", type=count, default=1, help="average the embeddings of k rationales"
+        "--max-new-tokens", type=count, help=f"rationale length cap (paper: {MAX_NEW_TOKENS})"
+    )
+    parser.add_argument("--temperature", type=temperature, help=">= 0; 0 = greedy (paper: 1)")
+    parser.add_argument(
+        "--num-rationales", type=count, help="average the embeddings of k rationales (paper: 1)"
     )
     parser.add_argument("--int8", action="store_true", help="dynamic int8 quantisation (CPU)")
-    parser.add_argument("--seed", type=seed, default=0)
-    parser.add_argument("--batch-size", type=count, default=8)
+    parser.add_argument("--seed", type=seed, help="sampling seed (default 0)")
+    parser.add_argument("--batch-size", type=count, help="generated rows per batch (default 8)")
     parser.add_argument(
         "--cache-dir", type=output_folder, help="reuse rationales sampled before (SQLite cache)"
     )
@@ -234,17 +240,19 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
 
 
 def encoder_settings(args: argparse.Namespace) -> dict:
-    return dict(
-        device=args.device,
-        mode=args.mode,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        num_rationales=args.num_rationales,
-        int8=args.int8,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        cache_dir=args.cache_dir,
+    """The options given on the command line (unset ones are left to the model folder)."""
+    names = (
+        "device",
+        "mode",
+        "max_new_tokens",
+        "temperature",
+        "num_rationales",
+        "seed",
+        "batch_size",
+        "cache_dir",
     )
+    settings = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return settings | ({"int8": True} if args.int8 else {})
 
 
 def run_embed(args: argparse.Namespace) -> None:

@@ -22,14 +22,14 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grace.models import load_model, model_fingerprint, quantize_int8
-from grace.pooling import pool
 from grace.prompts import SYSTEM_PROMPT, build_prompts, system_prefix_length
 from grace.rationale import (
     MAX_NEW_TOKENS,
     Rollouts,
     SamplingConfig,
+    embed_rollouts,
     generate_rationales,
-    tokenize_prompts,
+    rollouts_from_completions,
 )
 
 MODES = ("rationale", "direct")
@@ -70,54 +70,6 @@ class EncoderConfig:
     @property
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(self.temperature, self.top_p, self.max_new_tokens, self.seed)
-
-
-def last_hidden_states(
-    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
-    """Last-layer states of one forward pass; positions count real tokens (left padding).
-
-    Keeps the graph when gradients are on (the contrastive baselines train through it).
-    """
-    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        output_hidden_states=True,
-        logits_to_keep=1,
-    )
-    return out.hidden_states[-1]
-
-
-@torch.no_grad()
-def embed_rollouts(
-    model: PreTrainedModel, rollouts: Rollouts, prefix_length: int, pooling: str = "mean"
-) -> torch.Tensor:
-    """(B, H) unit embeddings of prompt + completion; runs a forward pass unless states are kept."""
-    hidden = rollouts.hidden
-    if hidden is None:
-        hidden = last_hidden_states(model, rollouts.input_ids, rollouts.attention_mask)
-    return pool(hidden, rollouts.attention_mask, prefix_length, pooling)
-
-
-def rollouts_from_completions(
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
-    completions: list[list[int]],
-    device: torch.device,
-) -> Rollouts:
-    """Rebuild rollouts from stored completion ids (cache hits; direct mode uses none)."""
-    prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, device)
-    width = max((len(c) for c in completions), default=0)
-    ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.bool)
-    for row, completion in enumerate(completions):
-        ids[row, : len(completion)] = torch.tensor(completion, dtype=torch.long)
-        mask[row, : len(completion)] = True
-    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-    no_cap = torch.zeros(len(prompts), dtype=torch.bool)
-    return Rollouts(prompt_ids, prompt_mask, ids.to(device), mask.to(device), texts, no_cap)
 
 
 class CacheError(RuntimeError):
@@ -247,7 +199,9 @@ class GraceEncoder:
     def from_pretrained(
         cls, name_or_path: str, device: str | None = None, dtype=None, **config
     ) -> GraceEncoder:
-        settings = EncoderConfig(**config)
+        """Load a model and embed as it was trained to: a folder's ``encoder_config.json``
+        (written by ``grace train``) gives the defaults; keyword arguments override them."""
+        settings = EncoderConfig(**(saved_encoder_settings(name_or_path) | config))
         model, tokenizer = load_model(name_or_path, device=device, dtype=dtype)
         if settings.int8:
             model = quantize_int8(model)
@@ -375,6 +329,35 @@ class GraceEncoder:
 
     def _cache_key(self, prompt: str, draw: int) -> str:
         return RationaleCache.key(self.model_id, prompt, self.config.sampling, draw)
+
+
+ENCODER_CONFIG = "encoder_config.json"
+# Settings that travel with a model folder; the rest (cache, batch size, int8) are choices of
+# the machine that embeds.
+PORTABLE = (
+    "mode",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "max_input_tokens",
+    "pooling",
+    "num_rationales",
+    "system_prompt",
+)
+
+
+def save_encoder_settings(folder: str | Path, config: EncoderConfig) -> Path:
+    """``encoder_config.json`` beside a model's weights: how this model embeds text."""
+    path = Path(folder) / ENCODER_CONFIG
+    path.write_text(json.dumps({k: getattr(config, k) for k in PORTABLE}, indent=2))
+    return path
+
+
+def saved_encoder_settings(name_or_path: str) -> dict:
+    """The settings saved in a model folder, or ``{}`` (hub ids, aliases, other folders)."""
+    path = Path(name_or_path) / ENCODER_CONFIG
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def mean_of_draws(draws: np.ndarray) -> np.ndarray:

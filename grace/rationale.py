@@ -25,6 +25,8 @@ from transformers import (
 )
 from transformers.generation.logits_process import TopPLogitsWarper
 
+from grace.pooling import pool
+
 #: The paper's longest rationale (and policy completion), in tokens.
 MAX_NEW_TOKENS = 2048
 
@@ -220,3 +222,54 @@ def _states_from_generation(model: PreTrainedModel, out, rollouts: Rollouts) -> 
         )
         states.append(extra.hidden_states[-1])
     return torch.cat(states, dim=1)
+
+
+# --- embedding rollouts: used by the encoder, the GRACE reward and the baselines ---
+
+
+def last_hidden_states(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Last-layer states of one forward pass; positions count real tokens (left padding).
+
+    Keeps the graph when gradients are on (the contrastive baselines train through it).
+    """
+    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        output_hidden_states=True,
+        logits_to_keep=1,
+    )
+    return out.hidden_states[-1]
+
+
+@torch.no_grad()
+def embed_rollouts(
+    model: PreTrainedModel, rollouts: Rollouts, prefix_length: int, pooling: str = "mean"
+) -> torch.Tensor:
+    """(B, H) unit embeddings of prompt + completion; runs a forward pass unless states are kept."""
+    hidden = rollouts.hidden
+    if hidden is None:
+        hidden = last_hidden_states(model, rollouts.input_ids, rollouts.attention_mask)
+    return pool(hidden, rollouts.attention_mask, prefix_length, pooling)
+
+
+def rollouts_from_completions(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    completions: list[list[int]],
+    device: torch.device,
+) -> Rollouts:
+    """Rebuild rollouts from stored completion ids (cache hits; direct mode uses none)."""
+    prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, device)
+    width = max((len(c) for c in completions), default=0)
+    ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.bool)
+    for row, completion in enumerate(completions):
+        ids[row, : len(completion)] = torch.tensor(completion, dtype=torch.long)
+        mask[row, : len(completion)] = True
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    no_cap = torch.zeros(len(prompts), dtype=torch.bool)
+    return Rollouts(prompt_ids, prompt_mask, ids.to(device), mask.to(device), texts, no_cap)

@@ -21,10 +21,16 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from grace.baselines import build_contrastive_trainer
 from grace.config import TrainConfig
-from grace.encoder import embed_rollouts, rollouts_from_completions
+from grace.encoder import EncoderConfig, save_encoder_settings
 from grace.models import load_model
 from grace.prompts import build_prompts, chat_prompt, system_prefix_length
-from grace.rationale import SamplingConfig, eos_token_ids, generate_rationales
+from grace.rationale import (
+    SamplingConfig,
+    embed_rollouts,
+    eos_token_ids,
+    generate_rationales,
+    rollouts_from_completions,
+)
 from grace.rewards import supervised_terms, unsupervised_rewards
 from grace.runs import mark_finished, prepare_run_folder
 
@@ -229,6 +235,14 @@ def save_final_model(
     return Path(output_dir)
 
 
+def encoder_config(config: TrainConfig) -> EncoderConfig:
+    """How a trained model embeds: the evaluation settings with the policy's system prompt,
+    in direct mode for the contrastive baselines (they were trained without rationales)."""
+    mode = "rationale" if config.run.method == "grace" else "direct"
+    settings = config.evaluation.encoder_settings(system_prompt=config.policy.system_prompt)
+    return EncoderConfig(**(settings | {"mode": mode}))
+
+
 def train(config: TrainConfig, callbacks: list | None = None):
     """Run one training run in ``run.output_dir`` and save the final model; returns the trainer.
 
@@ -245,5 +259,6 @@ def train(config: TrainConfig, callbacks: list | None = None):
         trainer.add_callback(callback)
     trainer.train(resume_from_checkpoint=get_last_checkpoint(str(output)))
     save_final_model(trainer.model, trainer.processing_class, str(output))
+    save_encoder_settings(output, encoder_config(config))
     mark_finished(output, trainer.state.log_history)
     return trainer

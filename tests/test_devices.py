@@ -8,9 +8,9 @@ rebuilding make must follow the device of their inputs.
 import torch
 
 from grace.config import load_config
-from grace.encoder import rollouts_from_completions
 from grace.pooling import pool
 from grace.prompts import SYSTEM_PROMPT, build_prompts
+from grace.rationale import rollouts_from_completions
 from grace.rewards import RewardConfig, supervised_rewards, unsupervised_rewards
 from grace.train import GraceReward
 

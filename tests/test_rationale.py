@@ -3,9 +3,8 @@ import copy
 import pytest
 import torch
 
-from grace.encoder import embed_rollouts
 from grace.prompts import SYSTEM_PROMPT, build_prompts, system_prefix_length
-from grace.rationale import SamplingConfig, completion_mask, generate_rationales
+from grace.rationale import SamplingConfig, completion_mask, embed_rollouts, generate_rationales
 
 
 def test_completion_mask_keeps_tokens_up_to_first_eos():

@@ -189,3 +189,17 @@ def test_info_nce_leaves_out_false_negatives():
     all_keys = torch.cat([keys, text_keys(["plot a", "plot b"])])
     masked = info_nce(anchors, all_candidates, 1.0, keys, all_keys)
     assert float(masked) == pytest.approx(float(torch.log(torch.tensor(3.0))), abs=1e-4)
+
+
+def test_a_trained_folder_embeds_as_it_was_trained(tmp_path):
+    from grace.encoder import GraceEncoder
+
+    config = load_config(
+        "tiny", [f"output_dir={tmp_path}", "method=contrastive", "max_steps=1", "max_new_tokens=3"]
+    )
+    train(config)
+    saved = json.loads((tmp_path / "encoder_config.json").read_text())
+    assert saved["mode"] == "direct" and saved["max_new_tokens"] == 3  # +CL embeds directly
+    assert GraceEncoder.from_pretrained(str(tmp_path), device="cpu").config.mode == "direct"
+    explicit = GraceEncoder.from_pretrained(str(tmp_path), device="cpu", mode="rationale")
+    assert explicit.config.mode == "rationale" and explicit.config.max_new_tokens == 3
