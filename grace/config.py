@@ -2,7 +2,7 @@
 
 As trl splits script, model and trainer arguments, a ``TrainConfig`` is made of sections:
 
-========== ==================================================================
+============== ==============================================================
 ``run``        what is trained (method, setting, model, data, seed) and where
 ``policy``     the prompt and how rollouts are sampled
 ``optim``      learning rate, its schedule, how long to train (every method)
@@ -11,10 +11,11 @@ As trl splits script, model and trainer arguments, a ``TrainConfig`` is made of 
 ``adaptation`` LoRA or full fine-tuning, dtypes, GPU switches
 ``baselines``  the contrastive baselines' batch and InfoNCE temperature
 ``logging``    logging, checkpoints, sample rationales (changes nothing trained)
+``validation`` held-out retrieval scored during training (changes nothing trained)
 ``evaluation`` ``grace.encoder.EncoderConfig`` plus the suite and the length study
-========== ==================================================================
+============== ==============================================================
 
-Profiles (``grace/profiles/tiny.yaml``, ``cpu``, ``colab``, ``paper``) are nested YAML that
+Profiles (``grace/profiles/tiny.yaml``, ``cpu``, ``colab``, ``gpu``, ``paper``) are nested YAML that
 lists only what differs from the defaults. Overrides name a field as ``section.field``
 (``--set optim.learning_rate=1e-5``) or by its bare name when only one section has it
 (``--set learning_rate=1e-5``). Every value is checked against the field's type: ``"1e-5"``
@@ -230,6 +231,20 @@ class LoggingConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """Scoring the live model on held-out reviews of the training movies during training
+    (``grace.validation``). Nothing here changes what is trained."""
+
+    every: int = 0  # steps between points; 0 switches validation off
+    movies: int = 24
+    reviews_per_movie: int = 2
+
+    def __post_init__(self) -> None:
+        check(self.every >= 0, "validation.every must be >= 0 (0 = off).")
+        check(self.movies >= 2 and self.reviews_per_movie >= 1, "validation needs >= 2 movies.")
+
+
+@dataclass
 class EvaluationConfig(EncoderConfig):
     """How trained models are scored: the encoder's settings plus the suite.
 
@@ -262,10 +277,11 @@ SECTIONS: dict[str, type] = {
     "adaptation": AdaptationConfig,
     "baselines": BaselineConfig,
     "logging": LoggingConfig,
+    "validation": ValidationConfig,
     "evaluation": EvaluationConfig,
 }
 # Sections (and fields) that never change the trained weights: excluded from a run's identity.
-NOT_TRAINING = ("logging", "evaluation")
+NOT_TRAINING = ("logging", "validation", "evaluation")
 
 
 @dataclass
@@ -280,6 +296,7 @@ class TrainConfig:
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def to_dict(self) -> dict:

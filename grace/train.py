@@ -33,6 +33,7 @@ from grace.rationale import (
 )
 from grace.rewards import supervised_terms, unsupervised_rewards
 from grace.runs import mark_finished, prepare_run_folder
+from grace.validation import validation_callback
 
 
 def grpo_dataset(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> datasets.Dataset:
@@ -255,6 +256,8 @@ def train(config: TrainConfig, callbacks: list | None = None):
         trainer = build_grpo_trainer(config)
     else:
         trainer = build_contrastive_trainer(config)
+    if config.validation.every:
+        trainer.add_callback(validation_callback(config, trainer))
     for callback in callbacks or []:
         trainer.add_callback(callback)
     trainer.train(resume_from_checkpoint=get_last_checkpoint(str(output)))

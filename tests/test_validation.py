@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from grace.config import load_config
+from grace.data import movie_triples
+from grace.train import train
+from grace.validation import ValidationSet, rises, score, validation_curve, validation_set
+
+
+def test_validation_set_uses_reviews_never_trained_or_tested_on():
+    data = validation_set(movies=6, reviews_per_movie=2)
+    assert len(data.queries) == 12 and data == validation_set(6, 2)  # fixed across runs
+    trained = {t["query"] for t in movie_triples("train")}
+    tested = {t["query"] for t in movie_triples("test")} | {
+        t["positive"] for t in movie_triples("test")
+    }
+    assert not set(data.queries) & trained and not set(data.queries) & tested
+    plot_of = {t["query"]: (t["positive"], t["negative"]) for t in movie_triples("validation")}
+    for query, p, n in zip(data.queries, data.positive, data.negative, strict=True):
+        assert (data.plots[p], data.plots[n]) == plot_of[query]
+
+
+def test_score_by_hand():
+    data = ValidationSet(["q0", "q1"], ["p0", "p1", "p2"], positive=[0, 1], negative=[1, 2])
+    vectors = {
+        "q0": [1.0, 0.0], "q1": [0.0, 1.0],
+        "p0": [0.6, 0.8], "p1": [0.8, 0.6], "p2": [0.0, 1.0],
+    }  # fmt: skip
+    scores = score(lambda texts: np.array([vectors[t] for t in texts]), data)
+    # q0: own plot .6 ranks after p1 (.8): 1/2; q1: own plot .6 after p0 (.8) and p2 (1): 1/3
+    assert scores["mrr"][0] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    # margins: q0 .6 - .8 = -.2 ; q1 .6 - 1 = -.4
+    assert scores["margin"][0] == pytest.approx(-0.3)
+    assert scores["margin"][1] == pytest.approx(0.1)  # std .1414 / sqrt(2 queries)
+
+
+def test_rises_needs_more_than_three_combined_errors():
+    curve = {"steps": [0, 4], "values": [0.30, 0.40], "stderr": [0.02, 0.02]}
+    assert rises(curve)  # gap .10 > 3 * .028
+    assert not rises(curve | {"stderr": [0.03, 0.03]})  # gap .10 < 3 * .042
+
+
+@pytest.mark.parametrize("method", ["grace", "contrastive", "simcse"])
+def test_training_logs_validation_before_and_during_the_run(tmp_path, method):
+    config = load_config("tiny", [f"output_dir={tmp_path}", f"method={method}", "max_steps=3"])
+    trainer = train(config.with_changes({"validation.every": 2}))
+    curve = validation_curve(trainer.state.log_history)
+    assert curve["steps"] == [0, 2, 3]  # before training, every 2 steps, and the last step
+    assert all(0 < v <= 1 for v in curve["values"]) and all(e >= 0 for e in curve["stderr"])
+    # The steps' own logging still happens at every step.
+    assert [h["step"] for h in trainer.state.log_history if "loss" in h] == [1, 2, 3]
+    assert trainer.model.training  # validation switched eval mode off again
