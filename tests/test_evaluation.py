@@ -185,3 +185,51 @@ def test_report_keys_name_a_run_by_its_settings(tmp_path):
     key = report_key(str(tmp_path / "run"), "offline", max_new_tokens=4)
     assert key["model"] == config.settings_hash()
     assert report_key("smollm2-135m-instruct", "offline")["model"] == "smollm2-135m-instruct"
+
+
+def test_every_offline_score_gets_a_bootstrap_interval(random_report):
+    scores = {r["task"]: r["score"] for r in random_report["tasks"]}
+    intervals = random_report["intervals"]
+    assert set(intervals) == set(scores)
+    for task, interval in intervals.items():
+        low, high = interval["ci95"]
+        assert low <= scores[task] <= high and high - low > 0, (task, interval)
+    # Where the recomputation is the same metric, it matches mteb's score exactly.
+    for task in ("RTReviewPlotRetrieval", "RTReviewPlotReranking", "LeeSTS"):
+        assert intervals[task]["recomputed"] == pytest.approx(scores[task], abs=1e-5)  # mteb rounds
+
+
+def test_in_domain_retrieval_has_hundreds_of_queries_and_unseen_distractors():
+    from grace.data import movie_triples
+    from grace.evaluation.tasks import RTReviewPlotRetrieval, distractor_plots
+
+    task = RTReviewPlotRetrieval()
+    task.load_data()
+    split = task.dataset["default"]["test"]
+    assert len(split["queries"]) >= 400 and len(split["corpus"]) == 100
+    seen = {t[f] for t in movie_triples() + movie_triples("validation")
+            for f in ("positive", "negative")}  # fmt: skip
+    assert not {" ".join(p.split()) for p in seen} & set(distractor_plots())
+    assert all(len(docs) == 1 for docs in split["relevant_docs"].values())
+
+
+def test_table_rows_carry_mean_std_and_interval():
+    from grace.evaluation.results import table_row
+
+    def report(retrieval, sts):
+        return {
+            "tasks": [
+                {"task": "R", "type": "Retrieval", "score": retrieval},
+                {"task": "S", "type": "STS", "score": sts},
+            ],
+            "intervals": {"R": {"ci95": [retrieval - 0.1, retrieval + 0.1]}},
+        }
+
+    row = table_row("two draws", [report(0.2, 0.5), report(0.4, 0.5)])
+    assert row["tasks"]["R"]["score"] == pytest.approx(30.0)
+    assert row["tasks"]["R"]["std"] == pytest.approx(14.142, abs=1e-3)
+    assert row["tasks"]["R"]["ci95"] == pytest.approx([20.0, 40.0])
+    assert row["tasks"]["S"]["ci95"] is None  # no interval recorded for it
+    assert row["mean_task"]["score"] == pytest.approx(40.0)  # (30 + 50) / 2
+    single = table_row("one", [report(0.2, 0.5)])
+    assert single["tasks"]["R"]["std"] is None and single["mean_task"]["std"] is None

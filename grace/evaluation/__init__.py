@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from grace.data import DataError
+from grace.evaluation.intervals import task_intervals
 from grace.evaluation.model import MINILM, GraceMTEBModel, TextEncoder, minilm_encoder
 from grace.evaluation.results import bar_chart, summarize, to_markdown, with_paper
 from grace.evaluation.tasks import OFFLINE_TASKS
@@ -154,6 +155,7 @@ def evaluate(
         "seconds": round(seconds, 1),
         "tasks": records,
         "summary": summarize({label: records}).iloc[0].to_dict(),
+        "intervals": task_intervals(tasks, records, getattr(model, "memory", {})),
         "mteb": [r.to_dict() for r in result.task_results],
     }
     if output:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 # mteb task type -> the paper's column name, in the paper's order.
@@ -99,3 +100,32 @@ def bar_chart(table: pd.DataFrame, path: str | Path | None = None, title: str = 
     if path:
         fig.savefig(path, dpi=120)
     return fig
+
+
+def table_row(label: str, draws: list[dict]) -> dict:
+    """One row of ``table.json`` from the reports of a model (one report, or one per draw).
+
+    Scores x 100. With several draws, ``score`` is their mean, ``std`` their standard
+    deviation (the rationale-sampling noise) and ``ci95`` the mean of their bootstrap
+    intervals (the noise of the queries); with one report ``std`` is null.
+    """
+
+    def spread(values: list[float]) -> tuple[float, float | None]:
+        mean = float(np.mean(values))
+        return mean, (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+
+    tasks = {}
+    for record in draws[0]["tasks"]:
+        name = record["task"]
+        score, std = spread([100 * _score(report, name) for report in draws])
+        intervals = [report.get("intervals", {}).get(name) for report in draws]
+        ci95 = None
+        if all(intervals):
+            ci95 = [100 * float(np.mean([i["ci95"][k] for i in intervals])) for k in (0, 1)]
+        tasks[name] = {"score": score, "std": std, "ci95": ci95}
+    mean, std = spread([summarize({label: r["tasks"]}).iloc[0][MEAN_TASK] for r in draws])
+    return {"label": label, "mean_task": {"score": mean, "std": std}, "tasks": tasks}
+
+
+def _score(report: dict, task: str) -> float:
+    return next(r["score"] for r in report["tasks"] if r["task"] == task)
