@@ -26,14 +26,14 @@ from grace.config import TrainConfig, load_config
 CONFIG_FILE = "grace_config.json"
 HISTORY_FILE = "log_history.json"
 
-#: The book's trained models: run folder name -> what it changes in the profile.
+#: The book's trained models, by run folder name, with what each changes in the profile.
 RUNS: dict[str, dict] = {
     "grace-supervised": {"run.method": "grace", "run.setting": "supervised"},
     "grace-unsupervised": {"run.method": "grace", "run.setting": "unsupervised"},
     "contrastive": {"run.method": "contrastive"},
     "simcse": {"run.method": "simcse"},
 }
-#: Table labels of the trained models (``None``: the profile's base model).
+#: The table label of each model and its run folder (``None`` for the profile's base model).
 LABELS = {
     "base": None,
     "+CL": "contrastive",
