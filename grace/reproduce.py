@@ -10,6 +10,7 @@ after the last notebook that succeeded. Notebooks share work through ``output_di
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -81,7 +82,7 @@ def reproduce(
             papermill.execute_notebook(
                 str(source),
                 str(executed / source.name),
-                parameters={"profile": profile, "output_dir": str(output)},
+                parameters={"profile": profile, "output_dir": shown_path(output)},
                 kernel_name=kernel,
                 cwd=str(ROOT),
                 progress_bar=False,
@@ -105,6 +106,47 @@ def reproduce(
         write_summary(output, summary)
     write_summary(output, summary)  # also when every notebook was done before
     return summary
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside (papermill runs there), so
+    executed notebooks never print the absolute folders of the machine that ran them."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def prepare_for_the_book(notebook: Path) -> None:
+    """Hide the parameters cells of an executed copy from its page: the notebook's first
+    printed line states the profile and output folder it ran with."""
+    data = json.loads(notebook.read_text())
+    for cell in data["cells"]:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if {"parameters", "injected-parameters"} & set(tags) and "remove-cell" not in tags:
+            cell["metadata"]["tags"] = [*tags, "remove-cell"]
+    notebook.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+
+
+# What a rendered notebook page must not show: a stream written to stderr (progress bars,
+# library warnings), an absolute path of the machine that ran it, a traceback.
+PAGE_PROBLEMS = {
+    "stderr output": re.compile(r'class="[^"]*\bstderr\b'),
+    "absolute path": re.compile(r"(?<![\w.:/])/(?:work|tmp|home|root|usr|opt)/[\w.-]+"),
+    "traceback": re.compile(r"Traceback \(most recent call last\)"),
+}
+
+
+def page_problems(html_dir: Path) -> list[str]:
+    """Problems on the rendered notebook pages (``book/executed/*.html``), one line each."""
+    problems = []
+    for page in sorted((html_dir / "book" / "executed").glob("*.html")):
+        text = page.read_text(encoding="utf-8")
+        for name, pattern in PAGE_PROBLEMS.items():
+            found = pattern.search(text)
+            if found:
+                problems.append(f"{page.name}: {name}: {found.group(0)[:80]!r}")
+    return problems
 
 
 def write_summary(output: Path, summary: dict) -> None:
@@ -145,6 +187,8 @@ def build_book(executed: str | Path | None = None, output: str | Path | None = N
         if executed is not None:
             shutil.rmtree(stage / "book" / "executed", ignore_errors=True)
             shutil.copytree(Path(executed), stage / "book" / "executed")
+        for notebook in (stage / "book" / "executed").glob("*.ipynb"):
+            prepare_for_the_book(notebook)
         subprocess.run(
             [
                 str(jupyter_book),
@@ -158,4 +202,7 @@ def build_book(executed: str | Path | None = None, output: str | Path | None = N
             ],
             check=True,
         )
+    problems = page_problems(output / "_build" / "html")
+    if problems:
+        raise ReproduceError("The rendered notebook pages are not clean:\n" + "\n".join(problems))
     return output / "_build" / "html" / "index.html"

@@ -89,3 +89,39 @@ def test_publishing_workflow_parses():
     assert any("grace book" in s for s in steps)
     assert "deploy" in workflow["jobs"]
     assert NOTEBOOK_DIR.exists()
+
+
+def test_page_check_finds_stderr_absolute_paths_and_tracebacks(tmp_path):
+    from grace.reproduce import page_problems
+
+    pages = tmp_path / "book" / "executed"
+    pages.mkdir(parents=True)
+    (pages / "clean.html").write_text('<div class="output stdout">output_dir=runs/cpu</div>')
+    (pages / "dirty.html").write_text(
+        '<div class="output stderr">50%|#####</div><pre>/work/main/runs/cpu</pre>'
+        "<pre>Traceback (most recent call last):</pre>"
+    )
+    problems = page_problems(tmp_path)
+    assert [p.split(":")[1].strip() for p in problems] == [
+        "stderr output", "absolute path", "traceback"
+    ]  # fmt: skip
+    assert all(p.startswith("dirty.html") for p in problems)
+    # URLs are not paths of the machine.
+    (pages / "dirty.html").write_text('<a href="https://example.org/tmp/x">link</a>')
+    assert page_problems(tmp_path) == []
+
+
+def test_parameters_cells_are_hidden_from_the_page(tmp_path):
+    from grace.reproduce import prepare_for_the_book
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell('profile = "tiny"', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell('profile = "cpu"', metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_code_cell("print(1)"),
+    ]
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nb, path)
+    prepare_for_the_book(path)
+    tags = [c.metadata.get("tags", []) for c in nbformat.read(path, as_version=4).cells]
+    assert ["remove-cell" in t for t in tags] == [True, True, False]
