@@ -3,9 +3,11 @@ import math
 import pytest
 
 from grace.evaluation.generative import (
+    INSTRUCTIONS,
     answer_instructions,
     contains_answer,
     generative_check,
+    judge,
     perplexity,
 )
 
@@ -30,11 +32,17 @@ def test_answers_count_only_as_whole_words():
 
 def test_replies_are_judged_one_per_instruction(tiny):
     model, tokenizer = tiny
-    questions = [("say paris", ["paris"]), ("say blue", ["blue"])]
+    questions = [("say paris", ["paris"], ["rome"]), ("say blue", ["blue"], ["red"])]
     replies = answer_instructions(model, tokenizer, questions, max_new_tokens=4)
     assert [r["instruction"] for r in replies] == ["say paris", "say blue"]
-    for reply, (_, answers) in zip(replies, questions, strict=True):
-        assert reply["passed"] == contains_answer(reply["reply"], answers)
+    for reply, (_, answers, wrong) in zip(replies, questions, strict=True):
+        assert reply["passed"] == judge(reply["reply"], answers, wrong)
+
+
+def test_a_right_answer_beside_a_wrong_one_fails():
+    _, answers, wrong = next(i for i in INSTRUCTIONS if "largest" in i[0])
+    assert judge("Jupiter is the largest planet.", answers, wrong)
+    assert not judge("Jupiter, but it's actually Saturn.", answers, wrong)
 
 
 @pytest.mark.smollm2

@@ -3,7 +3,8 @@
 The paper's claim: contrastive fine-tuning turns the LLM into an encoder that no longer
 writes, while GRACE, trained through its own generations, keeps that ability. Two automatic
 measures: perplexity on held-out prose (the 50 Lee evaluation documents, never trained on)
-and fixed instructions with a known answer, judged by whether the greedy reply contains it.
+and fixed instructions with a known answer, judged by whether the greedy reply gives it and
+no wrong answer beside it.
 """
 
 from __future__ import annotations
@@ -18,19 +19,26 @@ from grace.data import lee_documents
 from grace.prompts import chat_prompt
 from grace.rationale import SamplingConfig, generate_rationales
 
-# (instruction, accepted answers): a reply passes when it contains one of them as a whole word.
+# (instruction, accepted answers, wrong answers): a reply passes when it contains an accepted
+# answer as a whole word and none of the wrong ones ("Jupiter, but it's actually Saturn" fails).
 INSTRUCTIONS = [
-    ("What is the capital of France? Answer in one word.", ["paris"]),
-    ("What is 12 plus 7? Reply with the number only.", ["19", "nineteen"]),
-    ("How do you say 'thank you' in Spanish?", ["gracias"]),
-    ("Which planet is the largest in our solar system?", ["jupiter"]),
-    ("What colour is the sky on a clear day?", ["blue"]),
-    ("Give the opposite of the word 'hot'.", ["cold"]),
-    ("How many days are there in a week?", ["7", "seven"]),
-    ("Who wrote the play Romeo and Juliet?", ["shakespeare"]),
-    ("Which gas do plants take in from the air to make food?", ["carbon dioxide", "co2"]),
-    ("What is the freezing point of water in degrees Celsius?", ["0", "zero"]),
-]
+    ("What is the capital of France? Answer in one word.", ["paris"],
+     ["lyon", "marseille", "london", "berlin", "rome", "madrid"]),
+    ("What is 12 plus 7? Reply with the number only.", ["19", "nineteen"],
+     ["18", "20", "21", "84", "5"]),
+    ("How do you say 'thank you' in Spanish?", ["gracias"], ["de nada", "por favor"]),
+    ("Which planet is the largest in our solar system?", ["jupiter"],
+     ["saturn", "neptune", "uranus", "earth", "mars", "venus", "mercury"]),
+    ("What colour is the sky on a clear day?", ["blue"], ["grey", "gray", "red", "green"]),
+    ("Give the opposite of the word 'hot'.", ["cold"], ["warm"]),
+    ("How many days are there in a week?", ["7", "seven"],
+     ["5", "6", "8", "five", "six", "eight"]),
+    ("Who wrote the play Romeo and Juliet?", ["shakespeare"], ["marlowe", "dickens"]),
+    ("Which gas do plants take in from the air to make food?", ["carbon dioxide", "co2"],
+     ["nitrogen"]),
+    ("What is the freezing point of water in degrees Celsius?", ["0", "zero"],
+     ["100", "10", "-10"]),
+]  # fmt: skip
 
 
 @torch.no_grad()
@@ -67,11 +75,11 @@ def perplexity(
 def answer_instructions(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    instructions: list[tuple[str, list[str]]] = INSTRUCTIONS,
+    instructions: list[tuple[str, list[str], list[str]]] = INSTRUCTIONS,
     max_new_tokens: int = 40,
 ) -> list[dict]:
     """Greedy replies (the model's own chat template, no GRACE system prompt), each judged."""
-    prompts = [chat_prompt(tokenizer, question, "") for question, _ in instructions]
+    prompts = [chat_prompt(tokenizer, question, "") for question, _, _ in instructions]
     replies = generate_rationales(
         model, tokenizer, prompts, SamplingConfig(temperature=0, max_new_tokens=max_new_tokens)
     ).texts
@@ -79,15 +87,20 @@ def answer_instructions(
         {
             "instruction": question,
             "reply": reply.strip(),
-            "passed": contains_answer(reply, answers),
+            "passed": judge(reply, answers, wrong),
         }
-        for (question, answers), reply in zip(instructions, replies, strict=True)
+        for (question, answers, wrong), reply in zip(instructions, replies, strict=True)
     ]
 
 
 def contains_answer(reply: str, answers: list[str]) -> bool:
     """True when one of ``answers`` appears in ``reply`` as a whole word (any case)."""
     return any(re.search(rf"\b{re.escape(answer)}\b", reply.lower()) for answer in answers)
+
+
+def judge(reply: str, answers: list[str], wrong: list[str]) -> bool:
+    """A right answer, and no wrong one beside it (hedged replies fail)."""
+    return contains_answer(reply, answers) and not contains_answer(reply, wrong)
 
 
 def generative_check(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict:
