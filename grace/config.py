@@ -282,6 +282,9 @@ SECTIONS: dict[str, type] = {
 }
 # Sections (and fields) that never change the trained weights: excluded from a run's identity.
 NOT_TRAINING = ("logging", "validation", "evaluation")
+# Single fields that never change the trained weights, left out of a run's identity likewise:
+# the paper-variant negative rollout only feeds the logs (``RewardConfig.negative_rollouts``).
+NOT_TRAINING_FIELDS = {"reward": ("negative_rollouts",)}
 
 
 @dataclass
@@ -306,6 +309,8 @@ class TrainConfig:
         """What makes two runs train the same weights: all but logging, evaluation, folder."""
         settings = {k: v for k, v in self.to_dict().items() if k not in NOT_TRAINING}
         settings["run"] = {k: v for k, v in settings["run"].items() if k != "output_dir"}
+        for section, names in NOT_TRAINING_FIELDS.items():
+            settings[section] = {k: v for k, v in settings[section].items() if k not in names}
         return settings
 
     def settings_hash(self) -> str:
@@ -531,3 +536,35 @@ def load_config(
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(json.dumps(config.to_dict(), indent=2))
+
+
+# Rows of the settings table in the book's method chapter: (label, how to read it).
+SETTINGS_ROWS = {
+    "rollouts per prompt": lambda c: c.policy.num_generations,
+    "prompts per generation batch": lambda c: c.grpo.prompts_per_generation,
+    "learning rate, schedule": lambda c: f"{c.optim.learning_rate:g}, {c.optim.scheduler}",
+    "max prompt / rationale tokens": lambda c: (
+        f"{c.policy.max_prompt_tokens} / {c.policy.max_completion_length}"
+    ),
+    "steps": lambda c: (
+        c.optim.max_steps if c.optim.max_steps > 0 else (f"{c.optim.num_train_epochs:g} epochs")
+    ),
+    "length penalty": lambda c: (
+        "off" if c.reward.length_penalty is None else (f"{c.reward.length_penalty:g}")
+    ),
+    "reward": lambda c: c.reward.variant,
+    "weights trained": lambda c: "LoRA" if c.adaptation.lora else "all",
+    "precision": lambda c: c.adaptation.dtype + (" + bf16 autocast" if c.adaptation.bf16 else ""),
+}
+
+
+def settings_table(profiles: list[str] | None = None) -> str:
+    """A markdown table of the settings that matter, the defaults (the paper's) beside each
+    profile's; the method chapter carries it (a test keeps the two equal)."""
+    names = profiles or known_profiles()
+    columns = [TrainConfig(), *(load_config(name) for name in names)]
+    header = ["setting", "defaults (the paper's)", *(f"`{name}`" for name in names)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, read in SETTINGS_ROWS.items():
+        lines.append(f"| {label} | " + " | ".join(str(read(c)) for c in columns) + " |")
+    return "\n".join(lines)

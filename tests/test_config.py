@@ -168,3 +168,13 @@ def test_full_fine_tuning_trains_fp32_weights_and_lora_fp32_adapters(tmp_path):
     trained = {p.dtype for p in lora.model.parameters() if p.requires_grad}
     frozen = {p.dtype for p in lora.model.parameters() if not p.requires_grad}
     assert trained == {torch.float32} and frozen == {torch.bfloat16}
+
+
+def test_the_method_chapter_carries_the_current_settings_table():
+    from pathlib import Path
+
+    from grace.config import settings_table
+
+    text = (Path(__file__).resolve().parent.parent / "book" / "method.md").read_text()
+    block = text.split("<!-- settings-table -->\n")[1].split("\n<!-- /settings-table -->")[0]
+    assert block == settings_table(["tiny", "cpu", "colab", "gpu", "paper"])
