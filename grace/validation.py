@@ -175,3 +175,38 @@ def export_curves(folders: dict[str, Path], target: Path) -> None:
         curve = validation_curve(log_history(folder))
         if curve["steps"]:
             (target / f"{name}.json").write_text(json.dumps(curve, indent=1))
+
+
+def describe(curve: dict, name: str) -> str:
+    """One sentence on a validation curve, from its numbers: up, down, or within noise."""
+    if len(curve["steps"]) < 2:
+        return f"{name}: no validation curve was logged (set `validation.every`)."
+    first, last = curve["values"][0], curve["values"][-1]
+    start, end = curve["stderr"][0], curve["stderr"][-1]
+    if rises(curve):
+        verdict = "up by more than three combined standard errors: it learned"
+    elif rises({"values": [-first, -last], "stderr": [start, end]}):
+        verdict = "down by more than three combined standard errors: it got worse"
+    else:
+        verdict = "a change within three combined standard errors: no difference measured"
+    return (
+        f"{name}: validation MRR {first:.3f} ± {start:.3f} at step {curve['steps'][0]} → "
+        f"{last:.3f} ± {end:.3f} at step {curve['steps'][-1]}, {verdict}."
+    )
+
+
+def describe_terms(history: list[dict], keys: tuple[str, ...], share: float = 0.25) -> str:
+    """The logged reward terms, mean of the first quarter of the steps against the last."""
+    logged = [h for h in history if all(k in h for k in keys)]
+    if not logged:
+        return "No reward terms were logged."
+    size = max(1, int(len(logged) * share))
+    head, tail = logged[:size], logged[-size:]
+
+    def mean(part: list[dict], key: str) -> float:
+        return sum(h[key] for h in part) / len(part)
+
+    changes = ", ".join(
+        f"{key.split('/')[-1]} {mean(head, key):.3f} → {mean(tail, key):.3f}" for key in keys
+    )
+    return f"Mean reward terms, first {size} against last {size} steps: {changes}."

@@ -50,3 +50,23 @@ def test_training_logs_validation_before_and_during_the_run(tmp_path, method):
     # The steps' own logging still happens at every step.
     assert [h["step"] for h in trainer.state.log_history if "loss" in h] == [1, 2, 3]
     assert trainer.model.training  # validation switched eval mode off again
+
+
+def test_describe_says_up_down_or_no_difference():
+    from grace.validation import describe
+
+    up = {"steps": [0, 8], "values": [0.30, 0.40], "stderr": [0.02, 0.02]}
+    assert "it learned" in describe(up, "+CL")
+    down = up | {"values": [0.40, 0.30]}
+    assert "got worse" in describe(down, "+CL")
+    flat = up | {"values": [0.30, 0.32]}
+    assert "no difference measured" in describe(flat, "+CL")
+    assert "0.300 ± 0.020 at step 0" in describe(up, "x")
+
+
+def test_describe_terms_compares_the_first_and_last_quarter():
+    from grace.validation import describe_terms
+
+    history = [{"grace/positive": v, "step": i} for i, v in enumerate([0.1, 0.2, 0.3, 0.4])]
+    text = describe_terms(history, ("grace/positive",))
+    assert "first 1 against last 1 steps: positive 0.100 → 0.400" in text
