@@ -63,20 +63,32 @@ def mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
 
 
-def score(embed: Callable[[list[str]], np.ndarray], data: ValidationSet) -> dict[str, tuple]:
-    """``{"mrr": (mean, stderr), "margin": (mean, stderr)}`` for unit-vector embeddings."""
+def per_query(embed: Callable[[list[str]], np.ndarray], data: ValidationSet) -> dict:
+    """Per query: reciprocal rank of its plot (``mrr``) and cos(q, d+) - cos(q, d-)."""
     similarity = embed(data.queries) @ embed(data.plots).T
     rows = np.arange(len(data.queries))
     right = similarity[rows, data.positive]
     ranks = 1 + (similarity > right[:, None]).sum(axis=1)
-    margins = right - similarity[rows, data.negative]
-    return {"mrr": mean_and_stderr(1.0 / ranks), "margin": mean_and_stderr(margins)}
+    return {"mrr": 1.0 / ranks, "margin": right - similarity[rows, data.negative]}
+
+
+def score(embed: Callable[[list[str]], np.ndarray], data: ValidationSet) -> dict[str, tuple]:
+    """``{"mrr": (mean, stderr), "margin": (mean, stderr)}`` for unit-vector embeddings."""
+    return {name: mean_and_stderr(values) for name, values in per_query(embed, data).items()}
+
+
+DETAILS = "validation.jsonl"  # per-query values of every point, in the run folder
 
 
 class ValidationCallback(TrainerCallback):
-    """Scores the live model before training and every ``every`` steps; logs
-    ``validation/<metric>`` and ``validation/<metric>_stderr`` into the run's history (and
-    TensorBoard etc. when ``report_to`` asks)."""
+    """Scores the live model before training and every ``every`` steps.
+
+    Logs ``validation/<metric>`` with its standard error over queries, and
+    ``validation/<metric>_change`` against step 0 with the standard error of the *paired*
+    differences (the same queries at both points, so how hard each query is cancels out and
+    far smaller changes can be told from noise). Per-query values go to ``validation.jsonl``
+    in the run folder, which also keeps the step-0 values for a resumed run.
+    """
 
     def __init__(
         self,
@@ -91,42 +103,53 @@ class ValidationCallback(TrainerCallback):
         self.encoder_config = encoder_config
         self.data = data
         self.every = every
+        self.details = Path(trainer.args.output_dir) / DETAILS
+        self.baseline = None
+        if self.details.exists():
+            first = json.loads(self.details.read_text().splitlines()[0])
+            self.baseline = {name: np.array(first[name]) for name in METRICS}
 
-    def measure(self, model) -> dict[str, float]:
+    def measure(self, model, step: int) -> dict[str, float]:
         was_training = model.training
         model.eval()  # SimCSE trains with dropout; validation must not
         try:
             encoder = GraceEncoder(model, self.tokenizer, self.encoder_config)
-            scores = score(lambda texts: encoder.encode(texts, show_progress_bar=False), self.data)
+            embed = lambda texts: encoder.encode(texts, show_progress_bar=False)  # noqa: E731
+            values = per_query(embed, self.data)
         finally:
             model.train(was_training)
+        self.baseline = self.baseline or values
+        with open(self.details, "a", encoding="utf-8") as handle:
+            record = {"step": step, **{k: v.tolist() for k, v in values.items()}}
+            handle.write(json.dumps(record) + "\n")
         logs = {}
-        for name, (value, stderr) in scores.items():
-            logs[f"validation/{name}"] = value
-            logs[f"validation/{name}_stderr"] = stderr
+        for name, value in values.items():
+            logs[f"validation/{name}"], logs[f"validation/{name}_stderr"] = mean_and_stderr(value)
+            change = mean_and_stderr(value - self.baseline[name])
+            logs[f"validation/{name}_change"], logs[f"validation/{name}_change_stderr"] = change
         return logs
 
-    def log(self, model, control) -> None:
+    def log(self, model, state, control) -> None:
         # transformers' own log: trl's override would fold its pending step metrics into ours.
         # Logging clears ``should_log``, which the step's own logging still needs.
         should_log = control.should_log
-        Trainer.log(self.trainer, self.measure(model))
+        Trainer.log(self.trainer, self.measure(model, state.global_step))
         control.should_log = should_log
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0:
-            self.log(model, control)
+            self.log(model, state, control)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0 or state.global_step == state.max_steps:
-            self.log(model, control)
+            self.log(model, state, control)
 
 
-def validation_callback(config, trainer: Trainer) -> ValidationCallback:
-    """The callback for a run's ``TrainConfig``: greedy rationales of the training length for
-    GRACE, direct embeddings for the contrastive baselines."""
+def validation_encoder(config) -> EncoderConfig:
+    """How a run is validated: greedy rationales of the training length for GRACE, direct
+    embeddings for the contrastive baselines, as each is evaluated."""
     policy = config.policy
-    encoder_config = EncoderConfig(
+    return EncoderConfig(
         mode="rationale" if config.run.method == "grace" else "direct",
         temperature=0.0,
         max_new_tokens=policy.max_completion_length,
@@ -134,26 +157,54 @@ def validation_callback(config, trainer: Trainer) -> ValidationCallback:
         system_prompt=policy.system_prompt,
         batch_size=config.evaluation.batch_size,
     )
+
+
+def validation_callback(config, trainer: Trainer) -> ValidationCallback:
+    """The callback for a run's ``TrainConfig``."""
     settings = config.validation
     data = validation_set(settings.movies, settings.reviews_per_movie)
     return ValidationCallback(
-        trainer, trainer.processing_class, encoder_config, data, settings.every
+        trainer, trainer.processing_class, validation_encoder(config), data, settings.every
     )
 
 
+def paired_change(config, before: str, after: str, metric: str = "mrr") -> dict:
+    """Validate two saved models (e.g. the base model and a run folder) on the same queries:
+    their scores and the paired change, each with its standard error."""
+    data = validation_set(config.validation.movies, config.validation.reviews_per_movie)
+    settings = vars(validation_encoder(config))
+    values = {}
+    for name, model in (("before", before), ("after", after)):
+        encode = GraceEncoder.from_pretrained(model, **settings).encode
+        values[name] = per_query(lambda t, e=encode: e(t, show_progress_bar=False), data)[metric]
+    return {
+        "before": mean_and_stderr(values["before"]),
+        "after": mean_and_stderr(values["after"]),
+        "change": mean_and_stderr(values["after"] - values["before"]),
+    }
+
+
 def validation_curve(history: list[dict], metric: str = "mrr") -> dict:
-    """``{"steps", "values", "stderr", "metric"}`` from a run's logged history."""
-    points = [h for h in history if f"validation/{metric}" in h]
+    """``{"steps", "values", "stderr", "change", "change_stderr", "metric"}`` from a run's
+    logged history (``change``: paired difference from step 0)."""
+    key = f"validation/{metric}"
+    points = [h for h in history if key in h]
     return {
         "steps": [h["step"] for h in points],
-        "values": [h[f"validation/{metric}"] for h in points],
-        "stderr": [h[f"validation/{metric}_stderr"] for h in points],
+        "values": [h[key] for h in points],
+        "stderr": [h[f"{key}_stderr"] for h in points],
+        "change": [h.get(f"{key}_change") for h in points],
+        "change_stderr": [h.get(f"{key}_change_stderr") for h in points],
         "metric": f"validation {metric} (review -> plot, held-out reviews of training movies)",
     }
 
 
 def rises(curve: dict, sigmas: float = 3.0) -> bool:
-    """Whether the last point is above the first by more than ``sigmas`` combined errors."""
+    """Whether the last point is above the first by more than ``sigmas`` standard errors:
+    of the paired change where it was logged, else of the two points combined."""
+    change, error = (curve.get("change") or [None])[-1], (curve.get("change_stderr") or [0])[-1]
+    if change is not None and error:
+        return change > sigmas * error
     gap = curve["values"][-1] - curve["values"][0]
     return gap > sigmas * math.hypot(curve["stderr"][-1], curve["stderr"][0])
 
@@ -177,21 +228,36 @@ def export_curves(folders: dict[str, Path], target: Path) -> None:
             (target / f"{name}.json").write_text(json.dumps(curve, indent=1))
 
 
+def falls(curve: dict, sigmas: float = 3.0) -> bool:
+    """``rises`` the other way round."""
+    mirrored = {
+        "values": [-v for v in curve["values"]],
+        "stderr": curve["stderr"],
+        "change": [None if c is None else -c for c in curve.get("change") or []],
+        "change_stderr": curve.get("change_stderr") or [],
+    }
+    return rises(mirrored, sigmas)
+
+
 def describe(curve: dict, name: str) -> str:
     """One sentence on a validation curve, from its numbers: up, down, or within noise."""
     if len(curve["steps"]) < 2:
         return f"{name}: no validation curve was logged (set `validation.every`)."
     first, last = curve["values"][0], curve["values"][-1]
     start, end = curve["stderr"][0], curve["stderr"][-1]
+    change, error = (curve.get("change") or [None])[-1], (curve.get("change_stderr") or [0])[-1]
+    paired = change is not None and error
+    noise = "standard errors of the paired change" if paired else "combined standard errors"
     if rises(curve):
-        verdict = "up by more than three combined standard errors: it learned"
-    elif rises({"values": [-first, -last], "stderr": [start, end]}):
-        verdict = "down by more than three combined standard errors: it got worse"
+        verdict = f"up by more than three {noise}: it learned"
+    elif falls(curve):
+        verdict = f"down by more than three {noise}: it got worse"
     else:
-        verdict = "a change within three combined standard errors: no difference measured"
+        verdict = f"a change within three {noise}: no difference measured"
+    detail = f" (change {change:+.3f} ± {error:.3f}, same queries)" if paired else ""
     return (
         f"{name}: validation MRR {first:.3f} ± {start:.3f} at step {curve['steps'][0]} → "
-        f"{last:.3f} ± {end:.3f} at step {curve['steps'][-1]}, {verdict}."
+        f"{last:.3f} ± {end:.3f} at step {curve['steps'][-1]}{detail}, {verdict}."
     )
 
 

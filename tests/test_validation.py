@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -38,6 +40,9 @@ def test_rises_needs_more_than_three_combined_errors():
     curve = {"steps": [0, 4], "values": [0.30, 0.40], "stderr": [0.02, 0.02]}
     assert rises(curve)  # gap .10 > 3 * .028
     assert not rises(curve | {"stderr": [0.03, 0.03]})  # gap .10 < 3 * .042
+    # With the paired change logged, its own standard error decides.
+    paired = curve | {"stderr": [0.03, 0.03], "change": [0.0, 0.10], "change_stderr": [0, 0.02]}
+    assert rises(paired)
 
 
 @pytest.mark.parametrize("method", ["grace", "contrastive", "simcse"])
@@ -46,6 +51,9 @@ def test_training_logs_validation_before_and_during_the_run(tmp_path, method):
     trainer = train(config.with_changes({"validation.every": 2}))
     curve = validation_curve(trainer.state.log_history)
     assert curve["steps"] == [0, 2, 3]  # before training, every 2 steps, and the last step
+    assert curve["change"][0] == 0 and curve["change_stderr"][0] == 0  # paired with itself
+    details = (tmp_path / "validation.jsonl").read_text().splitlines()
+    assert len(details) == 3 and len(json.loads(details[-1])["mrr"]) == 8  # 4 movies x 2
     assert all(0 < v <= 1 for v in curve["values"]) and all(e >= 0 for e in curve["stderr"])
     # The steps' own logging still happens at every step.
     assert [h["step"] for h in trainer.state.log_history if "loss" in h] == [1, 2, 3]
@@ -61,6 +69,8 @@ def test_describe_says_up_down_or_no_difference():
     assert "got worse" in describe(down, "+CL")
     flat = up | {"values": [0.30, 0.32]}
     assert "no difference measured" in describe(flat, "+CL")
+    paired = flat | {"change": [0.0, 0.02], "change_stderr": [0.0, 0.005]}
+    assert "it learned" in describe(paired, "+CL") and "+0.020 ± 0.005" in describe(paired, "x")
     assert "0.300 ± 0.020 at step 0" in describe(up, "x")
 
 
