@@ -80,3 +80,10 @@ def test_describe_terms_compares_the_first_and_last_quarter():
     history = [{"grace/positive": v, "step": i} for i, v in enumerate([0.1, 0.2, 0.3, 0.4])]
     text = describe_terms(history, ("grace/positive",))
     assert "first 1 against last 1 steps: positive 0.100 → 0.400" in text
+
+
+def test_paired_change_of_a_model_with_itself_is_zero():
+    from grace.validation import paired_change
+
+    result = paired_change(load_config("tiny"), "tiny-random", "tiny-random")
+    assert result["before"] == result["after"] and result["change"] == (0.0, 0.0)
