@@ -183,6 +183,9 @@ class AdaptationConfig:
     dtype: str = "float32"  # float32 | bfloat16 (bfloat16 only with LoRA: a frozen base)
     bf16: bool = False  # bf16 mixed precision (autocast) on top of `dtype`
     gradient_checkpointing: bool = False
+    # Train only the top K transformer layers (and the final norm); None trains every layer. The
+    # layers below are frozen (with LoRA: adapters only in the top K), so backward stops early.
+    train_top_layers: int | None = None
     use_vllm: bool = False
     vllm_mode: str = "colocate"
 
@@ -194,6 +197,10 @@ class AdaptationConfig:
             "set `bf16: true` for mixed precision, or `lora: true` to load the base in bf16.",
         )
         check(self.lora_r >= 1, "lora_r must be >= 1.")
+        check(
+            self.train_top_layers is None or self.train_top_layers >= 1,
+            "train_top_layers must be >= 1, or null for every layer.",
+        )
 
     @property
     def torch_dtype(self):
@@ -285,6 +292,9 @@ NOT_TRAINING = ("logging", "validation", "evaluation")
 # Single fields that never change the trained weights, left out of a run's identity likewise:
 # the paper-variant negative rollout only feeds the logs (``RewardConfig.negative_rollouts``).
 NOT_TRAINING_FIELDS = {"reward": ("negative_rollouts",)}
+# Fields added after runs were trained, left out of the identity while at these defaults (which
+# train as before), so that those runs stay valid.
+LATER_FIELDS = {("adaptation", "train_top_layers"): None}
 
 
 @dataclass
@@ -311,6 +321,9 @@ class TrainConfig:
         settings["run"] = {k: v for k, v in settings["run"].items() if k != "output_dir"}
         for section, names in NOT_TRAINING_FIELDS.items():
             settings[section] = {k: v for k, v in settings[section].items() if k not in names}
+        for (section, name), default in LATER_FIELDS.items():
+            if settings[section].get(name) == default:
+                del settings[section][name]
         return settings
 
     def settings_hash(self) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 VARIANTS = ("paper", "contrastive")
+NEGATIVE_ROLLOUTS = ("always", "logging_steps")
 
 
 @dataclass
@@ -28,12 +29,34 @@ class RewardConfig:
     # Supervised formula: "paper" as published, or "contrastive", which keeps the negative and
     # the other groups inside each rollout's reward (see ``contrastive_rewards``).
     variant: str = "paper"
+    # When the supervised negative is rolled out. In the paper's formula cos(q_g, d-_g) is the
+    # same for every rollout of a group, so it cancels in the group-mean advantage: the rollout
+    # only feeds the logged reward terms, and "logging_steps" samples it only on steps that log
+    # or write sample rationales (same advantages, see ``supervised_rewards``). "always" is the
+    # reference's behaviour. It is always sampled where it does change advantages: in the
+    # contrastive variant, and under the length penalty (a capped rollout's fixed penalty does
+    # not move with the group's negative term).
+    negative_rollouts: str = "logging_steps"
 
     def __post_init__(self) -> None:
         if self.tau <= 0:
             raise ValueError(f"tau must be > 0, got {self.tau}.")
         if self.variant not in VARIANTS:
             raise ValueError(f"Unknown reward variant {self.variant!r}; choose one of {VARIANTS}.")
+        if self.negative_rollouts not in NEGATIVE_ROLLOUTS:
+            raise ValueError(
+                f"Unknown negative_rollouts {self.negative_rollouts!r}; "
+                f"choose one of {NEGATIVE_ROLLOUTS}."
+            )
+
+    @property
+    def negative_every_step(self) -> bool:
+        """Whether every supervised reward needs the negative rollout (else: logging steps)."""
+        return (
+            self.variant != "paper"
+            or self.length_penalty is not None
+            or self.negative_rollouts == "always"
+        )
 
 
 @dataclass
@@ -84,7 +107,7 @@ def apply_length_penalty(
 def supervised_rewards(
     query: torch.Tensor,
     positives: torch.Tensor,
-    negative: torch.Tensor,
+    negative: torch.Tensor | None,
     hit_cap: torch.Tensor,
     config: RewardConfig | None = None,
 ) -> RewardTerms:
@@ -95,11 +118,18 @@ def supervised_rewards(
 
         [cos(q_g, d+_gi) - cos(q_g, d-_g) + w_c * mean_{j!=i} cos(d+_gi, d+_gj)
          - w_x * mean_{g'!=g} max_j cos(q_g, d+_g'j)] / tau
+
+    ``negative=None`` (no negative rollout this step) leaves cos(q_g, d-_g) out: every reward
+    of group g moves by the same amount, so the group-mean advantages are unchanged, unless
+    the length penalty replaces some of them by a constant (``RewardConfig.negative_every_step``).
     """
     config = config or RewardConfig()
     groups, n, _ = positives.shape
     positive = torch.einsum("gh,gnh->gn", query, positives)
-    negative_sim = (query * negative).sum(dim=-1, keepdim=True).expand(groups, n)
+    if negative is None:
+        negative_sim = positive.new_zeros(groups, n)
+    else:
+        negative_sim = (query * negative).sum(dim=-1, keepdim=True).expand(groups, n)
     cluster = cluster_term(positives)
     # [g, g'] = max_j cos(q_g, d+_g'j): how well group g's query matches group g' at best.
     best_other = torch.einsum("gh,knh->gkn", query, positives).max(dim=2).values
@@ -146,11 +176,16 @@ def contrastive_rewards(
 def supervised_terms(
     query: torch.Tensor,
     positives: torch.Tensor,
-    negative: torch.Tensor,
+    negative: torch.Tensor | None,
     hit_cap: torch.Tensor,
     config: RewardConfig,
 ) -> RewardTerms:
     """The supervised reward of ``config.variant``: the paper's, or the contrastive variant."""
+    if negative is None and config.variant != "paper":
+        raise ValueError(
+            f"The {config.variant!r} reward compares each rollout with the negative: it needs "
+            "the negative rollout at every step."
+        )
     formula = supervised_rewards if config.variant == "paper" else contrastive_rewards
     return formula(query, positives, negative, hit_cap, config)
 

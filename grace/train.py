@@ -3,8 +3,11 @@
 trl samples ``num_generations`` rollouts per prompt and computes the clipped policy-gradient
 loss; GRACE supplies the reward. The reward embeds each rollout with the live policy (LoRA
 weights included) and compares it with one rollout of the query and of the negative,
-sampled inside the reward call from the same policy at a lower temperature. Only the
-prompt's rollouts receive gradient, as in the paper.
+sampled from the same policy at a lower temperature. Only the prompt's rollouts receive
+gradient, as in the paper. By default the trainer is ``grace.rollouts.GraceGRPOTrainer``: the
+anchors are sampled in the policy's batch and every embedding is pooled during sampling; with
+``build_grpo_trainer(config, single_pass=False)`` trl samples, and the reward embeds with a
+second pass and samples the anchors itself.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from grace.baselines import build_contrastive_trainer
 from grace.config import TrainConfig
 from grace.encoder import EncoderConfig, save_encoder_settings
 from grace.models import load_model
-from grace.prompts import build_prompts, chat_prompt, system_prefix_length
+from grace.prompts import build_prompts, chat_prompt, prompt_token_ids, system_prefix_length
 from grace.rationale import (
     SamplingConfig,
     embed_rollouts,
@@ -68,6 +71,7 @@ class GraceReward:
         self.trainer = None  # set by build_grpo_trainer: the reward needs the live model
         self.__name__ = f"grace_{config.run.setting}"
         self.last_terms = None
+        self.partial = False  # the last call scored without the negative rollout
         self.seconds: dict[str, list[float]] = defaultdict(list)  # timings of every call
         self.sampled_steps: set[int] = set()
 
@@ -85,6 +89,84 @@ class GraceReward:
     ) -> list[float]:
         n = self.policy.num_generations
         groups = check_whole_groups(text, n)
+        step = trainer_state.global_step if trainer_state is not None else 0
+        batch = getattr(self.trainer, "grace_rollouts", None)
+        if batch is not None and batch.completion_ids == [list(c) for c in completion_ids]:
+            # Sampled by GraceGRPOTrainer: pooled during sampling, anchors in the same batch.
+            samples = batch.embeddings.view(groups, n, -1)
+            hit_cap = batch.hit_cap.to(samples.device).view(groups, n)
+            anchors, anchor_texts, has_negatives = (
+                batch.anchors,
+                batch.anchor_texts,
+                batch.has_negatives,
+            )
+            seconds = {}
+        else:
+            anchor_sources, has_negatives = self.anchor_sources(text, query, negative, step)
+            samples, hit_cap, anchors, anchor_texts, seconds = self._second_pass(
+                text, completion_ids, anchor_sources, groups
+            )
+        if self.config.run.setting == "supervised":
+            negatives = anchors[groups:] if has_negatives else None
+            terms = supervised_terms(
+                anchors[:groups], samples, negatives, hit_cap, self.config.reward
+            )
+        else:
+            terms = unsupervised_rewards(anchors, samples, hit_cap, self.config.reward)
+        # Without the negative rollout the rewards lack a group-constant term: the advantages
+        # are exact, but neither the negative nor the total is logged (nor trl's reward means).
+        self.partial = self.config.run.setting == "supervised" and not has_negatives
+
+        self.last_terms = terms
+        for name, value in seconds.items():
+            self.seconds[name].append(value)
+        if log_metric is not None:
+            for name, value in terms.means().items():
+                if not (self.partial and name in ("negative", "total")):
+                    log_metric(f"grace/{name}", value)
+            log_metric("grace/hit_cap", float(hit_cap.float().mean()))
+            for name, value in seconds.items():
+                log_metric(f"grace/seconds_{name}", value)
+        self._write_samples(step, text, completions, anchor_texts, terms.total)
+        return terms.total.flatten().tolist()
+
+    def needs_negative(self, step: int) -> bool:
+        """Whether the supervised negative is rolled out for optimizer step ``step`` (0-based):
+        always where it changes advantages, else on steps that log or write samples."""
+        if self.config.reward.negative_every_step or self.trainer is None:
+            return True
+        args = self.trainer.args
+        every = max(1, int(self.trainer.state.logging_steps or args.logging_steps))
+        steps = max(1, args.steps_per_generation // args.gradient_accumulation_steps)
+        covered = range(step + 1, step + steps + 1)  # global steps this generation batch feeds
+        logs = any(s % every == 0 for s in covered) or (step == 0 and args.logging_first_step)
+        sample = self.config.logging.sample_every
+        return logs or (sample > 0 and step % sample == 0)
+
+    def anchor_sources(
+        self, text: list[str], query: list[str] | None, negative: list[str] | None, step: int
+    ) -> tuple[list[str], bool]:
+        """Texts of the anchor rollouts of a batch (one per group) and whether the negatives are
+        among them: queries (+ negatives) when supervised, the sentences again when not."""
+        n = self.policy.num_generations
+        if self.config.run.setting != "supervised":
+            return text[::n], False
+        if self.needs_negative(step):
+            return query[::n] + negative[::n], True
+        return query[::n], False
+
+    def anchor_prompt_ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of the anchors' prompts, built as for the policy's own prompts."""
+        policy = self.policy
+        prompts = build_prompts(
+            self.tokenizer, texts, policy.system_prompt, policy.max_prompt_tokens
+        )
+        return [prompt_token_ids(self.tokenizer, prompt) for prompt in prompts]
+
+    def _second_pass(self, text, completion_ids, anchor_sources, groups):
+        """The reference path: embed trl's rollouts with a second forward pass and sample the
+        anchors in a batch of their own."""
+        n = self.policy.num_generations
         trainer = self.trainer
         from trl.models import unwrap_model_for_generation
 
@@ -97,32 +179,12 @@ class GraceReward:
             samples = self._embed_completions(model, text, completion_ids).view(groups, n, -1)
             hit_cap = self._hit_cap(model, completion_ids, samples.device).view(groups, n)
             embedded = time.perf_counter()
-            supervised = self.config.run.setting == "supervised"
-            anchor_sources = query[::n] + negative[::n] if supervised else text[::n]
             anchors, anchor_texts = self._rollout_embeddings(model, anchor_sources)
-            if supervised:
-                terms = supervised_terms(
-                    anchors[:groups], samples, anchors[groups:], hit_cap, self.config.reward
-                )
-            else:
-                terms = unsupervised_rewards(anchors, samples, hit_cap, self.config.reward)
             seconds = {
                 "embed_rollouts": embedded - start,
                 "anchor_rollouts": time.perf_counter() - embedded,
             }
-
-        self.last_terms = terms
-        for name, value in seconds.items():
-            self.seconds[name].append(value)
-        if log_metric is not None:
-            for name, value in terms.means().items():
-                log_metric(f"grace/{name}", value)
-            log_metric("grace/hit_cap", float(hit_cap.float().mean()))
-            for name, value in seconds.items():
-                log_metric(f"grace/seconds_{name}", value)
-        step = trainer_state.global_step if trainer_state is not None else 0
-        self._write_samples(step, text, completions, anchor_texts, terms.total)
-        return terms.total.flatten().tolist()
+        return samples, hit_cap, anchors, anchor_texts, seconds
 
     def _embed_completions(self, model, text: list[str], completion_ids) -> torch.Tensor:
         prompts = [chat_prompt(self.tokenizer, t, self.policy.system_prompt) for t in text]
@@ -207,22 +269,80 @@ def grpo_arguments(config: TrainConfig):
     )
 
 
-def build_grpo_trainer(config: TrainConfig):
-    """A ready-to-train ``GRPOTrainer`` with the GRACE reward attached."""
-    from trl import GRPOTrainer
+def build_grpo_trainer(config: TrainConfig, single_pass: bool = True):
+    """A ready-to-train ``GRPOTrainer`` with the GRACE reward attached.
+
+    It is a ``grace.rollouts.GraceGRPOTrainer``: trl's loss, with each prompt run once per
+    group and the reward's embeddings pooled during sampling. ``single_pass=False`` keeps
+    trl's own sampling and log-probabilities and a second embedding pass (the old path, for
+    comparisons); both train on the same learning signal.
+    """
+    from grace.rollouts import GraceGRPOTrainer
 
     model, tokenizer = load_model(config.run.model, dtype=config.adaptation.torch_dtype)
+    peft_config = config.peft_config()
+    top = config.adaptation.train_top_layers
+    if top is not None:
+        layers = train_top_layers(model, top, lora=peft_config is not None)
+        if peft_config is not None:
+            peft_config = top_layers_lora(model, peft_config, layers)
     reward = GraceReward(config, tokenizer)
-    trainer = GRPOTrainer(
+    trainer = GraceGRPOTrainer(
         model=model,
         reward_funcs=[reward],
         args=grpo_arguments(config),
         train_dataset=grpo_dataset(config, tokenizer),
         processing_class=tokenizer,
-        peft_config=config.peft_config(),
+        peft_config=peft_config,
+        grace_reward=reward,
+        single_pass=single_pass,
     )
     reward.trainer = trainer
     return trainer
+
+
+def train_top_layers(model: PreTrainedModel, top: int, lora: bool = False) -> list[int]:
+    """Leave only the top ``top`` transformer layers (and the final norm) trainable; returns
+    their indices. Everything below, the (often tied) embeddings and LM head included, is
+    frozen, so backward stops at the lowest trained layer. With ``lora`` nothing is frozen here:
+    the indices go to peft's ``layers_to_transform``, which puts adapters in those layers only.
+    """
+    decoder = model.get_decoder()
+    count = len(decoder.layers)
+    if not 1 <= top <= count:
+        raise ValueError(f"train_top_layers={top}, but the model has {count} layers.")
+    trained = list(range(count - top, count))
+    if not lora:
+        model.requires_grad_(False)
+        for index in trained:
+            decoder.layers[index].requires_grad_(True)
+        decoder.norm.requires_grad_(True)
+    return trained
+
+
+def top_layers_lora(model: PreTrainedModel, peft_config, layers: list[int]):
+    """``peft_config`` with adapters in ``layers`` only. peft takes ``layers_to_transform``
+    with a list of module names only, so ``"all-linear"`` becomes the layers' linear modules."""
+    import dataclasses
+
+    targets = peft_config.target_modules
+    if isinstance(targets, str):
+        if targets != "all-linear":
+            raise ValueError(
+                "train_top_layers with LoRA needs lora_target_modules as a list of module "
+                f"names or 'all-linear', not the pattern {targets!r}."
+            )
+        decoder = model.get_decoder()
+        targets = sorted(
+            {
+                name.rsplit(".", 1)[-1]
+                for name, module in decoder.layers.named_modules()
+                if isinstance(module, torch.nn.Linear)
+            }
+        )
+    return dataclasses.replace(
+        peft_config, target_modules=list(targets), layers_to_transform=layers
+    )
 
 
 def save_final_model(

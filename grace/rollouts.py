@@ -1,0 +1,421 @@
+"""Cheaper GRPO steps with the same learning signal: what trl's default path computes twice.
+
+One GRPO step of GRACE, as trl runs it by default, pays several times for the same numbers:
+
+* every rollout prefills its group's prompt again, n times per group, and the loss's forward
+  and backward pass run over each group's prompt n times more;
+* the reward embeds each rollout with a second forward pass over prompt + completion, though
+  sampling computed exactly those last-layer states;
+* the query and negative rollouts are sampled in a separate, small batch.
+
+Here (``GraceGRPOTrainer``, a ``GRPOTrainer`` whose loss is trl's own):
+
+* ``sample_rollouts`` prefills each distinct prompt once, shares its key/value cache among the
+  rows that continue it, samples every row at its own temperature (the policy's rollouts and
+  the anchors, i.e. query/negative rollouts, in one batch) and mean-pools each row's last-layer
+  states on the fly, so the reward needs no second pass;
+* ``shared_prefix_logps`` gives trl's loss the same per-token log-probabilities (and entropies)
+  with each prompt run once per micro-batch, gradients flowing through the shared cache, and the
+  LM head applied to the completion positions only.
+
+Both are exact up to float rounding (tests compare them with the plain computations). Where
+they do not apply (vLLM, multimodal inputs, several processes, gradient checkpointing) the
+trainer falls back to trl's path and the reward to its second pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+from transformers.generation.logits_process import TopPLogitsWarper
+from trl import GRPOTrainer
+
+from grace.pooling import l2_normalize, pooling_mask
+
+
+@dataclass
+class SampledRollouts:
+    """Rows sampled by ``sample_rollouts``: completions (to and with the first EOS), each
+    row's pooled unit embedding of prompt + completion, and whether it ran into the cap."""
+
+    completion_ids: list[list[int]]
+    embeddings: torch.Tensor  # (R, H), L2-normalised, system prefix and padding left out
+    hit_cap: torch.Tensor  # (R,) bool: max_new_tokens reached without EOS
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R, P) ids and mask of token lists, padded on the left."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count real tokens only (left padding), as ``generate`` uses."""
+    return (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def decoder_of(model) -> torch.nn.Module:
+    """The transformer body (embeddings, layers, final norm) of a causal LM, PEFT or not."""
+    return model.get_decoder()
+
+
+def sample_tokens(logits: torch.Tensor, temperatures: torch.Tensor, top_p: float) -> torch.Tensor:
+    """One token per row from softmax(logits / T_row), top-p filtered; T = 0 rows are greedy.
+
+    The same distribution as ``generate(do_sample=True, temperature=T, top_p=top_p, top_k=0)``.
+    """
+    logits = logits.float()
+    greedy = temperatures <= 0
+    scaled = logits / torch.where(greedy, 1.0, temperatures).unsqueeze(1)
+    if top_p < 1.0:
+        scaled = TopPLogitsWarper(top_p)(None, scaled)
+    tokens = torch.multinomial(torch.softmax(scaled, dim=-1), 1).squeeze(1)
+    return torch.where(greedy, logits.argmax(dim=-1), tokens)
+
+
+class _LastStates:
+    """Forward hook on the decoder: keeps the last-layer (post-norm) states of each call."""
+
+    def __init__(self, decoder: torch.nn.Module) -> None:
+        self.states = None
+        self.handle = decoder.register_forward_hook(self)
+
+    def __call__(self, module, args, output) -> None:
+        self.states = (
+            output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        )
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+@torch.no_grad()
+def sample_rollouts(
+    model,
+    prompt_ids: list[list[int]],
+    temperatures: list[float],
+    max_new_tokens: int,
+    eos_ids: list[int],
+    pad_id: int,
+    prefix_length: int,
+    top_p: float = 1.0,
+) -> SampledRollouts:
+    """Sample one completion per prompt row and pool its states, in one pass.
+
+    Rows with equal prompts (a GRPO group, an unsupervised anchor) share one prefill: the
+    distinct prompts run once, minus their last token, and the key/value cache is copied to
+    every row that continues them. Decoding then feeds one token per row per step; the hook on
+    the decoder adds each fed token's last-layer state to its row's running mean when it lies
+    after the system prefix and no later than the row's first EOS. The last sampled token is fed
+    once more (no logits) for its own state, as a second forward pass would have it.
+    """
+    device = model.device
+    start = time.perf_counter()
+    distinct: dict[tuple[int, ...], int] = {}
+    inverse = torch.tensor(
+        [distinct.setdefault(tuple(row), len(distinct)) for row in prompt_ids], device=device
+    )
+    ids, mask = left_pad([list(p) for p in distinct], pad_id, device)
+    weights = pooling_mask(mask, prefix_length).float()
+    rows = len(prompt_ids)
+    decoder = decoder_of(model)
+    cache = DynamicCache(config=model.config)
+    hidden = model.config.get_text_config().hidden_size
+    total = torch.zeros(len(distinct), hidden, dtype=torch.float32, device=device)
+    count = torch.zeros(len(distinct), dtype=torch.float32, device=device)
+    width = ids.shape[1]
+    if width > 1:
+        out = decoder(
+            input_ids=ids[:, :-1],
+            attention_mask=mask[:, :-1],
+            position_ids=positions(mask)[:, :-1],
+            cache=cache,
+            use_cache=True,
+        )
+        kept = weights[:, :-1, None] > 0  # where, not a product: padding states may be NaN
+        total += torch.where(kept, out.last_hidden_state.float(), 0.0).sum(dim=1)
+        count += weights[:, :-1].sum(dim=1)
+        cache.batch_select_indices(inverse)
+    total, count = total[inverse], count[inverse]
+    prefilled = time.perf_counter()
+
+    temperature = torch.tensor(temperatures, dtype=torch.float32, device=device)
+    eos = torch.tensor(eos_ids, device=device)
+    attention = mask[inverse]
+    token = ids[inverse, -1]  # the last prompt token is fed at the first decode step
+    weight = weights[inverse, -1]
+    position = positions(attention)[:, -1]
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    generated = []
+    hook = _LastStates(decoder)
+    try:
+        for step in range(max_new_tokens):
+            logits = model(
+                input_ids=token[:, None],
+                attention_mask=attention,
+                position_ids=position[:, None],
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1]
+            total += hook.states[:, -1].float() * weight[:, None]
+            count += weight
+            token = sample_tokens(logits, temperature, top_p)
+            token = torch.where(done, torch.full_like(token, pad_id), token)
+            weight = (~done).float()  # the state of this token counts if no EOS came before it
+            generated.append(token)
+            done = done | torch.isin(token, eos)
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+            position = position + 1
+            if done.all() or step == max_new_tokens - 1:
+                break
+        if weight.any():  # the last token's own state: one more step, body only
+            out = decoder(
+                input_ids=token[:, None],
+                attention_mask=attention,
+                position_ids=position[:, None],
+                cache=cache,
+                use_cache=True,
+            )
+            total += out.last_hidden_state[:, -1].float() * weight[:, None]
+            count += weight
+    finally:
+        hook.remove()
+    completion = torch.stack(generated, dim=1)
+    is_eos = torch.isin(completion, eos)
+    keep = (is_eos.long().cumsum(dim=1) - is_eos.long()) == 0  # up to and with the first EOS
+    hit_cap = ~is_eos.any(dim=1) & (completion.shape[1] >= max_new_tokens)
+    completion_ids = [row[m].tolist() for row, m in zip(completion.cpu(), keep.cpu(), strict=True)]
+    embeddings = l2_normalize(total / count.clamp(min=1.0)[:, None])
+    seconds = {"prefill": prefilled - start, "decode": time.perf_counter() - prefilled}
+    return SampledRollouts(completion_ids, embeddings, hit_cap, seconds)
+
+
+def shared_prefix_logps(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    logits_to_keep: int,
+    compute_entropy: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """trl's per-token log-probabilities (and entropies) of the last ``logits_to_keep`` tokens,
+    with each distinct prompt run once.
+
+    ``input_ids`` is trl's prompt (left-padded) + completion (right-padded) batch. The distinct
+    prompts, minus their last token, go through the body once with a cache; the cache is indexed
+    out to every row (a differentiable copy, so the rows' gradients add up in the shared prompt);
+    then each row's last prompt token and completion go through the model's fused LM head, which
+    scores only those positions. With left padding, positions are counted over real tokens; the
+    rotary embedding depends on relative positions only, so this matches trl's forward pass.
+    """
+    completion = logits_to_keep
+    width = input_ids.shape[1] - completion
+    prompt, prompt_mask = input_ids[:, :width], attention_mask[:, :width]
+    distinct, inverse = torch.unique(
+        torch.cat([prompt, prompt_mask], dim=1), dim=0, return_inverse=True
+    )
+    cache = DynamicCache(config=model.config)
+    if width > 1:
+        ids, mask = distinct[:, : width - 1], distinct[:, width : 2 * width - 1]
+        decoder_of(model)(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions(mask),
+            cache=cache,
+            use_cache=True,
+        )
+        cache.batch_select_indices(inverse)
+    suffix = input_ids[:, width - 1 :]
+    labels = suffix.masked_fill(attention_mask[:, width - 1 :] == 0, -100)
+    labels[:, 0] = -100  # the last prompt token is context, not a label
+    out = model(
+        input_ids=suffix,
+        attention_mask=attention_mask,
+        position_ids=positions(attention_mask)[:, width - 1 :],
+        cache=cache,
+        labels=labels,
+        fused_lm_head=True,
+    )
+    entropy = out.entropy[:, -completion:] if compute_entropy else None
+    return out.log_probs[:, -completion:], entropy
+
+
+@dataclass
+class RolloutBatch:
+    """One generation batch from ``GraceGRPOTrainer``: the policy rows first, then anchors."""
+
+    completion_ids: list[list[int]]  # the policy's rows, as handed to trl
+    embeddings: torch.Tensor  # (B, H)
+    hit_cap: torch.Tensor  # (B,)
+    anchors: torch.Tensor  # (A, H): queries, then negatives if sampled (supervised), or sentences
+    anchor_texts: list[str]
+    has_negatives: bool
+
+
+class GraceGRPOTrainer(GRPOTrainer):
+    """trl's ``GRPOTrainer`` with GRACE's single-pass rollouts and shared-prefix log-probs.
+
+    ``grace_reward`` is the ``GraceReward`` among ``reward_funcs``; it says which anchor texts a
+    batch needs and reads the embeddings this trainer leaves in ``grace_rollouts``. With
+    ``single_pass=False`` every step runs trl's own path (the reward then embeds with a second
+    pass): the reference for tests and ``benchmarks/train_step.py --compare``.
+    """
+
+    def __init__(self, *args, grace_reward, single_pass: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.grace_reward = grace_reward
+        self.single_pass = single_pass
+        self.grace_rollouts: RolloutBatch | None = None
+        self.grace_seconds: dict[str, list[float]] = defaultdict(list)
+        self._grace_rows: list[dict] | None = None
+
+    # --- which steps can take the fast path ------------------------------------------------
+
+    def _single_process_plain_model(self, model) -> bool:
+        return self.accelerator.num_processes == 1 and self.accelerator.unwrap_model(model) is model
+
+    def _can_sample_here(self, images, multimodal_fields) -> bool:
+        return (
+            self.single_pass
+            and self.model.training
+            and not self.use_vllm
+            and not self.use_transformers_continuous_batching
+            and not self.tools
+            and images is None
+            and not multimodal_fields
+            and self._grace_rows is not None
+            and (self.top_k or 0) == 0
+            and self.min_p is None
+            and self.repetition_penalty == 1.0
+            and self.args.generation_kwargs is None
+            and self._single_process_plain_model(self.model_wrapped)
+        )
+
+    # --- generation ---------------------------------------------------------------------------
+
+    def _generate_and_score_completions(self, inputs):
+        self._grace_rows, self.grace_rollouts = inputs, None
+        self.grace_reward.partial = False
+        output = super()._generate_and_score_completions(inputs)
+        if self.grace_reward.partial:
+            # Scored without the negative rollout (paper variant, not a logging step): the
+            # advantages are exact, but the reward values lack the group-constant negative term,
+            # so they stay out of trl's logged reward means.
+            name = self.reward_func_names[0]
+            metrics = self._metrics["train"]
+            for key in ("reward", "reward_std", f"rewards/{name}/mean", f"rewards/{name}/std"):
+                if metrics.get(key):
+                    metrics[key].pop()
+        self._grace_rows = None
+        return output
+
+    def _generate_single_turn(
+        self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
+    ):
+        if not self._can_sample_here(images, multimodal_fields) or len(prompt_ids) != len(
+            self._grace_rows
+        ):
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+        from trl.models import unwrap_model_for_generation
+
+        reward = self.grace_reward
+        rows = self._grace_rows
+        anchor_texts, has_negatives = reward.anchor_sources(
+            [row["text"] for row in rows],
+            [row.get("query") for row in rows],
+            [row.get("negative") for row in rows],
+            self.state.global_step,
+        )
+        anchor_ids = reward.anchor_prompt_ids(anchor_texts)
+        policy = reward.policy
+        temperatures = [self.temperature] * len(prompt_ids) + [policy.query_temperature] * len(
+            anchor_ids
+        )
+        with unwrap_model_for_generation(
+            self.model_wrapped,
+            self.accelerator,
+            gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+        ) as model:
+            sampled = sample_rollouts(
+                model,
+                [list(p) for p in prompt_ids] + anchor_ids,
+                temperatures,
+                max_new_tokens=self.max_completion_length,
+                eos_ids=self.eos_token_ids,
+                pad_id=self._tokenizer.pad_token_id,
+                prefix_length=reward.prefix_length,
+                top_p=self.top_p,
+            )
+        for name, value in sampled.seconds.items():
+            self.grace_seconds[name].append(value)
+        rows = len(prompt_ids)
+        texts = self._tokenizer.batch_decode(
+            sampled.completion_ids[rows:], skip_special_tokens=True
+        )
+        self.grace_rollouts = RolloutBatch(
+            completion_ids=sampled.completion_ids[:rows],
+            embeddings=sampled.embeddings[:rows],
+            hit_cap=sampled.hit_cap[:rows],
+            anchors=sampled.embeddings[rows:],
+            anchor_texts=texts,
+            has_negatives=has_negatives,
+        )
+        return sampled.completion_ids[:rows], None
+
+    # --- the loss's log-probabilities ---------------------------------------------------------
+
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **multimodal,
+    ):
+        if (
+            not self.single_pass
+            or compute_aux_loss
+            or any(value is not None for value in multimodal.values())
+            or not self._single_process_plain_model(model)
+            or getattr(
+                self.args, "activation_checkpointing", False
+            )  # re-runs would refill the cache
+        ):
+            return super()._get_per_token_logps_and_entropies(
+                model,
+                input_ids,
+                attention_mask,
+                logits_to_keep,
+                batch_size=batch_size,
+                compute_entropy=compute_entropy,
+                compute_aux_loss=compute_aux_loss,
+                **multimodal,
+            )
+        batch_size = batch_size or input_ids.size(0)
+        logps, entropies = [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            rows = slice(start, start + batch_size)
+            with self.accelerator.autocast():
+                logp, entropy = shared_prefix_logps(
+                    model, input_ids[rows], attention_mask[rows], logits_to_keep, compute_entropy
+                )
+            logps.append(logp)
+            entropies.append(entropy)
+        entropy = torch.cat(entropies) if compute_entropy else None
+        return torch.cat(logps), entropy, None
