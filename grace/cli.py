@@ -125,6 +125,14 @@ def writable_folder(folder: Path, text: str) -> None:
         raise argparse.ArgumentTypeError(f"{text}: cannot write in {existing}")
 
 
+def lengths(text: str) -> list[int]:
+    """``0,16,32``: rationale lengths in tokens (0 = direct), sorted, each once."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"expected token counts such as 0,16,32, got {text!r}")
+    return sorted({int(part) for part in parts})
+
+
 def notebook_numbers(text: str) -> list[int]:
     """``5,8``: numbers of notebooks that exist."""
     from grace.reproduce import ReproduceError, notebooks
@@ -190,6 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--label", help="row name in tables (default: the model's name)")
     add_encoder_options(evaluate)
+    evaluate.add_argument(
+        "--lengths",
+        type=lengths,
+        help="also score one rationale cut at each of these lengths, e.g. 0,16,32,64,128 "
+        "(0 = direct), from the same generation",
+    )
+    evaluate.add_argument(
+        "--greedy", action="store_true", help="also score greedy rationales (temperature 0)"
+    )
     evaluate.set_defaults(run=run_eval)
 
     reproduce = commands.add_parser("reproduce", help="run the book's notebooks with papermill")
@@ -283,6 +300,7 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
+    from grace.data import DataError
     from grace.evaluation import (
         GraceMTEBModel,
         evaluate,
@@ -298,10 +316,38 @@ def run_eval(args: argparse.Namespace) -> None:
         model = minilm_encoder()
     else:
         model = GraceMTEBModel(args.model, **encoder_settings(args))
-    report = evaluate(model, args.suite, output=args.output, label=args.label)
-    print(to_markdown(summarize({report["label"]: report["tasks"]})))
+    plan = {}
+    if args.model != MINILM:
+        from grace.evaluation.noise import variant_plan
+
+        encoder = model.encoder
+        if encoder.config.mode == "direct" and (args.lengths or args.greedy):
+            raise DataError(
+                "--lengths and --greedy score rationales; this model embeds in direct mode "
+                "(add --mode rationale)."
+            )
+        plan = variant_plan(encoder, greedy=args.greedy, lengths=args.lengths or ())
+    if not plan:
+        report = evaluate(model, args.suite, output=args.output, label=args.label)
+        variants = {}
+    else:  # every draw, mean, greedy rationale and length from one generation pass
+        from grace.evaluation.noise import evaluate_variants
+
+        label = args.label or model.mteb_model_meta.name
+        report, variants = evaluate_variants(
+            model.encoder, args.suite, label, plan, model.mteb_model_meta
+        )
+        report["variants"] = {
+            name: {k: v for k, v in r.items() if k != "mteb"} for name, r in variants.items()
+        }
+        if args.output:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.output).write_text(json.dumps(report, indent=2, default=str))
+    rows = {report["label"]: report["tasks"]} | {r["label"]: r["tasks"] for r in variants.values()}
+    print(to_markdown(summarize(rows)))
     print(
         f"{len(report['tasks'])} tasks in {report['seconds']} s"
+        + (f" ({len(variants)} variants from the same pass)" if variants else "")
         + (f"; report written to {args.output}" if args.output else "")
     )
 

@@ -25,14 +25,19 @@ from grace.models import load_model, model_fingerprint, quantize_int8
 from grace.prompts import SYSTEM_PROMPT, build_prompts, system_prefix_length
 from grace.rationale import (
     MAX_NEW_TOKENS,
+    Branch,
     Rollouts,
     SamplingConfig,
     embed_rollouts,
     generate_rationales,
+    generate_shared,
     rollouts_from_completions,
 )
 
 MODES = ("rationale", "direct")
+#: How many prompts one forward pass takes when only prompts are pooled, as in direct mode.
+#: On two cores 32 prefill faster than 64 (see benchmarks/eval_stages.py).
+DIRECT_BATCH = 32
 
 
 @dataclass
@@ -70,6 +75,39 @@ class EncoderConfig:
     @property
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(self.temperature, self.top_p, self.max_new_tokens, self.seed)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One embedding per text, as ``GraceEncoder.encode_variants`` makes it.
+
+    Draw ``draw`` of a rationale sampled at ``temperature`` (None: the encoder's; 0: greedy)
+    with at most ``max_new_tokens`` tokens, pooled with its prompt: what an encoder with those
+    settings returns as draw ``draw`` of ``encode_draws``. ``max_new_tokens=0`` is the prompt
+    alone (direct mode).
+    """
+
+    max_new_tokens: int
+    temperature: float | None = None
+    draw: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0 or self.draw < 0:
+            raise ValueError(f"max_new_tokens and draw must be >= 0, got {self}.")
+
+
+@dataclass
+class Encodings:
+    """``encode_variants`` output: per variant, (N, H) unit embeddings, (N,) cap-hit flags
+    (no EOS within the cap; False in direct mode), the N rationales, and the seconds of the
+    shared pass that variant alone needed (the prefill, ``prefill_seconds``, plus its rows'
+    decoding, each step's time split evenly over the rows it advanced)."""
+
+    embeddings: dict[Variant, np.ndarray]
+    hit_cap: dict[Variant, np.ndarray]
+    rationales: dict[Variant, list[str]]
+    seconds: dict[Variant, float]
+    prefill_seconds: float = 0.0
 
 
 class CacheError(RuntimeError):
@@ -194,6 +232,10 @@ class GraceEncoder:
         # Cache keys name the weights, so a retrained model never reads stale rationales.
         self.model_id = model_fingerprint(model) if self.cache else ""
         self.generated = 0  # how many rationales this encoder has sampled (cache misses)
+        # One prefill per text for all its rationales (``encode_variants``); False: the
+        # reference path, one ``generate`` call per row (kept for tests and benchmarks).
+        self.share_work = True
+        self.share_prefix = True  # the system prefix prefilled once per batch
 
     @classmethod
     def from_pretrained(
@@ -239,12 +281,182 @@ class GraceEncoder:
     ) -> tuple[np.ndarray, list[list[str]]]:
         """(N, k, H) unit embeddings, one per sampled rationale, and the k rationales per text.
 
-        ``batch_size`` counts generated rows, so a batch holds ``batch_size // k`` texts.
+        ``batch_size`` counts generated rows, so a batch holds ``batch_size // k`` texts. The
+        k rationales of a text continue one prefill of its prompt (``encode_variants``).
         """
-        config = self.config
-        k = config.draws
+        k = self.config.draws
         if not texts:
             return np.zeros((0, k, self.model.config.hidden_size), dtype=np.float32), []
+        if not (self.share_work and self.config.single_pass):
+            return self._encode_draws_per_row(texts, batch_size, show_progress_bar)
+        variants = self.draw_variants()
+        encoded = self.encode_variants(texts, variants, batch_size, show_progress_bar)
+        draws = np.stack([encoded.embeddings[v] for v in variants], axis=1)
+        columns = [encoded.rationales[v] for v in variants]
+        return draws, [list(row) for row in zip(*columns, strict=True)]
+
+    def draw_variants(self) -> list[Variant]:
+        """What ``encode_draws`` returns: the prompt alone in direct mode, else k draws."""
+        config = self.config
+        if config.mode == "direct":
+            return [Variant(0)]
+        return [Variant(config.max_new_tokens, config.temperature, j) for j in range(config.draws)]
+
+    def encode_variants(
+        self,
+        texts: list[str],
+        variants: list[Variant],
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> Encodings:
+        """Many embeddings of each text from one prefill of its prompt and one generation per
+        (temperature, draw): shorter caps are prefixes of the longest (a rationale depends only
+        on its prompt, seed and draw), the prompt alone is direct mode.
+
+        Each variant equals what a separate encoder with its settings gives (tested), and the
+        rationale cache is read and written under each variant's own key. A branch is one
+        (temperature, draw) pair; ``batch_size`` counts the rows that run to the longest cap,
+        so a batch holds ``batch_size // (branches with that cap)`` texts.
+        """
+        config = self.config
+        variants = list(dict.fromkeys(variants))
+        hidden = self.model.config.hidden_size
+        if not texts:
+            empty = np.zeros((0, hidden), dtype=np.float32)
+            return Encodings(
+                {v: empty for v in variants},
+                {v: np.zeros(0, dtype=bool) for v in variants},
+                {v: [] for v in variants},
+                dict.fromkeys(variants, 0.0),
+            )
+        texts = self._clean(list(texts))
+        prompts = build_prompts(
+            self.tokenizer, texts, config.system_prompt, config.max_input_tokens
+        )
+        branches, where = self._branches(variants)
+        lengths = [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
+        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+        size = self._texts_per_batch(branches, batch_size or config.batch_size)
+        batches = [order[i : i + size] for i in range(0, len(order), size)]
+        show = len(batches) > 1 if show_progress_bar is None else show_progress_bar
+
+        n = len(prompts)
+        embeddings = {v: np.zeros((n, hidden), dtype=np.float32) for v in variants}
+        hit_cap = {v: np.zeros(n, dtype=bool) for v in variants}
+        rationales = {v: [""] * n for v in variants}
+        seconds = dict.fromkeys(variants, 0.0)
+        prefill_total = 0.0
+        for batch in tqdm(batches, desc=f"encode ({len(variants)} variants)", disable=not show):
+            rows = [prompts[i] for i in batch]
+            known = [[self._lookup(prompt, branch) for prompt in rows] for branch in branches]
+            out = generate_shared(
+                self.model,
+                self.tokenizer,
+                rows,
+                branches,
+                self.prefix_length,
+                config.pooling,
+                known if self.cache else None,
+                self.share_prefix,
+            )
+            fresh = [(b, r) for b, column in enumerate(known) for r, ids in enumerate(column)]
+            fresh = [(b, r) for b, r in fresh if known[b][r] is None]
+            self.generated += len(fresh)
+            self._store(rows, branches, out.completions, fresh)
+            prefill = float(out.prefill_seconds.sum())
+            prefill_total += prefill
+            for v in variants:
+                if v.max_new_tokens == 0:
+                    embeddings[v][batch] = out.prompt_embeddings.cpu().numpy()
+                    seconds[v] += prefill
+                    continue
+                b, j = where[v]
+                embeddings[v][batch] = out.embeddings[b][:, j].cpu().numpy()
+                hit_cap[v][batch] = out.hit_cap[b][:, j].cpu().numpy()
+                seconds[v] += prefill + float(out.decode_seconds[b][:, j].sum())
+                ids = [completion[: v.max_new_tokens] for completion in out.completions[b]]
+                for i, text in zip(
+                    batch, self.tokenizer.batch_decode(ids, skip_special_tokens=True), strict=True
+                ):
+                    rationales[v][i] = text
+        return Encodings(embeddings, hit_cap, rationales, seconds, prefill_total)
+
+    def _branches(self, variants: list[Variant]) -> tuple[list[Branch], dict]:
+        """One branch per (temperature, draw), pooled at each of its variants' lengths; and
+        variant -> (branch, length index)."""
+        config = self.config
+        caps: dict[tuple[float, int], set[int]] = {}
+        for v in variants:
+            if v.max_new_tokens:
+                temperature = config.temperature if v.temperature is None else v.temperature
+                caps.setdefault((temperature, v.draw), set()).add(v.max_new_tokens)
+        branches = [
+            Branch(self._sampling(temperature, max(lengths)), draw, tuple(sorted(lengths)))
+            for (temperature, draw), lengths in caps.items()
+        ]
+        where = {}
+        for v in variants:
+            if v.max_new_tokens:
+                temperature = config.temperature if v.temperature is None else v.temperature
+                b = list(caps).index((temperature, v.draw))
+                where[v] = (b, branches[b].points.index(v.max_new_tokens))
+        return branches, where
+
+    def _sampling(self, temperature: float, max_new_tokens: int) -> SamplingConfig:
+        config = self.config
+        return SamplingConfig(temperature, config.top_p, max_new_tokens, config.seed)
+
+    @staticmethod
+    def _texts_per_batch(branches: list[Branch], batch_size: int) -> int:
+        """Texts per batch: ``batch_size`` rows decode together up to the longest cap, and the
+        rows of shorter branches of the same texts join them while they run (a decoding step
+        costs a fixed part plus a part per row, so wide steps pay: on two cores 176 ms for
+        64 rows, 610 ms for 320). Prompts alone: ``DIRECT_BATCH`` per forward pass."""
+        if not branches:
+            return max(1, min(batch_size, DIRECT_BATCH))
+        longest = max(branch.sampling.max_new_tokens for branch in branches)
+        tail = sum(branch.sampling.max_new_tokens == longest for branch in branches)
+        return max(1, batch_size // tail)
+
+    def _lookup(self, prompt: str, branch: Branch) -> list[int] | None:
+        """A branch's cached completion (to its cap), or None unless every length is stored
+        and each shorter one is a prefix of the longest, as sampling makes them."""
+        if not self.cache:
+            return None
+        stored = []
+        for length in branch.points:
+            sampling = replace(branch.sampling, max_new_tokens=length)
+            ids = self.cache.get(RationaleCache.key(self.model_id, prompt, sampling, branch.draw))
+            if ids is None:
+                return None
+            stored.append((length, ids))
+        longest = stored[-1][1]
+        if any(ids != longest[:length] for length, ids in stored):
+            return None
+        return longest
+
+    def _store(self, prompts, branches, completions, fresh) -> None:
+        """Write each freshly sampled completion under the key of every length it serves."""
+        if not self.cache or not fresh:
+            return
+        items = {}
+        for b, row in fresh:
+            branch = branches[b]
+            for length in branch.points:
+                sampling = replace(branch.sampling, max_new_tokens=length)
+                key = RationaleCache.key(self.model_id, prompts[row], sampling, branch.draw)
+                items[key] = completions[b][row][:length]
+        self.cache.put(items)
+
+    def _encode_draws_per_row(
+        self,
+        texts: list[str],
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> tuple[np.ndarray, list[list[str]]]:
+        """``encode_draws`` the reference way: every (text, draw) row prefills its prompt."""
+        config = self.config
+        k = config.draws
         texts = self._clean(list(texts))
         prompts = build_prompts(
             self.tokenizer, texts, config.system_prompt, config.max_input_tokens

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -23,9 +24,10 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.generation.logits_process import TopPLogitsWarper
 
-from grace.pooling import pool
+from grace.pooling import POOLERS, l2_normalize, pool, pooling_mask
 
 #: The paper's longest rationale (and policy completion), in tokens.
 MAX_NEW_TOKENS = 2048
@@ -139,17 +141,35 @@ class RowSampler(LogitsProcessor):
         self.top_p = TopPLogitsWarper(sampling.top_p) if sampling.top_p < 1 else None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        device = scores.device
         if not self.generators:
-            self.generators = [torch.Generator(device).manual_seed(s) for s in self.seeds]
-        scores = scores.float() / self.temperature
-        if self.top_p is not None:
-            scores = self.top_p(input_ids, scores)
-        uniform = torch.stack(
-            [torch.rand(scores.shape[1], generator=g, device=device) for g in self.generators]
-        ).clamp_(min=torch.finfo(torch.float32).tiny)
-        chosen = (scores - torch.log(-torch.log(uniform))).argmax(dim=1, keepdim=True)
-        return torch.full_like(scores, -math.inf).scatter_(1, chosen, 0.0)
+            self.generators = row_generators(self.seeds, scores.device)
+        chosen = gumbel_choice(scores, self.generators, self.temperature, self.top_p)
+        return torch.full_like(scores, -math.inf).scatter_(1, chosen[:, None], 0.0)
+
+
+def row_generators(seeds: list[int], device: torch.device) -> list[torch.Generator]:
+    return [torch.Generator(device).manual_seed(s) for s in seeds]
+
+
+def gumbel_choice(
+    scores: torch.Tensor,
+    generators: list[torch.Generator],
+    temperature: float,
+    top_p: TopPLogitsWarper | None = None,
+) -> torch.Tensor:
+    """(B,) tokens, row i sampled from softmax(scores[i] / T) (top-p cut) with generator i.
+
+    Each call takes one uniform vector from every generator: a row's k-th token uses the
+    k-th draw of its own stream, whatever rows share the batch.
+    """
+    device = scores.device
+    scores = scores.float() / temperature
+    if top_p is not None:
+        scores = top_p(None, scores)
+    uniform = torch.stack(
+        [torch.rand(scores.shape[1], generator=g, device=device) for g in generators]
+    ).clamp_(min=torch.finfo(torch.float32).tiny)
+    return (scores - torch.log(-torch.log(uniform))).argmax(dim=1)
 
 
 @torch.no_grad()
@@ -222,6 +242,350 @@ def _states_from_generation(model: PreTrainedModel, out, rollouts: Rollouts) -> 
         )
         states.append(extra.hidden_states[-1])
     return torch.cat(states, dim=1)
+
+
+# --- shared generation: one prefill per prompt, many continuations, every length at once ---
+
+
+@dataclass
+class Branch:
+    """One continuation of every prompt in ``generate_shared``.
+
+    It samples what ``generate_rationales(prompts, sampling, draws=[draw] * B)`` samples (at a
+    fixed seed the same tokens: each row has its own random stream) and is pooled after each
+    of ``lengths`` tokens; ``sampling.max_new_tokens`` is always one of them, the longest.
+    """
+
+    sampling: SamplingConfig
+    draw: int = 0
+    lengths: tuple[int, ...] = ()
+
+    @property
+    def points(self) -> list[int]:
+        """The pooling lengths, ascending, ending at the token cap."""
+        cap = self.sampling.max_new_tokens
+        points = sorted(set(self.lengths) | {cap})
+        if points[0] < 1 or points[-1] > cap:
+            raise ValueError(f"Branch lengths must lie in 1..{cap}, got {sorted(self.lengths)}.")
+        return points
+
+
+@dataclass
+class SharedRollouts:
+    """What ``generate_shared`` returns for B prompts; list index b is the branch."""
+
+    prompt_embeddings: torch.Tensor  # (B, H): the prompt alone, pooled (direct mode)
+    embeddings: list[torch.Tensor]  # [b]: (B, len(points), H): prompt + the first L tokens
+    hit_cap: list[torch.Tensor]  # [b]: (B, len(points)): no EOS within the first L tokens
+    completions: list[list[list[int]]]  # [b][i]: ids up to and including the first EOS
+    prefill_seconds: torch.Tensor  # (B,): each prompt's share of the prefill's wall time
+    decode_seconds: list[torch.Tensor]  # [b]: (B, len(points)): its rows' decoding up to L
+
+
+@dataclass
+class _Pooled:
+    """Running pooling statistics of rows: sum and count of the pooled states, the last one."""
+
+    total: torch.Tensor  # (R, H) fp32
+    count: torch.Tensor  # (R,)
+    last: torch.Tensor  # (R, H) fp32
+
+    def take(self, index: torch.Tensor) -> _Pooled:
+        return _Pooled(self.total[index], self.count[index], self.last[index])
+
+    def vectors(self, method: str) -> torch.Tensor:
+        """(R, H) unit vectors, as ``pooling.pool`` gives for the same positions."""
+        if method == "last":
+            return l2_normalize(self.last)
+        return l2_normalize(self.total / self.count.clamp(min=1).unsqueeze(1).float())
+
+
+@torch.no_grad()
+def generate_shared(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    branches: list[Branch],
+    prefix_length: int,
+    pooling: str = "mean",
+    known: list[list[list[int] | None]] | None = None,
+    share_prefix: bool = True,
+) -> SharedRollouts:
+    """Every branch of every prompt, and the prompts' own embeddings, from one prefill.
+
+    Each prompt is prefilled once (with ``share_prefix``, the system prefix once for the whole
+    batch when every prompt starts with the same ``prefix_length`` tokens); each branch
+    continues from a copy of that cache. Pooling runs on sums of last-layer states kept as
+    tokens arrive, so one generation to the longest length gives the embedding after every
+    shorter length too (a row that ended earlier is the same at every longer length), and the
+    state of the final token comes from feeding it once more, as in ``generate_rationales``.
+    Rows leave the batch as they end. ``known[b][i]``, where not None, are completion ids (a
+    cache hit) fed in one forward pass instead of sampled.
+    """
+    if pooling not in POOLERS:
+        raise ValueError(f"Unknown pooling {pooling!r}; choose one of {sorted(POOLERS)}.")
+    ids, mask = tokenize_prompts(tokenizer, prompts, model.device)
+    n, points = len(prompts), [branch.points for branch in branches]
+    start = time.perf_counter()
+    cache, mask, pooled, logits = _prefill(model, ids, mask, prefix_length, share_prefix)
+    prefill = torch.full((n,), (time.perf_counter() - start) / max(n, 1))
+    hidden_size = pooled.total.shape[1]
+    result = SharedRollouts(
+        prompt_embeddings=pooled.vectors(pooling),
+        embeddings=[torch.zeros(n, len(p), hidden_size) for p in points],
+        hit_cap=[torch.zeros(n, len(p), dtype=torch.bool) for p in points],
+        completions=[[[] for _ in range(n)] for _ in branches],
+        prefill_seconds=prefill,
+        decode_seconds=[torch.zeros(n, len(p)) for p in points],
+    )
+    rows = [(i, b) for b in range(len(branches)) for i in range(n)]
+    stored = {(i, b): known[b][i] for i, b in rows if known and known[b][i] is not None}
+    positions = mask.long().sum(dim=1)  # the next token's position: the count of real tokens
+    if stored:
+        _feed_known(model, cache, mask, positions, pooled, stored, points, pooling, result)
+    fresh = [row for row in rows if row not in stored]
+    if fresh:
+        state = (cache, mask, positions, pooled, logits)
+        _decode(model, tokenizer, prompts, branches, points, pooling, fresh, state, result)
+    eos = set(eos_token_ids(model, tokenizer))
+    for b, lengths in enumerate(points):
+        for i, completion in enumerate(result.completions[b]):
+            for j, length in enumerate(lengths):
+                head = completion[:length]
+                result.hit_cap[b][i, j] = len(head) == length and not eos.intersection(head)
+    return result
+
+
+def _prefill(
+    model: PreTrainedModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    prefix_length: int,
+    share_prefix: bool,
+) -> tuple:
+    """Prefill left-padded prompts: (cache, attention mask of its columns, pooled prompt
+    states, logits of the next token)."""
+    shared = _split_prefix(ids, mask, prefix_length) if share_prefix else None
+    if shared is None:
+        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        out = _forward(model, ids, mask, positions, cache=None)
+        keep = pooling_mask(mask, prefix_length)
+    else:
+        prefix, suffix_ids, suffix_mask = shared
+        at = torch.arange(len(prefix), device=ids.device)[None]
+        head = _forward(model, prefix[None], None, at, cache=None)
+        cache = head.cache
+        cache.batch_repeat_interleave(ids.shape[0])
+        mask = torch.cat(
+            [torch.ones_like(suffix_mask[:, :1]).expand(-1, len(prefix)), suffix_mask], 1
+        )
+        positions = (mask.long().cumsum(dim=1) - 1)[:, len(prefix) :]
+        out = _forward(model, suffix_ids, mask, positions, cache=cache)
+        keep = suffix_mask.bool()
+    hidden = out.hidden_states[-1].float()
+    weights = keep.unsqueeze(-1).float()
+    pooled = _Pooled((hidden * weights).sum(dim=1), keep.sum(dim=1), hidden[:, -1])
+    return out.cache, mask, pooled, out.logits[:, -1].float()
+
+
+def _split_prefix(ids: torch.Tensor, mask: torch.Tensor, length: int):
+    """(prefix ids, suffix ids, suffix mask) when every left-padded row starts with the same
+    ``length`` tokens and has more; else None. The suffix keeps the rows' padding."""
+    real = mask.long().sum(dim=1)
+    width = ids.shape[1]
+    if length < 1 or not bool(mask[:, -1].all()) or int(real.min()) <= length:
+        return None
+    starts = width - real
+    heads = torch.stack([ids[r, s : s + length] for r, s in enumerate(starts.tolist())])
+    if not bool((heads == heads[:1]).all()):
+        return None
+    columns = torch.arange(width - length, device=ids.device)
+    suffix_mask = (columns[None] >= starts[:, None]).to(mask.dtype)
+    suffix_ids = ids[:, length:].masked_fill(suffix_mask == 0, 0)
+    return heads[0], suffix_ids, suffix_mask
+
+
+def _forward(model, ids, mask, positions, cache):
+    return model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        cache=cache,
+        use_cache=True,
+        output_hidden_states=True,
+        logits_to_keep=1,
+    )
+
+
+def _feed_known(model, cache, mask, positions, pooled, stored, points, pooling, result):
+    """Known completions of (prompt, branch) rows in one forward pass over a cache copy."""
+    rows = list(stored)
+    index = torch.tensor([i for i, _ in rows], device=mask.device)
+    copy = DynamicCache([(layer.keys[index], layer.values[index]) for layer in cache.layers])
+    completions = [stored[row] for row in rows]
+    width = max(len(c) for c in completions)
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    keep = torch.zeros((len(rows), width), dtype=torch.bool)
+    for r, completion in enumerate(completions):
+        ids[r, : len(completion)] = torch.tensor(completion, dtype=torch.long)
+        keep[r, : len(completion)] = True
+    ids, keep = ids.to(mask.device), keep.to(mask.device)
+    start = time.perf_counter()
+    steps = torch.arange(width, device=mask.device)
+    out = _forward(
+        model,
+        ids,
+        torch.cat([mask[index], keep.to(mask.dtype)], dim=1),
+        positions[index, None] + steps,
+        cache=copy,
+    )
+    hidden = out.hidden_states[-1].float() * keep.unsqueeze(-1)
+    running = hidden.cumsum(dim=1)
+    seconds = (time.perf_counter() - start) / max(sum(map(len, completions)), 1)
+    entries = []  # (branch, prompt, point, row, tokens pooled)
+    for r, (i, b) in enumerate(rows):
+        result.completions[b][i] = list(completions[r])
+        for j, length in enumerate(points[b]):
+            entries.append((b, i, j, r, min(length, len(completions[r]))))
+    at = torch.tensor([e[3] for e in entries], device=mask.device)
+    used = torch.tensor([e[4] for e in entries], device=mask.device)
+    base = pooled.take(index[at])
+    vectors = (
+        _Pooled(base.total + running[at, used - 1], base.count + used, hidden[at, used - 1])
+        .vectors(pooling)
+        .cpu()
+    )
+    for (b, i, j, _, m), vector in zip(entries, vectors, strict=True):
+        result.embeddings[b][i, j] = vector
+        result.decode_seconds[b][i, j] = seconds * m
+
+
+class _RoomyLayer(DynamicLayer):
+    """A ``DynamicLayer`` that writes each step's keys and values into spare room (doubled
+    when full) instead of concatenating: ``DynamicLayer`` copies the whole cache every step."""
+
+    def __init__(self, layer: DynamicLayer, index: torch.Tensor, room: int) -> None:
+        super().__init__()
+        keys, values = layer.keys[index], layer.values[index]
+        self.length = keys.shape[-2]
+        shape = (*keys.shape[:-2], self.length + room, keys.shape[-1])
+        self._keys = keys.new_empty(shape)
+        self._values = values.new_empty(shape)
+        self._keys[..., : self.length, :] = keys
+        self._values[..., : self.length, :] = values
+        self.device, self.is_initialized = keys.device, True
+        self._views()
+
+    def _views(self) -> None:
+        self.keys = self._keys[..., : self.length, :]
+        self.values = self._values[..., : self.length, :]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        n = key_states.shape[-2]
+        if self.length + n > self._keys.shape[-2]:
+            more = max(n, self._keys.shape[-2])
+            self._keys = torch.cat(
+                [self._keys, self._keys.new_empty(self._keys[..., :more, :].shape)], -2
+            )
+            self._values = torch.cat(
+                [self._values, self._values.new_empty(self._values[..., :more, :].shape)], -2
+            )
+        self._keys[..., self.length : self.length + n, :] = key_states
+        self._values[..., self.length : self.length + n, :] = value_states
+        self.length += n
+        self._views()
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._keys, self._values = self._keys[indices], self._values[indices]
+        self._views()
+
+
+def _rows_cache(cache: DynamicCache, index: torch.Tensor, room: int) -> DynamicCache:
+    """The prefilled cache's rows ``index`` (repeats allowed), with room to decode into."""
+    if all(type(layer) is DynamicLayer for layer in cache.layers):
+        cache.layers = [_RoomyLayer(layer, index, room) for layer in cache.layers]
+    else:  # sliding windows and other layer kinds keep their own update rule
+        cache.batch_select_indices(index)
+    return cache
+
+
+def _decode(model, tokenizer, prompts, branches, points, pooling, rows, state, result):
+    """Sample the rows' completions token by token from the prefilled cache (used up here)."""
+    cache, mask, positions, pooled, logits = state
+    device = mask.device
+    index = torch.tensor([i for i, _ in rows], device=device)
+    longest = max(branch.sampling.max_new_tokens for branch in branches)
+    cache = _rows_cache(cache, index, min(longest, 32))
+    mask, positions, logits, pooled = (
+        mask[index],
+        positions[index],
+        logits[index],
+        pooled.take(index),
+    )
+    branch_of = [b for _, b in rows]
+    caps = torch.tensor([branches[b].sampling.max_new_tokens for b in branch_of], device=device)
+    generators: list[torch.Generator | None] = [None] * len(rows)
+    for b, branch in enumerate(branches):
+        if branch.sampling.temperature > 0:
+            mine = [r for r, (_, rb) in enumerate(rows) if rb == b]
+            seeds = row_seeds(
+                [prompts[rows[r][0]] for r in mine], branch.sampling.seed, [branch.draw] * len(mine)
+            )
+            for r, generator in zip(mine, row_generators(seeds, device), strict=True):
+                generators[r] = generator
+    top_p = [
+        TopPLogitsWarper(branch.sampling.top_p) if branch.sampling.top_p < 1 else None
+        for branch in branches
+    ]
+    eos = torch.tensor(eos_token_ids(model, tokenizer), device=device)
+    alive = list(range(len(rows)))  # the original numbers of the rows still in the batch
+    spent = torch.zeros(len(rows))  # decoding seconds charged to each row
+    tokens: list[list[int]] = [[] for _ in rows]
+    step = 0
+    while alive:
+        step += 1
+        start = time.perf_counter()
+        chosen = torch.empty(len(alive), dtype=torch.long, device=device)
+        for b, branch in enumerate(branches):
+            here = [p for p, r in enumerate(alive) if branch_of[r] == b]
+            if not here:
+                continue
+            at = torch.tensor(here, device=device)
+            if branch.sampling.temperature == 0:
+                chosen[at] = logits[at].argmax(dim=1)
+            else:
+                streams = [generators[alive[p]] for p in here]
+                chosen[at] = gumbel_choice(
+                    logits[at], streams, branch.sampling.temperature, top_p[b]
+                )
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = _forward(model, chosen[:, None], mask, positions[:, None], cache=cache)
+        state_now = out.hidden_states[-1][:, -1].float()
+        pooled = _Pooled(pooled.total + state_now, pooled.count + 1, state_now)
+        logits = out.logits[:, -1].float()
+        positions = positions + 1
+        ended = torch.isin(chosen, eos) | (caps[alive] <= step)
+        spent[alive] += (time.perf_counter() - start) / len(alive)
+        vectors = None
+        ended_now = ended.tolist()
+        for p, (r, token) in enumerate(zip(alive, chosen.tolist(), strict=True)):
+            tokens[r].append(token)
+            i, b = rows[r]
+            for j, length in enumerate(points[b]):
+                if length == step or (length > step and ended_now[p]):
+                    if vectors is None:
+                        vectors = pooled.vectors(pooling).cpu()
+                    result.embeddings[b][i, j] = vectors[p]
+                    result.decode_seconds[b][i, j] = spent[r]
+        if any(ended_now):
+            keep = (~ended).nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            mask, positions, logits = mask[keep], positions[keep], logits[keep]
+            pooled = pooled.take(keep)
+            alive = [alive[p] for p in keep.tolist()]
+    for r, (i, b) in enumerate(rows):
+        result.completions[b][i] = tokens[r]
 
 
 # --- embedding rollouts: used by the encoder, the GRACE reward and the baselines ---

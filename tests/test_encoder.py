@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 
+import grace.rationale as generation
 from grace.encoder import EncoderConfig, GraceEncoder
 
 
@@ -46,8 +47,8 @@ def test_rationale_mode_returns_rationales(tiny, texts):
 def test_rationale_cache_skips_generation_on_second_call(tiny, texts, tmp_path, monkeypatch):
     model, tokenizer = tiny
     calls = []
-    original = model.generate
-    monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = generation._decode  # the sampling loop of the shared pass
+    monkeypatch.setattr(generation, "_decode", lambda *a, **k: calls.append(1) or original(*a, **k))
     config = EncoderConfig(max_new_tokens=6, cache_dir=str(tmp_path), batch_size=2)
 
     first, first_rationales = GraceEncoder(model, tokenizer, config).encode_with_rationales(texts)

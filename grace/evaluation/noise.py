@@ -1,60 +1,233 @@
-"""How far one sampled rationale moves the scores, and what greedy decoding or averaging buys.
+"""How far one sampled rationale moves the scores, and what greedy decoding, averaging or a
+longer rationale buys, all from one generation pass per model.
 
-The paper scores one rationale sampled at temperature 1 per text. Here one generation pass
-writes k rationales per text into a ``DrawBank``; every variant reads from it, so "draw j
-alone" (k single-sample scores: the spread a new sampling seed gives) and "mean of the first
-m draws" cost no extra sampling. Greedy decoding is ``GraceMTEBModel(..., temperature=0)``.
+The paper scores one rationale sampled at temperature 1 per text. Here each text's prompt is
+prefilled once and continued k times (``GraceEncoder.encode_variants``): "draw j alone" (k
+single-sample scores: the spread a new sampling seed gives), "mean of the first m draws",
+greedy decoding, draw 1 cut at every length of the length curve and the prompt alone (direct
+mode) all come from that pass, and each report is still keyed by the settings that decide
+it, so it equals (and is interchangeable with) a report measured on its own.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from grace.encoder import EncoderConfig, GraceEncoder, mean_of_draws
-from grace.evaluation import cached_report, evaluate_cached, report_path
+from grace.encoder import EncoderConfig, GraceEncoder, Variant, mean_of_draws
+from grace.evaluation import cached_report, report_path
 from grace.evaluation.model import TextEncoder, model_meta
 from grace.evaluation.results import summarize
 from grace.runs import report_key
 
 
-class DrawBank:
-    """The (k, H) draw embeddings of each text an encoder has seen, computed once."""
+class VariantBank:
+    """Every variant's embedding of each text an encoder has seen, from one shared pass.
 
-    def __init__(self, encoder: GraceEncoder) -> None:
+    ``seconds`` sums, per variant, what the pass spent on it alone (its prompts' prefill and
+    its rows' decoding; see ``encode_variants``), and ``prefill`` the prefill's own share.
+    """
+
+    def __init__(self, encoder: GraceEncoder, variants: list[Variant]) -> None:
         self.encoder = encoder
-        self.memory: dict[str, np.ndarray] = {}
+        self.variants = list(dict.fromkeys(variants))
+        self.memory: dict[str, dict[Variant, np.ndarray]] = {}
+        self.seconds = dict.fromkeys(self.variants, 0.0)
+        self.prefill = 0.0
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
+    def __call__(self, texts: list[str], variants: list[Variant]) -> np.ndarray:
+        """(N, H): the variant's embeddings, or the re-normalised mean of several variants'."""
         new = [text for text in dict.fromkeys(texts) if text not in self.memory]
         if new:
-            draws, _ = self.encoder.encode_draws(new, show_progress_bar=True)
-            self.memory.update(zip(new, draws, strict=True))
-        return np.stack([self.memory[text] for text in texts])
+            encoded = self.encoder.encode_variants(new, self.variants, show_progress_bar=True)
+            for n, text in enumerate(new):
+                self.memory[text] = {v: encoded.embeddings[v][n] for v in self.variants}
+            for v in self.variants:
+                self.seconds[v] += encoded.seconds[v]
+            self.prefill += encoded.prefill_seconds
+        picked = np.stack([[self.memory[t][v] for v in variants] for t in texts])  # (N, m, H)
+        return picked[:, 0] if len(variants) == 1 else mean_of_draws(picked)
+
+    def cost(self, variants: list[Variant]) -> float:
+        """Seconds of the pass that these variants alone need: one prefill and their decoding."""
+        return self.prefill + sum(self.seconds[v] - self.prefill for v in variants)
+
+    def text_encoder(self, variants: list[Variant], name: str) -> TextEncoder:
+        model = self.encoder.model
+        meta = model_meta(
+            f"grace/{name.replace(' ', '-')}",
+            "variants",
+            model.config.hidden_size,
+            model.num_parameters(),
+        )
+        return TextEncoder(lambda texts: self(texts, variants), meta)
 
 
 def draw_variants(encoder: GraceEncoder, name: str, means: tuple[int, ...] = (2, 4)) -> dict:
     """mteb encoders ``draw 1`` .. ``draw k`` and ``mean of m`` (m in ``means``, m <= k)."""
-    bank = DrawBank(encoder)
-    k = encoder.config.draws
+    draws = encoder.draw_variants()
+    bank = VariantBank(encoder, draws)
+    variants = {
+        f"draw {j + 1}": bank.text_encoder([v], f"{name}-draw {j + 1}") for j, v in enumerate(draws)
+    }
+    for m in means:
+        if m <= len(draws):
+            variants[f"mean of {m}"] = bank.text_encoder(draws[:m], f"{name}-mean of {m}")
+    return variants
 
-    def variant(label: str, pick) -> TextEncoder:
-        meta = model_meta(
-            f"grace/{name}-{label.replace(' ', '-')}",
-            "draws",
-            encoder.model.config.hidden_size,
-            encoder.model.num_parameters(),
+
+@dataclass
+class Planned:
+    """One report to produce: its label, the key of what decides it, and its embedding (the
+    re-normalised mean of ``variants``; one variant: that variant)."""
+
+    label: str
+    key: dict
+    variants: list[Variant]
+
+
+@dataclass
+class RowReports:
+    """The reports of one model from ``evaluate_rows``, each a ``cached_report`` dict."""
+
+    draws: dict[str, dict] = field(default_factory=dict)  # "<label> (draw j)", "(mean of m)"
+    greedy: dict | None = None
+    direct: dict | None = None
+    lengths: dict[int, dict] = field(default_factory=dict)  # 0 = direct; the cap = draw 1
+
+    def all(self) -> dict[str, dict]:
+        found = dict(self.draws)
+        for report in [self.greedy, self.direct, *self.lengths.values()]:
+            if report is not None:
+                found[report["label"]] = report
+        return found
+
+
+def evaluate_rows(
+    model: str,
+    label: str,
+    suite: str,
+    folder: str | Path,
+    means: tuple[int, ...] = (2, 4),
+    greedy: bool = False,
+    lengths: list[int] | tuple[int, ...] = (),
+    direct: bool = False,
+    curve: str | None = None,
+    **settings,
+) -> RowReports:
+    """A model's rationale row and its variants, cached in ``folder``, from one pass.
+
+    Reports (labels): ``"<label> (draw j)"`` for the k = ``num_rationales`` draws and
+    ``"<label> (mean of m)"`` (m in ``means``, m <= k); with ``greedy`` ``"<label> (greedy)"``
+    (temperature 0); for each of ``lengths`` one sampled rationale (draw 1) of at most that
+    many tokens, ``"<curve>, L tokens"``, where 0 is ``"<curve>, direct"`` (also made with
+    ``direct``) and the evaluation length is draw 1 itself. ``curve`` defaults to ``label``.
+
+    Each report is keyed as if measured on its own: the draws by the row's settings and the
+    variant, greedy by ``temperature=0``, a length point by ``max_new_tokens=L`` and one
+    draw, the direct report by direct mode (which ignores sampling settings). The model is
+    loaded, and one ``encode_variants`` pass made for the missing reports only, when any is
+    missing; reports made by the pass also record ``cost_seconds``, the pass's seconds that
+    report alone needed.
+    """
+    config = EncoderConfig(**settings)
+    if config.mode == "direct" or not config.single_pass:
+        raise ValueError(
+            "evaluate_rows pools the states of one generation pass (rationale mode, "
+            "single_pass=True); use evaluate_cached for other settings."
         )
-        return TextEncoder(lambda texts: pick(bank(texts)), meta)
-
-    variants = {f"draw {j + 1}": variant(f"draw {j + 1}", lambda d, j=j: d[:, j]) for j in range(k)}
+    curve = curve or label
+    cap, k = config.max_new_tokens, config.draws
+    draws = [Variant(cap, None, j) for j in range(k)]
+    key = report_key(model, suite, **settings)
+    plans = {"draws": {}, "greedy": None, "direct": None, "lengths": {}}
+    for j, variant in enumerate(draws):
+        name = f"draw {j + 1}"
+        plans["draws"][name] = Planned(draw_label(label, name), key | {"variant": name}, [variant])
     for m in means:
         if m <= k:
-            label = f"mean of {m}"
-            variants[label] = variant(label, lambda d, m=m: mean_of_draws(d[:, :m]))
-    return variants
+            name = f"mean of {m}"
+            plans["draws"][name] = Planned(
+                draw_label(label, name), key | {"variant": name}, draws[:m]
+            )
+    if greedy:
+        changes = {"temperature": 0}
+        plans["greedy"] = Planned(
+            draw_label(label, "greedy"),
+            report_key(model, suite, **(settings | changes)),
+            [Variant(cap, 0, 0)],
+        )
+    if direct or 0 in lengths:
+        plans["direct"] = Planned(
+            f"{curve}, direct",
+            report_key(model, suite, **(settings | {"mode": "direct"})),
+            [Variant(0)],
+        )
+    for length in sorted(set(lengths)):
+        if length == 0:
+            plans["lengths"][0] = plans["direct"]
+        elif length == cap:
+            plans["lengths"][length] = plans["draws"]["draw 1"]
+        else:
+            changes = {"mode": "rationale", "max_new_tokens": length, "num_rationales": 1}
+            plans["lengths"][length] = Planned(
+                f"{curve}, {length} tokens",
+                report_key(model, suite, **(settings | changes)),
+                [Variant(length, None, 0)],
+            )
+
+    every = list(plans["draws"].values()) + list(plans["lengths"].values())
+    every += [p for p in (plans["greedy"], plans["direct"]) if p is not None]
+    every = list({p.label: p for p in every}.values())
+    made = run_plans(model, every, suite, folder, settings)
+    return RowReports(
+        draws={p.label: made[p.label] for p in plans["draws"].values()},
+        greedy=made[plans["greedy"].label] if plans["greedy"] else None,
+        direct=made[plans["direct"].label] if plans["direct"] else None,
+        lengths={length: made[p.label] for length, p in plans["lengths"].items()},
+    )
+
+
+def run_plans(
+    model: str | GraceEncoder, plans: list[Planned], suite: str, folder: str | Path, settings
+) -> dict[str, dict]:
+    """``cached_report`` for each plan; the missing ones share one ``VariantBank``."""
+    missing = [p for p in plans if not has_report(report_path(folder, p.label), p.key)]
+    banks: list[VariantBank] = []
+
+    def make(plan: Planned) -> TextEncoder:
+        if not banks:
+            encoder = (
+                model
+                if isinstance(model, GraceEncoder)
+                else GraceEncoder.from_pretrained(model, **settings)
+            )
+            banks.append(VariantBank(encoder, [v for p in missing for v in p.variants]))
+        return banks[0].text_encoder(plan.variants, f"{Path(str(model)).name}-{plan.label}")
+
+    made = {
+        p.label: cached_report(
+            report_path(folder, p.label), p.label, lambda p=p: make(p), suite, p.key
+        )
+        for p in plans
+    }
+    if banks:
+        for plan in missing:
+            report = made[plan.label] | {"cost_seconds": round(banks[0].cost(plan.variants), 1)}
+            report_path(folder, plan.label).write_text(json.dumps(report, indent=2, default=str))
+            made[plan.label] = report
+    return made
+
+
+def has_report(path: Path, key: dict) -> bool:
+    """Whether ``path`` holds a report made under ``key`` (what ``cached_report`` reuses)."""
+    if not path.exists():
+        return False
+    return json.loads(path.read_text()).get("key") == json.loads(json.dumps(key))
 
 
 def evaluate_draws(
@@ -65,32 +238,9 @@ def evaluate_draws(
     means: tuple[int, ...] = (2, 4),
     **settings,
 ) -> dict[str, dict]:
-    """Reports ``"<label> (draw j)"`` and ``"<label> (mean of m)"``, cached in ``folder``.
-
-    ``settings`` are ``EncoderConfig`` fields; ``num_rationales`` is k. The model is loaded
-    and the k rationales per text sampled only if some report is missing.
-    """
-    k = EncoderConfig(**settings).draws
-    names = [f"draw {j + 1}" for j in range(k)] + [f"mean of {m}" for m in means if m <= k]
-    key = report_key(model, suite, **settings)
-    variants: dict[str, TextEncoder] = {}
-
-    def variant(name: str) -> TextEncoder:
-        if not variants:
-            encoder = GraceEncoder.from_pretrained(model, **settings)
-            variants.update(draw_variants(encoder, Path(model).name, means))
-        return variants[name]
-
-    return {
-        draw_label(label, name): cached_report(
-            report_path(folder, draw_label(label, name)),
-            draw_label(label, name),
-            lambda name=name: variant(name),
-            suite,
-            key | {"variant": name},
-        )
-        for name in names
-    }
+    """Reports ``"<label> (draw j)"`` and ``"<label> (mean of m)"``, cached in ``folder``
+    (``evaluate_rows`` without greedy or lengths)."""
+    return evaluate_rows(model, label, suite, folder, means, **settings).draws
 
 
 def mean_std(table: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
@@ -163,28 +313,73 @@ def length_curve(
 ) -> pd.DataFrame:
     """Suite scores against rationale length (0 = direct), one sampled rationale per text.
 
-    A point at the evaluation length is draw 1 of that row's ``evaluate_draws`` reports and
-    a 0-token point of a model with a direct row is that row: both are read, not measured
-    again. ``eval seconds`` is each point's own cost (a shared draw pass counts once per draw).
+    Every point of a model comes from the pass of its ``evaluate_rows`` (draw 1 cut at each
+    length; the point at the evaluation length is draw 1 itself, the 0-token point the direct
+    report), so a notebook that ran ``evaluate_rows`` with these lengths before has measured
+    them all. ``eval seconds`` is what each point alone needed of that pass (its prefill and
+    the decoding of its rows up to its length), or, for a report measured on its own, its time.
     """
-    k = EncoderConfig(**settings).draws
     points, seconds = {}, []
     for name, model in models.items():
+        row = evaluate_rows(
+            model, row_labels[name], suite, folder, lengths=lengths, curve=name, **settings
+        )
         for length in lengths:
-            if length == settings.get("max_new_tokens"):
-                reports = evaluate_draws(model, row_labels[name], suite, folder, **settings)
-                report = reports[draw_label(row_labels[name], "draw 1")]
-                share = k
-            else:
-                mode = "direct" if length == 0 else "rationale"
-                label = f"{name}, direct" if length == 0 else f"{name}, {length} tokens"
-                changes = dict(mode=mode, max_new_tokens=max(length, 1), num_rationales=1)
-                if length == 0:
-                    changes = dict(mode=mode)  # the key of a direct row ignores sampling
-                report = evaluate_cached(model, label, suite, folder, **(settings | changes))
-                share = 1
+            report = row.lengths[length]
             points[f"{name}, {length}"] = report["tasks"]
-            seconds.append(report["seconds"] / share)
+            seconds.append(report.get("cost_seconds", report["seconds"]))
     table = summarize(points)
     table["eval seconds"] = seconds
     return table
+
+
+def variant_plan(
+    encoder: GraceEncoder,
+    means: tuple[int, ...] = (2, 4),
+    greedy: bool = False,
+    lengths: list[int] | tuple[int, ...] = (),
+) -> dict[str, list[Variant]]:
+    """Name -> variants (their mean) of the variants ``grace eval`` reports beside the
+    encoder's own embedding: each draw and the mean of m draws (k > 1), greedy, and draw 1 at
+    each of ``lengths`` (``"L tokens"``; 0: ``"direct"``)."""
+    config = encoder.config
+    draws = encoder.draw_variants()
+    plan: dict[str, list[Variant]] = {}
+    if len(draws) > 1:
+        plan |= {f"draw {j + 1}": [v] for j, v in enumerate(draws)}
+        plan |= {f"mean of {m}": draws[:m] for m in means if 1 < m < len(draws)}
+    if greedy:
+        plan["greedy"] = [Variant(config.max_new_tokens, 0, 0)]
+    for length in sorted(set(lengths)):
+        plan["direct" if length == 0 else f"{length} tokens"] = [Variant(length, None, 0)]
+    return plan
+
+
+def evaluate_variants(
+    encoder: GraceEncoder,
+    suite: str,
+    label: str,
+    plan: dict[str, list[Variant]],
+    meta=None,
+) -> tuple[dict, dict[str, dict]]:
+    """The encoder's own report and one per planned variant (``"<label> (<name>)"``), all
+    from one ``encode_variants`` pass; variant reports carry ``cost_seconds`` (see
+    ``VariantBank.cost``). Nothing is cached."""
+    from grace.evaluation import evaluate
+
+    own = encoder.draw_variants()
+    bank = VariantBank(encoder, own + [v for variants in plan.values() for v in variants])
+    main_encoder = bank.text_encoder(own, label)
+    if meta is not None:
+        main_encoder.mteb_model_meta = meta
+    main = evaluate(main_encoder, suite, label=label)
+    reports = {
+        name: evaluate(
+            bank.text_encoder(variants, f"{label}-{name}"), suite, label=f"{label} ({name})"
+        )
+        for name, variants in plan.items()
+    }
+    for name, variants in plan.items():
+        reports[name]["cost_seconds"] = round(bank.cost(variants), 1)
+    main["cost_seconds"] = round(bank.cost(own), 1)
+    return main, reports
