@@ -287,14 +287,8 @@ SECTIONS: dict[str, type] = {
     "validation": ValidationConfig,
     "evaluation": EvaluationConfig,
 }
-# Sections (and fields) that never change the trained weights: excluded from a run's identity.
+# Sections that never change the trained weights: excluded from a run's identity.
 NOT_TRAINING = ("logging", "validation", "evaluation")
-# Single fields that never change the trained weights, left out of a run's identity likewise:
-# the paper-variant negative rollout only feeds the logs (``RewardConfig.negative_rollouts``).
-NOT_TRAINING_FIELDS = {"reward": ("negative_rollouts",)}
-# Fields added after runs were trained, left out of the identity while at these defaults (which
-# train as before), so that those runs stay valid.
-LATER_FIELDS = {("adaptation", "train_top_layers"): None}
 
 
 @dataclass
@@ -319,11 +313,6 @@ class TrainConfig:
         """What makes two runs train the same weights: all but logging, evaluation, folder."""
         settings = {k: v for k, v in self.to_dict().items() if k not in NOT_TRAINING}
         settings["run"] = {k: v for k, v in settings["run"].items() if k != "output_dir"}
-        for section, names in NOT_TRAINING_FIELDS.items():
-            settings[section] = {k: v for k, v in settings[section].items() if k not in names}
-        for (section, name), default in LATER_FIELDS.items():
-            if settings[section].get(name) == default:
-                del settings[section][name]
         return settings
 
     def settings_hash(self) -> str:

@@ -51,7 +51,8 @@ class RewardConfig:
 
     @property
     def negative_every_step(self) -> bool:
-        """Whether every supervised reward needs the negative rollout (else: logging steps)."""
+        """True when every supervised reward needs the negative rollout; False when the
+        logging steps alone do."""
         return (
             self.variant != "paper"
             or self.length_penalty is not None
