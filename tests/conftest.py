@@ -36,3 +36,20 @@ TEXTS = [
     "A long review: the film drags in the middle, but the ending is worth the wait.",
     "Rain is expected tomorrow.",
 ]
+
+
+def eos_biased(model, tokenizer, bias: float):
+    """A copy of ``model`` whose output layer favours EOS by ``bias`` logits (rows then end at
+    different steps, which padding and early exits must survive)."""
+    import copy
+
+    import torch
+
+    biased = copy.deepcopy(model)
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[tokenizer.eos_token_id] = bias
+    biased.lm_head = head
+    return biased

@@ -1,7 +1,6 @@
-import copy
-
 import pytest
 import torch
+from conftest import eos_biased
 
 from grace.prompts import SYSTEM_PROMPT, build_prompts, system_prefix_length
 from grace.rationale import SamplingConfig, completion_mask, embed_rollouts, generate_rationales
@@ -37,18 +36,6 @@ def test_seed_makes_sampling_reproducible(tiny, texts):
 
     assert torch.equal(sample(1), sample(1))
     assert not torch.equal(sample(1), sample(2))
-
-
-def eos_biased(model, tokenizer, bias: float):
-    """A copy of ``model`` whose output layer favours EOS by ``bias`` logits."""
-    biased = copy.deepcopy(model)
-    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
-    with torch.no_grad():
-        head.weight.copy_(model.lm_head.weight)
-        head.bias.zero_()
-        head.bias[tokenizer.eos_token_id] = bias
-    biased.lm_head = head
-    return biased
 
 
 def test_eos_ends_completion_and_is_not_a_cap_hit(tiny, texts):

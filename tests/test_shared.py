@@ -1,11 +1,11 @@
 """One prefill per text, every draw and length from one generation: equal to the unshared way."""
 
-import copy
 import json
 
 import numpy as np
 import pytest
 import torch
+from conftest import eos_biased
 
 from grace.cli import main
 from grace.encoder import GraceEncoder, Variant
@@ -21,18 +21,6 @@ from grace.rationale import (
     rollouts_from_completions,
 )
 from grace.runs import report_key
-
-
-def eos_biased(model, tokenizer, bias: float):
-    """A copy of ``model`` whose output layer favours EOS by ``bias`` logits."""
-    biased = copy.deepcopy(model)
-    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
-    with torch.no_grad():
-        head.weight.copy_(model.lm_head.weight)
-        head.bias.zero_()
-        head.bias[tokenizer.eos_token_id] = bias
-    biased.lm_head = head
-    return biased
 
 
 def unshared(model, tokenizer, prompts, branch, length, prefix):
