@@ -144,18 +144,19 @@ def main() -> None:
         for name, value in worst.items():
             print(f"  {name}: {value:.6f}")
     if args.direct_check:
-        import grace.encoder
+        import grace.rationale
 
         figures["direct"] = {}
         for share in (False, True):
             for size in (32, 64):
-                grace.encoder.DIRECT_BATCH = size
+                grace.rationale.PREFILL_ROWS = size
                 encoder = GraceEncoder(model, tokenizer, **settings)
                 encoder.share_prefix = share
                 _, seconds = timed(lambda e=encoder: e.encode_variants(texts, [Variant(0)]))
                 name = f"prefix {'shared' if share else 'per prompt'}, {size} prompts"
                 figures["direct"][name] = round(seconds, 1)
                 print(f"direct  {name:32s} {seconds:8.1f} s")
+        grace.rationale.PREFILL_ROWS = 32
     caps = {length: float(encoded.hit_cap[v].mean()) for length, v in points.items() if length}
     figures["cap_hit_share"] = caps
     print("share of rationales hitting the cap:", {k: round(v, 2) for k, v in caps.items()})

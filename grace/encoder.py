@@ -35,9 +35,6 @@ from grace.rationale import (
 )
 
 MODES = ("rationale", "direct")
-#: How many prompts one forward pass takes when only prompts are pooled, as in direct mode.
-#: On two cores 32 prefill faster than 64 (see benchmarks/eval_stages.py).
-DIRECT_BATCH = 32
 
 
 @dataclass
@@ -411,9 +408,10 @@ class GraceEncoder:
         """Texts per batch: ``batch_size`` rows decode together up to the longest cap, and the
         rows of shorter branches of the same texts join them while they run (a decoding step
         costs a fixed part plus a part per row, so wide steps pay: on two cores 176 ms for
-        64 rows, 610 ms for 320). Prompts alone: ``DIRECT_BATCH`` per forward pass."""
+        64 rows, 610 ms for 320). Prompts are prefilled ``rationale.PREFILL_ROWS`` at a time
+        whatever the batch."""
         if not branches:
-            return max(1, min(batch_size, DIRECT_BATCH))
+            return max(1, batch_size)
         longest = max(branch.sampling.max_new_tokens for branch in branches)
         tail = sum(branch.sampling.max_new_tokens == longest for branch in branches)
         return max(1, batch_size // tail)

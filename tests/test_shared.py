@@ -72,6 +72,26 @@ def test_every_branch_and_length_equals_its_own_generation(tiny, texts, bias, to
     assert torch.allclose(shared.prompt_embeddings, embed_rollouts(model, alone, prefix), atol=1e-6)
 
 
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_prefill_in_parts_stacks_into_the_same_batch(tiny, texts, monkeypatch, share_prefix):
+    from grace import rationale
+
+    model, tokenizer = tiny
+    prefix = system_prefix_length(tokenizer, SYSTEM_PROMPT)
+    prompts = build_prompts(tokenizer, texts, SYSTEM_PROMPT, 1024)
+    branches = [
+        Branch(SamplingConfig(1.0, 1.0, 6, seed=8), 0, (2,)),
+        Branch(SamplingConfig(0.0, 1.0, 4, seed=8)),
+    ]
+    whole = generate_shared(model, tokenizer, prompts, branches, prefix, share_prefix=share_prefix)
+    monkeypatch.setattr(rationale, "PREFILL_ROWS", 2)  # 5 prompts: parts of 2, 2 and 1
+    parts = generate_shared(model, tokenizer, prompts, branches, prefix, share_prefix=share_prefix)
+    assert parts.completions == whole.completions
+    assert torch.allclose(parts.prompt_embeddings, whole.prompt_embeddings, atol=1e-6)
+    for b in range(len(branches)):
+        assert torch.allclose(parts.embeddings[b], whole.embeddings[b], atol=1e-6)
+
+
 def test_long_generation_grows_the_cache_and_still_agrees(tiny, texts):
     model, tokenizer = tiny
     prefix = system_prefix_length(tokenizer, SYSTEM_PROMPT)
