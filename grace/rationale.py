@@ -356,7 +356,8 @@ def generate_shared(
     return result
 
 
-#: Prompts per prefill forward pass: on two cores 32 prefill faster than 64 (per token).
+#: How many prompts one prefill forward pass takes; on two cores 32 prefill faster per token
+#: than 64.
 PREFILL_ROWS = 32
 
 

@@ -217,7 +217,7 @@ def run_plans(
     }
     if banks:
         for plan in missing:
-            report = made[plan.label] | {"cost_seconds": round(banks[0].cost(plan.variants), 1)}
+            report = made[plan.label] | {"cost_seconds": round(banks[0].cost(plan.variants), 3)}
             report_path(folder, plan.label).write_text(json.dumps(report, indent=2, default=str))
             made[plan.label] = report
     return made
@@ -380,6 +380,6 @@ def evaluate_variants(
         for name, variants in plan.items()
     }
     for name, variants in plan.items():
-        reports[name]["cost_seconds"] = round(bank.cost(variants), 1)
-    main["cost_seconds"] = round(bank.cost(own), 1)
+        reports[name]["cost_seconds"] = round(bank.cost(variants), 3)
+    main["cost_seconds"] = round(bank.cost(own), 3)
     return main, reports
