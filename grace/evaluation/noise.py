@@ -21,7 +21,7 @@ import pandas as pd
 from grace.encoder import EncoderConfig, GraceEncoder, Variant, mean_of_draws
 from grace.evaluation import cached_report, report_path
 from grace.evaluation.model import TextEncoder, model_meta
-from grace.evaluation.results import summarize
+from grace.evaluation.results import MEAN_TASK, summarize
 from grace.runs import report_key
 
 
@@ -303,6 +303,27 @@ def variants_table(
     return pd.DataFrame(rows).T
 
 
+def length_reports(
+    models: dict[str, str],
+    row_labels: dict[str, str],
+    lengths: list[int],
+    suite: str,
+    folder: str | Path,
+    **settings,
+) -> dict[str, dict]:
+    """``{"<name>, <length>": report}``: each point of the length curve (0 = direct), one
+    sampled rationale (draw 1) per text, from the pass of each model's ``evaluate_rows`` (so a
+    notebook that ran ``evaluate_rows`` with these lengths before has measured them all)."""
+    reports = {}
+    for name, model in models.items():
+        row = evaluate_rows(
+            model, row_labels[name], suite, folder, lengths=lengths, curve=name, **settings
+        )
+        for length in lengths:
+            reports[f"{name}, {length}"] = row.lengths[length]
+    return reports
+
+
 def length_curve(
     models: dict[str, str],
     row_labels: dict[str, str],
@@ -313,24 +334,26 @@ def length_curve(
 ) -> pd.DataFrame:
     """Suite scores against rationale length (0 = direct), one sampled rationale per text.
 
-    Every point of a model comes from the pass of its ``evaluate_rows`` (draw 1 cut at each
-    length; the point at the evaluation length is draw 1 itself, the 0-token point the direct
-    report), so a notebook that ran ``evaluate_rows`` with these lengths before has measured
-    them all. ``eval seconds`` is what each point alone needed of that pass (its prefill and
-    the decoding of its rows up to its length), or, for a report measured on its own, its time.
+    Every point of a model comes from the pass of its ``evaluate_rows`` (``length_reports``:
+    draw 1 cut at each length; the point at the evaluation length is draw 1 itself, the
+    0-token point the direct report). ``eval seconds`` is what each point alone needed of that
+    pass (its prefill and the decoding of its rows up to its length), or, for a report
+    measured on its own, its time.
     """
-    points, seconds = {}, []
-    for name, model in models.items():
-        row = evaluate_rows(
-            model, row_labels[name], suite, folder, lengths=lengths, curve=name, **settings
-        )
-        for length in lengths:
-            report = row.lengths[length]
-            points[f"{name}, {length}"] = report["tasks"]
-            seconds.append(report.get("cost_seconds", report["seconds"]))
-    table = summarize(points)
-    table["eval seconds"] = seconds
+    reports = length_reports(models, row_labels, lengths, suite, folder, **settings)
+    table = summarize({label: report["tasks"] for label, report in reports.items()})
+    table["eval seconds"] = [r.get("cost_seconds", r["seconds"]) for r in reports.values()]
     return table
+
+
+def draw_spread(folder: str | Path, label: str, column: str = MEAN_TASK) -> float | None:
+    """Standard deviation of ``column`` over the single-draw reports of row ``label`` saved
+    in ``folder`` (``"<label> (draw j)"``, j = 1, 2, ...), or None with fewer than two."""
+    values = []
+    while (path := report_path(folder, draw_label(label, f"draw {len(values) + 1}"))).exists():
+        report = json.loads(path.read_text())
+        values.append(summarize({label: report["tasks"]}).iloc[0][column])
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
 def variant_plan(
@@ -383,3 +406,9 @@ def evaluate_variants(
         reports[name]["cost_seconds"] = round(bank.cost(variants), 3)
     main["cost_seconds"] = round(bank.cost(own), 3)
     return main, reports
+
+
+def single_draws(reports: dict[str, dict]) -> list[dict]:
+    """The single-draw reports (``"<label> (draw j)"``) among a row's ``evaluate_rows`` draws,
+    leaving out the means of several draws: the reports whose mean is the row's value."""
+    return [report for label, report in reports.items() if "(draw " in label]

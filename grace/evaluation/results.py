@@ -8,6 +8,8 @@ neither (see ``shared/GRACE.md``), so both are shown and the paper's Avg is kept
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +131,227 @@ def table_row(label: str, draws: list[dict]) -> dict:
 
 def _score(report: dict, task: str) -> float:
     return next(r["score"] for r in report["tasks"] if r["task"] == task)
+
+
+# Differences and their noise: what a table's numbers can and cannot tell apart.
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A score x 100 and the half-width of its 95 % noise band (queries and sampling)."""
+
+    value: float
+    noise: float
+
+    def __str__(self) -> str:
+        return f"{self.value:.2f} ± {self.noise:.2f}"
+
+
+@dataclass(frozen=True)
+class Difference:
+    """``after - before`` (scores x 100 in tables) with the half-width of its 95 % noise band."""
+
+    value: float
+    noise: float
+
+    @property
+    def verdict(self) -> str:
+        """``"higher"``, ``"lower"``, or ``"no difference"`` when within the noise."""
+        if abs(self.value) <= self.noise:
+            return "no difference"
+        return "higher" if self.value > 0 else "lower"
+
+    def __str__(self) -> str:
+        return f"{self.value:+.2f} ± {self.noise:.2f}"
+
+
+def column_tasks(records: list[dict], column: str = MEAN_TASK) -> list[str]:
+    """The task names a summary column averages: all tasks for ``Mean (Task)``, the tasks of
+    one category for a category column (``Retr``, ``STS``, ...)."""
+    if column == MEAN_TASK:
+        return [r["task"] for r in records]
+    types = [t for t, name in CATEGORIES.items() if name == column]
+    if not types:
+        raise ValueError(f"No noise estimate for column {column!r}; use {MEAN_TASK} or a category")
+    return [r["task"] for r in records if r["type"] == types[0]]
+
+
+def query_noise(report: dict, column: str = MEAN_TASK) -> float:
+    """Half-width x 100 of the 95 % bootstrap band of a column's mean over tasks, from the
+    report's per-task ``intervals`` (tasks taken as independent: the half-widths add in
+    quadrature, divided by the number of tasks). Tasks without an interval add nothing."""
+    names = column_tasks(report["tasks"], column)
+    intervals = report.get("intervals") or {}
+    halves = [
+        100 * (intervals[n]["ci95"][1] - intervals[n]["ci95"][0]) / 2
+        for n in names
+        if n in intervals
+    ]
+    return math.sqrt(sum(h * h for h in halves)) / len(names) if names else 0.0
+
+
+def estimate(reports: list[dict], column: str = MEAN_TASK, draw_std: float = 0.0) -> Estimate:
+    """The value of one table row in ``column`` and its 95 % noise half-width.
+
+    ``reports``: one report (a direct row, or one sampled draw) or the single-draw reports of
+    a rationale row, whose mean is the row's value. The noise adds in quadrature the queries'
+    bootstrap band (``query_noise``, averaged over the reports) and the sampling noise: with
+    several draws a t-interval of their mean, with one draw 1.96 ``draw_std`` (the spread of
+    single draws measured elsewhere; 0 for a direct row).
+    """
+    values = [summarize({"row": r["tasks"]}).iloc[0][column] for r in reports]
+    queries = float(np.mean([query_noise(r, column) for r in reports]))
+    if len(values) > 1:
+        from scipy.stats import t
+
+        sampling = t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values))
+    else:
+        sampling = 1.96 * draw_std
+    return Estimate(float(np.mean(values)), float(math.hypot(queries, sampling)))
+
+
+def describe_change(label: str, change: Difference, unit: str = "points") -> str:
+    """``"<label>: +1.20 ± 0.90 points, a gain beyond the noise."``, or a loss, or no
+    difference when the change is within its noise."""
+    words = {
+        "higher": "a gain beyond the noise",
+        "lower": "a loss beyond the noise",
+        "no difference": "within the noise: no difference measured",
+    }
+    return f"{label}: {change} {unit}, {words[change.verdict]}."
+
+
+def difference(after: Estimate, before: Estimate) -> Difference:
+    """``after - before`` with the two noise bands added in quadrature. Both rows see the same
+    queries, so this overstates the noise of the queries: a "no difference" may hide a small
+    real one, but a difference called real is one."""
+    return Difference(after.value - before.value, math.hypot(after.noise, before.noise))
+
+
+def changes_against(
+    reports: Mapping[str, dict],
+    reference: str,
+    draw_std: Mapping[str, float] | float = 0.0,
+    column: str = MEAN_TASK,
+) -> pd.DataFrame:
+    """Each report's score in ``column`` and its change from the ``reference`` report, with
+    the change's 95 % noise and verdict (``Difference``), one row per report but the reference.
+
+    Each report is one measurement; ``draw_std`` is the spread of single draws for a report
+    of one sampled rationale (per label, or one value for all; 0 for direct ones).
+    """
+
+    def noise_of(label: str) -> float:
+        return draw_std.get(label, 0.0) if isinstance(draw_std, Mapping) else draw_std
+
+    base = estimate([reports[reference]], column, noise_of(reference))
+    rows = {}
+    for label, report in reports.items():
+        if label == reference:
+            continue
+        score = estimate([report], column, noise_of(label))
+        change = difference(score, base)
+        rows[label] = {column: score.value, "change": str(change), "verdict": change.verdict}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+# (our row, our reference row, the paper's row, the paper's reference row): the paper's
+# headline comparisons of its Qwen2.5-1.5B rows, each with the rows of ours that play the
+# same parts.
+PAPER_COMPARISONS = [
+    ("base + rationale", "base, direct", "base + rationale", "base"),
+    ("GRACE supervised", "base, direct", "GRACE sup.", "base"),
+    ("GRACE supervised", "+CL", "GRACE sup.", "+CL"),
+    ("GRACE unsupervised", "base, direct", "GRACE unsup.", "base"),
+    ("GRACE unsupervised", "SimCSE", "GRACE unsup.", "SimCSE"),
+]
+PAPER_ROW = "paper: Qwen2.5-1.5B {}"  # a name of the comparisons above -> its PAPER_ROWS key
+
+
+def paper_comparisons(
+    rows: dict[str, list[dict]], comparisons: list[tuple[str, str, str, str]] = PAPER_COMPARISONS
+) -> pd.DataFrame:
+    """Our change in ``Mean (Task)`` beside the paper's change in its printed Avg, one row per
+    comparison whose two rows of ours are in ``rows`` (label -> its reports, see ``estimate``).
+
+    Columns: ``ours`` (change ± 95 % noise), ``ours: verdict`` (``Difference.verdict``) and
+    ``paper (Avg as printed)``, the paper's change between its two rows.
+    """
+    table = {}
+    for after, before, paper_after, paper_before in comparisons:
+        if after not in rows or before not in rows:
+            continue
+        change = difference(estimate(rows[after]), estimate(rows[before]))
+        paper = (
+            PAPER_ROWS[PAPER_ROW.format(paper_after)][-1]
+            - PAPER_ROWS[PAPER_ROW.format(paper_before)][-1]
+        )
+        table[f"{after} vs {before}"] = {
+            "ours": str(change),
+            "ours: verdict": change.verdict,
+            "paper (Avg as printed)": f"{paper:+.2f}",
+        }
+    return pd.DataFrame.from_dict(table, orient="index")
+
+
+def describe_comparisons(table: pd.DataFrame) -> str:
+    """One sentence counting the verdicts of a ``paper_comparisons`` table against the signs
+    of the paper's changes."""
+    verdicts = list(table["ours: verdict"])
+    counts = {v: verdicts.count(v) for v in ("higher", "no difference", "lower")}
+    gains = sum(float(change) > 0 for change in table["paper (Avg as printed)"])
+    return (
+        f"Of these {len(verdicts)} comparisons the paper reports {gains} as gains; this run "
+        f"measures a gain in {counts['higher']}, a loss in {counts['lower']} and no difference "
+        f"beyond the noise in {counts['no difference']}."
+    )
+
+
+def chance_margins(rows: dict[str, list[dict]], chance: list[dict]) -> dict[str, dict]:
+    """``{row: {category column: Difference}}``: each row's score minus the chance level
+    (``grace.evaluation.tasks.chance_records``), per category it has tasks in."""
+    baseline = summarize({"chance": chance}).iloc[0]
+    margins = {}
+    for label, reports in rows.items():
+        types = {r["type"] for r in reports[0]["tasks"]}
+        margins[label] = {
+            CATEGORIES[t]: difference(
+                estimate(reports, CATEGORIES[t]), Estimate(baseline[CATEGORIES[t]], 0.0)
+            )
+            for t in CATEGORIES
+            if t in types
+        }
+    return margins
+
+
+def describe_chance(margins: dict[str, dict]) -> str:
+    """Which rows are not above chance (within the noise, or below) in which categories."""
+    found = []
+    for label, columns in margins.items():
+        weak = [f"{c} ({d})" for c, d in columns.items() if d.verdict != "higher"]
+        if weak:
+            found.append(f"{label}: {', '.join(weak)}")
+    if not found:
+        return "Every row is above the chance level in every category, beyond the noise."
+    return (
+        "Not above the chance level beyond the noise (score minus chance ± 95 % noise): "
+        + "; ".join(found)
+        + "."
+    )
+
+
+def means_note(records: list[dict]) -> str:
+    """Why ``Mean (Task)`` and ``Mean (TaskType)`` agree or differ for a suite's tasks."""
+    per_type: dict[str, int] = {}
+    for record in records:
+        per_type[record["type"]] = per_type.get(record["type"], 0) + 1
+    if all(n == 1 for n in per_type.values()):
+        return (
+            f"{MEAN_TASK} equals {MEAN_TYPE} here: each of the {len(per_type)} task types has "
+            "exactly one task, so averaging the tasks and averaging the types is the same mean."
+        )
+    counts = ", ".join(f"{t} {n}" for t, n in per_type.items())
+    return (
+        f"{MEAN_TASK} weights each type by its number of tasks ({counts}); {MEAN_TYPE} "
+        "weights each type once."
+    )

@@ -22,6 +22,7 @@ RTSameMoviePairClassification PairClassification two reviews: same movie?       
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from functools import cache
 
@@ -274,3 +275,135 @@ OFFLINE_TASKS = (
     RTSentimentClassification,
     LeeSTS,
 )
+
+
+# Chance levels: what each task's main score is expected to be for an encoder that knows
+# nothing (a random ranking, random labels, random clusters of the right sizes).
+
+CHANCE_PARTITIONS = 200  # random partitions averaged for the clustering chance level
+
+
+def random_ndcg_at_10(documents: int) -> float:
+    """Expected nDCG@10 (0..1) of a uniformly random ranking of ``documents`` with exactly one
+    relevant among them: it sits at each rank with probability 1 / documents, and scores
+    1 / log2(1 + rank) inside the top 10."""
+    return sum(1 / math.log2(1 + rank) for rank in range(1, min(10, documents) + 1)) / documents
+
+
+def random_average_precision(items: int, relevant: int) -> float:
+    """Expected average precision (0..1) of a uniformly random ranking of ``items`` of which
+    ``relevant`` are relevant: (R - 1) / (N - 1) + (N - R) / (N (N - 1)) * H_N, with H_N the
+    N-th harmonic number (one relevant among N gives H_N / N, the reranking MAP)."""
+    if not 0 < relevant <= items:
+        raise ValueError(f"need 0 < relevant <= items, got {relevant} of {items}")
+    if items == 1:
+        return 1.0
+    harmonic = sum(1 / k for k in range(1, items + 1))
+    return (relevant - 1) / (items - 1) + (items - relevant) / (items * (items - 1)) * harmonic
+
+
+def random_v_measure(labels: list, partitions: int = CHANCE_PARTITIONS, seed: int = 0) -> float:
+    """Mean V-measure (0..1) of the true ``labels`` against random partitions with the same
+    cluster sizes (the labels shuffled): far above 0 for small clusters."""
+    import numpy as np
+    from sklearn.metrics import v_measure_score
+
+    rng = np.random.default_rng(seed)
+    truth = np.asarray(labels)
+    return float(
+        np.mean([v_measure_score(truth, rng.permutation(truth)) for _ in range(partitions)])
+    )
+
+
+def _loaded(task):
+    if not getattr(task, "data_loaded", False):
+        task.load_data()
+    return task
+
+
+def chance_level(task) -> float:
+    """The main score (0..1) an encoder that knows nothing is expected to get on an offline
+    task, computed from the task's data as built: retrieval and reranking from the number of
+    candidates (one relevant each), pair classification from the share of positive pairs,
+    classification as a uniform guess among the classes, STS as 0, clustering from random
+    partitions of the right sizes (``random_v_measure``)."""
+    task = _loaded(task)
+    kind = task.metadata.type
+    if kind in ("Retrieval", "Reranking"):
+        split = task.dataset["default"]["test"]
+        if any(len(docs) != 1 for docs in split["relevant_docs"].values()):
+            raise ValueError(f"{task.metadata.name}: chance level assumes one relevant document")
+        if kind == "Retrieval":
+            return random_ndcg_at_10(len(split["corpus"]))
+        ranked = split["top_ranked"]
+        values = [random_average_precision(len(ranked[q["id"]]), 1) for q in split["queries"]]
+        return sum(values) / len(values)
+    if kind == "Clustering":
+        sets = task.dataset["test"]["labels"]
+        return sum(random_v_measure(labels) for labels in sets) / len(sets)
+    if kind == "PairClassification":
+        labels = task.dataset["test"]["labels"]
+        return random_average_precision(len(labels), sum(labels))
+    if kind == "Classification":
+        return 1 / len(set(task.dataset["train"]["label"]))
+    if kind == "STS":
+        return 0.0
+    raise ValueError(f"No chance level for task type {kind!r}")
+
+
+def task_size(task) -> str:
+    """What a task is made of, in words: its queries, candidates, pairs or sets."""
+    task = _loaded(task)
+    kind, data = task.metadata.type, task.dataset
+    if kind in ("Retrieval", "Reranking"):
+        split = data["default"]["test"]
+        queries = len(split["queries"])
+        if kind == "Retrieval":
+            return f"{queries:,} queries; {len(split['corpus']):,} documents, 1 relevant"
+        sizes = sorted({len(v) for v in split["top_ranked"].values()})
+        return f"{queries:,} queries; {'/'.join(map(str, sizes))} candidates each, 1 relevant"
+    if kind == "Clustering":
+        sets = data["test"]["labels"]
+        items = sorted({len(labels) for labels in sets})
+        groups = sorted({len(set(labels)) for labels in sets})
+        return (
+            f"{len(sets)} sets of {'/'.join(map(str, items))} texts in "
+            f"{'/'.join(map(str, groups))} groups"
+        )
+    if kind == "PairClassification":
+        labels = data["test"]["labels"]
+        return f"{len(labels):,} pairs, {sum(labels):,} positive"
+    if kind == "Classification":
+        classes = len(set(data["train"]["label"]))
+        return f"{len(data['train']):,} train / {len(data['test']):,} test texts, {classes} classes"
+    if kind == "STS":
+        return f"{len(data['test']):,} pairs with human scores"
+    return ""
+
+
+def task_overview(tasks=OFFLINE_TASKS):
+    """One row per task (name as index): type, size, main score and chance level (x 100),
+    all read from the task definitions and their data."""
+    import pandas as pd
+
+    rows = {}
+    for cls in tasks:
+        task = cls() if isinstance(cls, type) else cls
+        rows[task.metadata.name] = {
+            "type": task.metadata.type,
+            "size": task_size(task),
+            "main score": task.metadata.main_score,
+            "chance": 100 * chance_level(task),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def chance_records(tasks=OFFLINE_TASKS) -> list[dict]:
+    """``{"task", "type", "score"}`` records (score 0..1) of the chance level of each task,
+    in the form ``grace.evaluation.results.summarize`` takes."""
+    records = []
+    for cls in tasks:
+        task = cls() if isinstance(cls, type) else cls
+        name, kind = task.metadata.name, task.metadata.type
+        records.append({"task": name, "type": kind, "score": chance_level(task)})
+    return records
