@@ -63,11 +63,12 @@ def describe_separation(
     if len(margins) == 2:
         (first, (m1, e1)), (second, (m2, e2)) = margins.items()
         change = Difference(m2 - m1, math.hypot(e1, e2))
+        size = similarities[first].shape[0]
         if math.isnan(change.noise) or change.verdict == "no difference":
             text += (
-                f" The {second} margin and the {first} margin do not differ beyond the noise of "
-                f"{len(related)} related pairs: these few sentences illustrate, they measure "
-                "nothing."
+                f" {second.capitalize()} against {first}: {change}, no difference beyond the "
+                f"noise of {len(related)} related pairs; {size} sentences illustrate the idea "
+                "but cannot measure it."
             )
         else:
             way = "wider" if change.verdict == "higher" else "narrower"

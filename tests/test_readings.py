@@ -173,7 +173,7 @@ def test_separation_of_few_pairs_is_no_difference():
     text = describe_separation(
         {"direct": direct, "with rationale": direct + 0.01}, [(0, 1), (2, 3)]
     )
-    assert "do not differ beyond the noise" in text
+    assert "no difference beyond the noise of 2 related pairs; 4 sentences" in text
     assert math.isnan(pair_margin(direct, [(0, 1)])[1])
 
 
