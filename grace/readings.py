@@ -147,15 +147,21 @@ def describe_cancellation(
     parts = ", ".join(f"{name} {value:.2g}" for name, value in spread.items())
     constant = [name for name, value in spread.items() if value <= tolerance]
     verdict = (
-        "no advantage moves beyond float rounding: those terms steer nothing"
+        "within float rounding, so they steer nothing"
         if largest <= tolerance
-        else "the advantages DO change: some dropped term varies inside a group"
+        else "beyond float rounding: some dropped term varies inside a group and DOES steer"
     )
-    return (
+    text = (
         f"Largest spread of each term inside a group: {parts}. Constant within every group: "
         f"{', '.join(constant) or 'none'}. Dropping the negative and cross-group terms moves "
-        f"the advantages by at most {largest:.2g} (tolerance {tolerance:g}): {verdict}."
+        f"the advantages by at most {largest:.2g} (tolerance {tolerance:g}), {verdict}."
     )
+    if len(constant) == len(spread):
+        text += (
+            " Here every term is constant within its group, so every advantage is zero: the "
+            "rollouts of a group are too alike for this batch to teach anything."
+        )
+    return text
 
 
 def describe_margins(margins: Mapping[str, np.ndarray]) -> str:

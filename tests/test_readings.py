@@ -203,7 +203,10 @@ def test_cancellation_verdicts():
     full = np.array([[-1.0, 1.0]])
     assert "steer nothing" in describe_cancellation(terms, full, full + 1e-8)
     assert "Constant within every group: negative" in describe_cancellation(terms, full, full)
-    assert "DO change" in describe_cancellation(terms, full, full + 0.1)
+    assert "DOES steer" in describe_cancellation(terms, full, full + 0.1)
+    flat = {"positive": np.zeros((2, 3)), "negative": np.ones((2, 3))}
+    assert "every advantage is zero" in describe_cancellation(flat, full, full)
+    assert "every advantage is zero" not in describe_cancellation(terms, full, full)
 
 
 def test_margins_and_paired_change():
