@@ -111,8 +111,15 @@ def set_attention_dropout(model: torch.nn.Module, rate: float) -> None:
 
 
 def contrastive_arguments(config: TrainConfig) -> TrainingArguments:
+    """The shared arguments, with the baselines' own steps and rate where the profile sets them."""
+    arguments = config.trainer_arguments()
+    baselines = config.baselines
+    if baselines.steps is not None:
+        arguments["max_steps"] = baselines.steps
+    if baselines.lr is not None:
+        arguments["learning_rate"] = baselines.lr
     return TrainingArguments(
-        **config.trainer_arguments(),
+        **arguments,
         per_device_train_batch_size=config.baselines.batch_size,
         dataloader_drop_last=True,  # in-batch negatives want full batches
     )

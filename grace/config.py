@@ -216,9 +216,15 @@ class BaselineConfig:
     batch_size: int = 32
     temperature: float = 0.05
     simcse_dropout: float = 0.1
+    # A step without generation is cheap, so the baselines may train longer (or at another
+    # rate) than GRACE; None keeps the optim section's value.
+    lr: float | None = None
+    steps: int | None = None
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 2, "baselines.batch_size must be >= 2 (in-batch negatives).")
+        check(self.lr is None or self.lr > 0, "baselines.lr must be > 0 (or null).")
+        check(self.steps is None or self.steps >= 1, "baselines.steps must be >= 1 (or null).")
         check(self.temperature > 0, "baselines.temperature must be > 0.")
         check(0 <= self.simcse_dropout < 1, "simcse_dropout must be in [0, 1).")
 
@@ -540,6 +546,10 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(json.dumps(config.to_dict(), indent=2))
 
 
+def steps_label(optim: OptimConfig) -> str:
+    return str(optim.max_steps) if optim.max_steps > 0 else f"{optim.num_train_epochs:g} epochs"
+
+
 # Rows of the settings table in the book's method chapter: (label, how to read it).
 SETTINGS_ROWS = {
     "rollouts per prompt": lambda c: c.policy.num_generations,
@@ -548,8 +558,10 @@ SETTINGS_ROWS = {
     "max prompt / rationale tokens": lambda c: (
         f"{c.policy.max_prompt_tokens} / {c.policy.max_completion_length}"
     ),
-    "steps": lambda c: (
-        c.optim.max_steps if c.optim.max_steps > 0 else (f"{c.optim.num_train_epochs:g} epochs")
+    "steps": lambda c: steps_label(c.optim),
+    "+CL / SimCSE steps, learning rate": lambda c: (
+        f"{c.baselines.steps or steps_label(c.optim)}, "
+        f"{c.baselines.lr or c.optim.learning_rate:g}"
     ),
     "length penalty": lambda c: (
         "off" if c.reward.length_penalty is None else (f"{c.reward.length_penalty:g}")

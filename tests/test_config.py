@@ -52,6 +52,17 @@ def test_profile_then_overrides_dotted_or_bare():
     assert config.optim.learning_rate == 1e-5 and isinstance(config.optim.learning_rate, float)
 
 
+def test_baselines_train_their_own_steps_and_rate_where_set():
+    from grace.baselines import contrastive_arguments
+
+    shared = load_config("tiny", ["method=contrastive", "max_steps=3", "learning_rate=1e-4"])
+    arguments = contrastive_arguments(shared)
+    assert (arguments.max_steps, arguments.learning_rate) == (3, 1e-4)
+    own = contrastive_arguments(shared.with_changes(["baselines.steps=9", "baselines.lr=2e-5"]))
+    assert (own.max_steps, own.learning_rate) == (9, 2e-5)
+    assert shared.with_changes(["baselines.steps=9"]).settings_hash() != shared.settings_hash()
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -65,6 +76,7 @@ def test_profile_then_overrides_dotted_or_bare():
         ("num_generations=2.5", "policy.num_generations: expected int"),
         ("num_generations=1", "at least 2"),
         ("max_steps=0", "max_steps must be >= 1, or -1"),
+        ("baselines.steps=0", "baselines.steps must be >= 1"),
         ("lora=maybe", "adaptation.lora: expected bool"),
         ("method=ppo", "Unknown method 'ppo'"),
         ("lr_scheduler_type=exotic", "Unknown lr_scheduler_type"),
