@@ -14,6 +14,7 @@ from grace.evaluation.results import (
     Difference,
     Estimate,
     chance_margins,
+    chance_table,
     changes_against,
     describe_chance,
     describe_change,
@@ -148,9 +149,12 @@ def test_chance_margins_name_rows_that_are_not_above_chance():
     margins = chance_margins(rows, chance)
     assert margins["model"]["Retr"].verdict == "no difference"
     assert margins["model"]["STS"].verdict == "higher"
-    assert describe_chance(margins).startswith("Not above the chance level")
-    assert "model: Retr" in describe_chance(margins)
-    assert describe_chance({"m": {"STS": Difference(5, 1)}}).startswith("Every row")
+    assert describe_chance(margins) == (
+        "Categories above the chance level beyond the noise: model 1 of 2."
+    )
+    table = chance_table(margins)
+    assert table.loc["model", "STS"] == "**+40.00 ± 2.00**"
+    assert table.loc["model", "Retr"] == "+0.50 ± 2.00"
 
 
 def test_means_note_says_why_the_two_means_agree():

@@ -324,20 +324,25 @@ def chance_margins(rows: dict[str, list[dict]], chance: list[dict]) -> dict[str,
     return margins
 
 
-def describe_chance(margins: dict[str, dict]) -> str:
-    """Which rows are not above chance (within the noise, or below) in which categories."""
-    found = []
-    for label, columns in margins.items():
-        weak = [f"{c} ({d})" for c, d in columns.items() if d.verdict != "higher"]
-        if weak:
-            found.append(f"{label}: {', '.join(weak)}")
-    if not found:
-        return "Every row is above the chance level in every category, beyond the noise."
-    return (
-        "Not above the chance level beyond the noise (score minus chance ± 95 % noise): "
-        + "; ".join(found)
-        + "."
+def chance_table(margins: dict[str, dict]) -> pd.DataFrame:
+    """``chance_margins`` as a table of ``"+1.20 ± 0.90"`` strings, in bold where the row is
+    above the chance level beyond the noise."""
+    return pd.DataFrame.from_dict(
+        {
+            label: {c: f"**{d}**" if d.verdict == "higher" else str(d) for c, d in cols.items()}
+            for label, cols in margins.items()
+        },
+        orient="index",
     )
+
+
+def describe_chance(margins: dict[str, dict]) -> str:
+    """For each row, in how many categories it is above the chance level beyond the noise."""
+    counts = [
+        f"{label} {sum(d.verdict == 'higher' for d in cols.values())} of {len(cols)}"
+        for label, cols in margins.items()
+    ]
+    return "Categories above the chance level beyond the noise: " + "; ".join(counts) + "."
 
 
 def means_note(records: list[dict]) -> str:
