@@ -199,6 +199,25 @@ def validation_curve(history: list[dict], metric: str = "mrr") -> dict:
     }
 
 
+def details_curve(folder: str | Path, metric: str = "mrr") -> dict:
+    """``validation_curve``'s dict from a run folder's per-query file (``validation.jsonl``),
+    so a run that was stopped before it wrote its history still has a curve."""
+    lines = (Path(folder) / DETAILS).read_text().splitlines()
+    by_step = {point["step"]: np.array(point[metric]) for point in map(json.loads, lines)}
+    steps = sorted(by_step)  # a resumed run measures its resume step again: the last one counts
+    first = by_step[steps[0]]
+    points = [mean_and_stderr(by_step[step]) for step in steps]
+    changes = [mean_and_stderr(by_step[step] - first) for step in steps]
+    return {
+        "steps": steps,
+        "values": [value for value, _ in points],
+        "stderr": [error for _, error in points],
+        "change": [change for change, _ in changes],
+        "change_stderr": [error for _, error in changes],
+        "metric": validation_curve([], metric)["metric"],
+    }
+
+
 def rises(curve: dict, sigmas: float = 3.0) -> bool:
     """Whether the last point is above the first by more than ``sigmas`` standard errors:
     of the paired change where it was logged, else of the two points combined."""
@@ -276,3 +295,39 @@ def describe_terms(history: list[dict], keys: tuple[str, ...], share: float = 0.
         f"{key.split('/')[-1]} {mean(head, key):.3f} → {mean(tail, key):.3f}" for key in keys
     )
     return f"Mean reward terms, first {size} against last {size} steps: {changes}."
+
+
+def verdict(curve: dict) -> str:
+    """"learned", "fell" or "no difference": the curve's last point against step 0."""
+    return "learned" if rises(curve) else "fell" if falls(curve) else "no difference"
+
+
+def read_sweep(folder: str | Path) -> list[dict]:
+    """The records ``scripts/sweep.py`` wrote (one JSON per variant), by name."""
+    return [json.loads(path.read_text()) for path in sorted(Path(folder).glob("*.json"))]
+
+
+def sweep_table(records: list[dict]):
+    """One row per sweep variant: what it changed, its validation curve's ends and verdict."""
+    import pandas as pd
+
+    rows = []
+    for entry in records:
+        curve = entry["curve"]
+        changes = entry["overrides"]
+        rows.append(
+            {
+                "variant": entry["variant"],
+                "changes": ", ".join(f"{k}={v}" for k, v in changes.items()) or "the profile",
+                "steps": curve["steps"][-1] if entry.get("finished", True) else (
+                    f"{curve['steps'][-1]} (stopped)"
+                ),
+                "MRR at step 0": round(curve["values"][0], 3),
+                "MRR at the end": round(curve["values"][-1], 3),
+                "paired change": f"{curve['change'][-1]:+.3f} ± {curve['change_stderr'][-1]:.3f}",
+                "verdict": verdict(curve),
+                "s / step": entry.get("median_step_seconds"),
+            }
+        )
+    return pd.DataFrame(rows).set_index("variant")
+

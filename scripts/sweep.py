@@ -1,74 +1,115 @@
-"""A small tuning sweep of supervised GRACE on the ``cpu`` profile (issue 6).
+"""The tuning sweep of the ``cpu`` profile, judged on validation curves only (issue 12).
 
-Each variant changes one or two settings of the profile, trains 8 GRPO steps from the same
-base model and data, and is scored on the offline suite exactly as notebook 8 scores the
-GRACE rows (one sampled rationale per text, same length, batch and sampling seed). Reports go
-to ``results/sweep/<variant>.json`` (the book's sweep table reads them); a variant whose
-report exists is skipped, so the script resumes after an interruption.
+Each variant trains from the same base model and data with validation on (held-out reviews of
+the training movies, never the test movies) and is recorded as its validation curve: MRR at
+every point, its standard error, and the paired change from step 0 with its standard error.
+The test suite is not run here; the profile's winners are scored on it once, by notebook 8.
+Records go to ``results/sweep/<variant>.json``; a variant whose record exists is skipped, so
+the script resumes after an interruption.
 
-    python scripts/sweep.py                 # every variant
-    python scripts/sweep.py lr5e-5 lora     # some
+    python scripts/sweep.py                          # every variant
+    python scripts/sweep.py cl-lr2e-5 grace-paper    # some
+    python scripts/sweep.py --record NAME FOLDER     # record a run trained elsewhere (even a
+                                                     # stopped one: its validation.jsonl)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
+import statistics
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from grace.config import load_config  # noqa: E402
-from grace.evaluation import GraceMTEBModel, evaluate  # noqa: E402
-from grace.runs import log_history, trained_model  # noqa: E402
+from grace.runs import trained_model  # noqa: E402
+from grace.validation import details_curve, verdict  # noqa: E402
 
 PROFILE = "cpu"
-VARIANTS = {
-    "lr1e-5": {},  # the profile as it was: full fine-tuning at 1e-5
-    "lr5e-5": {"learning_rate": 5e-5},
-    "lora-lr2e-4": {"lora": True, "learning_rate": 2e-4},
-    "lr5e-5-group8": {"learning_rate": 5e-5, "num_generations": 8, "prompts_per_generation": 2},
-    "lr5e-5-temp0.7": {"learning_rate": 5e-5, "policy.temperature": 0.7},
-}
 RESULTS = Path("results/sweep")
+# name -> overrides of the cpu profile. GRACE variants train 40 steps, baselines 120 or 150.
+VARIANTS = {
+    "grace-paper-lr1e-5": {"reward.variant": "paper", "optim.learning_rate": 1e-5},
+    "grace-paper-lr1e-5-top6": {
+        "reward.variant": "paper",
+        "optim.learning_rate": 1e-5,
+        "adaptation.train_top_layers": 6,
+    },
+    "grace-contrastive-lr3e-5": {},
+    "grace-contrastive-lr1e-4": {"optim.learning_rate": 1e-4},
+    "grace-contrastive-lr3e-5-group8": {
+        "policy.num_generations": 8,
+        "grpo.prompts_per_generation": 2,
+    },
+    "cl-lr2e-5-150": {"run.method": "contrastive", "baselines.steps": 150},
+}
 
 
-def run_variant(name: str, overrides: dict) -> dict:
-    config = load_config(PROFILE, {**overrides, "output_dir": f"runs/sweep/{name}"})
-    model_dir = trained_model(config)
-    settings = config.evaluation.encoder_settings(num_rationales=1)
-    encoder = GraceMTEBModel(str(model_dir), **settings)
-    report = evaluate(encoder, config.evaluation.suite, label=f"GRACE supervised ({name})")
-    history = log_history(model_dir)
-    rewards = [entry["reward"] for entry in history if "reward" in entry]
+def record(name: str, folder: Path, overrides: dict, note: str = "") -> dict:
+    """A variant's record: its settings and validation curve, from its run folder."""
+    settings = json.loads((folder / "grace_config.json").read_text())
+    curve = details_curve(folder)
+    history = folder / "log_history.json"
+    steps = json.loads(history.read_text()) if history.exists() else []
+    step_times = [h["step_time"] for h in steps if "step_time" in h]
     return {
         "variant": name,
         "overrides": overrides,
         "profile": PROFILE,
-        "train_seconds": round(history[-1]["train_runtime"], 1),  # the trainer's own clock
-        "rewards": rewards,
-        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        **{k: report[k] for k in ("label", "seconds", "tasks", "summary")},
+        "settings": settings,
+        "curve": curve,
+        "verdict": verdict(curve),  # last point against step 0, 3 standard errors (paired)
+        "median_step_seconds": round(statistics.median(step_times), 2) if step_times else None,
+        "finished": history.exists(),
+        "note": note,
+        "recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
 
-def main(names: list[str]) -> None:
+def run_variant(name: str, overrides: dict) -> dict:
+    config = load_config(PROFILE, {**overrides, "run.output_dir": f"runs/sweep/{name}"})
+    if config.validation.every == 0:
+        raise SystemExit("The sweep judges on validation: set validation.every > 0.")
+    return record(name, trained_model(config), overrides)
+
+
+def summary(entry: dict) -> str:
+    curve = entry["curve"]
+    return (
+        f"{entry['variant']}: validation MRR {curve['values'][0]:.3f} -> {curve['values'][-1]:.3f}"
+        f" at step {curve['steps'][-1]}, paired change {curve['change'][-1]:+.3f}"
+        f" ± {curve['change_stderr'][-1]:.3f} ({entry['verdict']})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help=f"variants (default all): {', '.join(VARIANTS)}")
+    parser.add_argument("--record", nargs=2, metavar=("NAME", "FOLDER"))
+    parser.add_argument("--note", default="", help="with --record: how the run was made")
+    args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for name in names or list(VARIANTS):
+    if args.record:
+        name, folder = args.record
+        entry = record(name, Path(folder), VARIANTS.get(name, {}), args.note)
+        (RESULTS / f"{name}.json").write_text(json.dumps(entry, indent=1))
+        print(summary(entry))
+        return
+    unknown = sorted(set(args.names) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    for name in args.names or list(VARIANTS):
         path = RESULTS / f"{name}.json"
         if path.exists():
-            print(f"{name}: done before, skipped")
+            print(f"{name}: recorded before, skipped")
             continue
-        record = run_variant(name, VARIANTS[name])
-        path.write_text(json.dumps(record, indent=1))
-        print(
-            f"{name}: Mean (Task) {record['summary']['Mean (Task)']:.2f}, "
-            f"train {record['train_seconds']} s, eval {record['seconds']} s",
-            flush=True,
-        )
+        entry = run_variant(name, VARIANTS[name])
+        path.write_text(json.dumps(entry, indent=1))
+        print(summary(entry), flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -58,6 +58,12 @@ def test_training_logs_validation_before_and_during_the_run(tmp_path, method):
     # The steps' own logging still happens at every step.
     assert [h["step"] for h in trainer.state.log_history if "loss" in h] == [1, 2, 3]
     assert trainer.model.training  # validation switched eval mode off again
+    # The per-query file alone gives the same curve (a stopped run has no history file).
+    from grace.validation import details_curve
+
+    again = details_curve(tmp_path)
+    for key in ("steps", "values", "stderr", "change", "change_stderr"):
+        assert again[key] == pytest.approx(curve[key]), key
 
 
 def test_describe_says_up_down_or_no_difference():
@@ -87,3 +93,22 @@ def test_paired_change_of_a_model_with_itself_is_zero():
 
     result = paired_change(load_config("tiny"), "tiny-random", "tiny-random")
     assert result["before"] == result["after"] and result["change"] == (0.0, 0.0)
+
+
+def test_sweep_table_reads_each_record_as_its_validation_verdict(tmp_path):
+    from grace.validation import read_sweep, sweep_table
+
+    flat = {"steps": [0, 40], "values": [0.13, 0.14], "stderr": [0.03, 0.03]}
+    runs = {
+        "up": (flat | {"change": [0, 0.2], "change_stderr": [0, 0.05]}, {"lr": 2e-5}, True),
+        "flat": (flat | {"change": [0, 0.01], "change_stderr": [0, 0.03]}, {}, False),
+    }
+    for name, (curve, overrides, finished) in runs.items():
+        record = {"variant": name, "curve": curve, "overrides": overrides, "finished": finished}
+        (tmp_path / f"{name}.json").write_text(json.dumps(record))
+    table = sweep_table(read_sweep(tmp_path))
+    assert list(table.index) == ["flat", "up"]
+    assert list(table["verdict"]) == ["no difference", "learned"]
+    assert list(table["changes"]) == ["the profile", "lr=2e-05"]
+    assert list(table["steps"]) == ["40 (stopped)", 40]
+    assert table.loc["up", "paired change"] == "+0.200 ± 0.050"
