@@ -206,7 +206,7 @@ def describe_generative(results: Mapping[str, dict], reference: str = "base") ->
         if math.isnan(change.noise):
             verdict = "too few instructions to compare"
         elif change.noise == 0 and change.value == 0:
-            verdict = "the same replies pass"
+            verdict = "the same instructions pass and fail"
         else:
             verdict = {
                 "higher": "more than before, beyond the noise",

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from grace.evaluation import report_path
-from grace.evaluation.noise import draw_label, draw_spread, single_draws
+from grace.evaluation.noise import draw_label, draw_spread, length_changes, single_draws
 from grace.evaluation.results import (
     PAPER_COMPARISONS,
     Difference,
@@ -16,6 +16,7 @@ from grace.evaluation.results import (
     chance_margins,
     chance_table,
     changes_against,
+    count_verdicts,
     describe_chance,
     describe_change,
     describe_comparisons,
@@ -232,7 +233,7 @@ def test_generative_changes_are_paired_by_instruction():
     }
     text = describe_generative(results)
     assert "+CL: perplexity x4.00, instructions passed 0 of 4 (no difference" in text
-    assert "GRACE: perplexity x1.05, instructions passed 2 of 4 (the same replies pass)" in text
+    assert "GRACE: perplexity x1.05, instructions passed 2 of 4 (the same instructions" in text
 
 
 def test_changes_against_a_reference_report():
@@ -256,3 +257,19 @@ def test_draw_spread_reads_the_saved_single_draws(tmp_path):
         path = report_path(tmp_path, draw_label("GRACE supervised", f"draw {j}"))
         path.write_text(json.dumps(saved))
     assert draw_spread(tmp_path, "GRACE supervised") == pytest.approx(np.std([40, 44], ddof=1))
+
+
+def test_length_changes_compare_each_model_with_its_own_direct_point():
+    reports = {
+        "base, 0": report({"RTA": 0.10}, 0.01, {"RTA": "Retrieval"}),
+        "base, 4": report({"RTA": 0.20}, 0.01, {"RTA": "Retrieval"}),
+        "GRACE, 0": report({"RTA": 0.30}, 0.01, {"RTA": "Retrieval"}),
+        "GRACE, 4": report({"RTA": 0.31}, 0.01, {"RTA": "Retrieval"}),
+    }
+    table = length_changes(reports, {"base": 1.0, "GRACE": 1.0})
+    assert list(table.index) == ["base, 4", "GRACE, 4"]
+    assert list(table["verdict"]) == ["higher", "no difference"]
+    assert count_verdicts(table, "direct pooling") == (
+        "Against direct pooling: a gain beyond the noise at 1 of 2 points, a loss at 0, "
+        "no difference at 1."
+    )

@@ -412,3 +412,18 @@ def single_draws(reports: dict[str, dict]) -> list[dict]:
     """The single-draw reports (``"<label> (draw j)"``) among a row's ``evaluate_rows`` draws,
     leaving out the means of several draws: the reports whose mean is the row's value."""
     return [report for label, report in reports.items() if "(draw " in label]
+
+
+def length_changes(reports: dict[str, dict], draw_std: dict[str, float]) -> pd.DataFrame:
+    """Each point of ``length_reports`` against the same model's direct point (``"<name>,
+    0"``), with its 95 % noise and verdict (``results.changes_against``). ``draw_std``: per
+    model name, the spread of single draws (the sampling noise of every rationale point)."""
+    from grace.evaluation.results import changes_against
+
+    names = list(dict.fromkeys(label.rsplit(", ", 1)[0] for label in reports))
+    parts = []
+    for name in names:
+        points = {label: r for label, r in reports.items() if label.rsplit(", ", 1)[0] == name}
+        stds = {label: draw_std.get(name, 0.0) for label in points if not label.endswith(", 0")}
+        parts.append(changes_against(points, f"{name}, 0", stds))
+    return pd.concat(parts)

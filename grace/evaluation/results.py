@@ -255,6 +255,16 @@ def changes_against(
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def count_verdicts(table: pd.DataFrame, against: str) -> str:
+    """One sentence counting the ``verdict`` column of a ``changes_against`` table."""
+    verdicts = list(table["verdict"])
+    counts = {v: verdicts.count(v) for v in ("higher", "lower", "no difference")}
+    return (
+        f"Against {against}: a gain beyond the noise at {counts['higher']} of {len(verdicts)} "
+        f"points, a loss at {counts['lower']}, no difference at {counts['no difference']}."
+    )
+
+
 # (our row, our reference row, the paper's row, the paper's reference row): the paper's
 # headline comparisons of its Qwen2.5-1.5B rows, each with the rows of ours that play the
 # same parts.
