@@ -313,20 +313,19 @@ def sweep_table(records: list[dict]):
 
     rows = []
     for entry in records:
-        curve = entry["curve"]
-        changes = entry["overrides"]
-        rows.append(
+        curve, seconds = entry["curve"], entry.get("median_step_seconds")
+        stopped = "" if entry.get("finished", True) else " (stopped)"
+        rows.append(  # strings, so that a markdown table shows them as written here
             {
                 "variant": entry["variant"],
-                "changes": ", ".join(f"{k}={v}" for k, v in changes.items()) or "the profile",
-                "steps": curve["steps"][-1] if entry.get("finished", True) else (
-                    f"{curve['steps'][-1]} (stopped)"
-                ),
-                "MRR at step 0": round(curve["values"][0], 3),
-                "MRR at the end": round(curve["values"][-1], 3),
+                "changes": ", ".join(f"{k}={v}" for k, v in entry["overrides"].items())
+                or "the profile",
+                "steps": f"{curve['steps'][-1]}{stopped}",
+                "MRR at step 0": f"{curve['values'][0]:.3f}",
+                "MRR at the end": f"{curve['values'][-1]:.3f}",
                 "paired change": f"{curve['change'][-1]:+.3f} ± {curve['change_stderr'][-1]:.3f}",
                 "verdict": verdict(curve),
-                "s / step": entry.get("median_step_seconds"),
+                "s / step": "" if seconds is None else f"{seconds:.1f}",
             }
         )
     return pd.DataFrame(rows).set_index("variant")

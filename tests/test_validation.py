@@ -110,5 +110,5 @@ def test_sweep_table_reads_each_record_as_its_validation_verdict(tmp_path):
     assert list(table.index) == ["flat", "up"]
     assert list(table["verdict"]) == ["no difference", "learned"]
     assert list(table["changes"]) == ["the profile", "lr=2e-05"]
-    assert list(table["steps"]) == ["40 (stopped)", 40]
+    assert list(table["steps"]) == ["40 (stopped)", "40"]
     assert table.loc["up", "paired change"] == "+0.200 ± 0.050"
