@@ -176,14 +176,16 @@ def describe_margins(margins: Mapping[str, np.ndarray]) -> str:
         )
     text = "Margin cos(query, positive) - cos(query, negative) (± 95 % band): " + "; ".join(parts)
     names = list(margins)
-    if len(names) >= 2:
-        before, after = (np.asarray(margins[n], dtype=float) for n in names[:2])
-        change = Difference(*mean_and_noise(after - before))
-        if math.isnan(change.noise) or change.verdict == "no difference":
-            text += f". {names[1]} against {names[0]}: {change}, no difference beyond the noise."
-        else:
-            way = "wider" if change.verdict == "higher" else "narrower"
-            text += f". {names[1]} against {names[0]}: {change}, a {way} margin beyond the noise."
+    if len(names) < 2:
+        return text + "."
+    before, after = (np.asarray(margins[n], dtype=float) for n in names[:2])
+    change = Difference(*mean_and_noise(after - before))
+    shown = f"{change.value:+.3f} ± {change.noise:.3f}"
+    if math.isnan(change.noise) or change.verdict == "no difference":
+        text += f". {names[1]} against {names[0]}: {shown}, no difference beyond the noise."
+    else:
+        way = "wider" if change.verdict == "higher" else "narrower"
+        text += f". {names[1]} against {names[0]}: {shown}, a {way} margin beyond the noise."
     return text
 
 

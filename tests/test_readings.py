@@ -273,3 +273,7 @@ def test_length_changes_compare_each_model_with_its_own_direct_point():
         "Against direct pooling: a gain beyond the noise at 1 of 2 points, a loss at 0, "
         "no difference at 1."
     )
+
+
+def test_margins_of_one_model_end_as_a_sentence():
+    assert describe_margins({"base": np.array([0.1, 0.2, 0.3])}).endswith("closer in 3 of 3.")
