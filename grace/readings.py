@@ -32,8 +32,9 @@ def mean_and_noise(values: np.ndarray) -> tuple[float, float]:
 
 def pair_margin(similarity: np.ndarray, related: list[tuple[int, int]]) -> tuple[float, float]:
     """Mean cosine of the ``related`` pairs minus that of every other pair (i < j), and the
-    half-width of its 95 % band (Welch's standard error x 1.96; NaN with fewer than two pairs
-    on either side)."""
+    half-width of its 95 % band: Welch's standard error times the t quantile of the smaller
+    side's degrees of freedom (conservative for a handful of pairs; NaN with fewer than two
+    pairs on either side)."""
     size = similarity.shape[0]
     wanted = {tuple(sorted(pair)) for pair in related}
     pairs = [(i, j) for i in range(size) for j in range(i + 1, size)]
@@ -42,7 +43,8 @@ def pair_margin(similarity: np.ndarray, related: list[tuple[int, int]]) -> tuple
     if len(close) < 2 or len(other) < 2:
         return float(close.mean() - other.mean()), math.nan
     error = math.sqrt(close.var(ddof=1) / len(close) + other.var(ddof=1) / len(other))
-    return float(close.mean() - other.mean()), 1.96 * error
+    quantile = t.ppf(0.975, min(len(close), len(other)) - 1)
+    return float(close.mean() - other.mean()), float(quantile * error)
 
 
 def describe_separation(
@@ -72,7 +74,10 @@ def describe_separation(
             )
         else:
             way = "wider" if change.verdict == "higher" else "narrower"
-            text += f" The {second} margin is {way} than the {first} one by {change}."
+            text += (
+                f" {second.capitalize()} against {first}: {change}, a {way} margin beyond the "
+                f"noise of {len(related)} related pairs."
+            )
     return text
 
 

@@ -180,6 +180,14 @@ def test_separation_of_few_pairs_is_no_difference():
     )
     assert "no difference beyond the noise of 2 related pairs; 4 sentences" in text
     assert math.isnan(pair_margin(direct, [(0, 1)])[1])
+    # With two related pairs the band uses t with 1 degree of freedom (12.7), not 1.96.
+    close, other = np.array([0.9, 0.8]), np.array([0.5, 0.5, 0.4, 0.5])
+    error = math.sqrt(close.var(ddof=1) / 2 + other.var(ddof=1) / 4)
+    assert noise == pytest.approx(12.706 * error, rel=1e-3)
+    apart = np.eye(4) + 0.001 * np.ones((4, 4))
+    apart[0, 1] = apart[1, 0] = apart[2, 3] = apart[3, 2] = 0.9
+    wider = describe_separation({"direct": apart, "with rationale": apart * 2}, [(0, 1), (2, 3)])
+    assert "With rationale against direct: +0.90 ± 0.00, a wider margin beyond the noise" in wider
 
 
 def test_rollouts_count_cap_hits_and_think_tags():
