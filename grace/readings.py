@@ -104,8 +104,8 @@ def describe_rollouts(table: pd.DataFrame, cap: int, train_temperature: float) -
         share = trained["hit_cap"].mean()
         text += (
             f" At the training temperature ({train_temperature:g}) {share:.0%} of the rollouts "
-            "hit the cap: under the paper's length penalty each of them would get a reward of "
-            "-1, whatever it says."
+            f"hit this cap of {cap} tokens: under the paper's length penalty each of them would "
+            "get a reward of -1, whatever it says."
         )
     tagged = int(table["rationale"].str.contains(THINK_TAG, regex=False).sum())
     text += f" {tagged} of {len(table)} rationales open a `{THINK_TAG}` tag."

@@ -200,7 +200,7 @@ def test_rollouts_count_cap_hits_and_think_tags():
     text = describe_rollouts(table, cap=8, train_temperature=1.0)
     assert text.startswith("Temperature 0: 2 rationales of 6.0 tokens")
     assert "1 of 2 stopped by the cap of 8" in text
-    assert "(1) 100% of the rollouts hit the cap" in text
+    assert "(1) 100% of the rollouts hit this cap of 8 tokens" in text
     assert "1 of 4 rationales open a `<think>` tag" in text
 
 
