@@ -237,11 +237,14 @@ def plot_curve(ax, curve: dict, label: str) -> None:
 
 
 def export_curves(folders: dict[str, Path], target: Path) -> None:
-    """``target/<run>.json`` (mrr curve) for each run folder that logged validation."""
-    from grace.runs import log_history
+    """``target/<run>.json`` (mrr curve) for each finished run folder that logged validation;
+    folders not (yet) trained are left out."""
+    from grace.runs import HISTORY_FILE, log_history
 
     target.mkdir(parents=True, exist_ok=True)
     for name, folder in folders.items():
+        if not (Path(folder) / HISTORY_FILE).exists():
+            continue
         curve = validation_curve(log_history(folder))
         if curve["steps"]:
             (target / f"{name}.json").write_text(json.dumps(curve, indent=1))

@@ -112,3 +112,22 @@ def test_sweep_table_reads_each_record_as_its_validation_verdict(tmp_path):
     assert list(table["changes"]) == ["the profile", "lr=2e-05"]
     assert list(table["steps"]) == ["40 (stopped)", "40"]
     assert table.loc["up", "paired change"] == "+0.200 ± 0.050"
+
+
+def test_export_curves_writes_one_file_per_finished_run(tmp_path):
+    from grace.validation import export_curves
+
+    done = tmp_path / "contrastive"
+    done.mkdir()
+    history = [
+        {"step": 0, "validation/mrr": 0.1, "validation/mrr_stderr": 0.02},
+        {"step": 1, "loss": 2.0},
+        {"step": 4, "validation/mrr": 0.3, "validation/mrr_stderr": 0.03},
+    ]
+    (done / "log_history.json").write_text(json.dumps(history))
+    target = tmp_path / "results" / "validation"
+    export_curves({"contrastive": done, "simcse": tmp_path / "simcse"}, target)
+    assert [p.name for p in target.iterdir()] == ["contrastive.json"]  # simcse never trained
+    curve = json.loads((target / "contrastive.json").read_text())
+    assert (curve["steps"], curve["values"], curve["stderr"]) == ([0, 4], [0.1, 0.3], [0.02, 0.03])
+    assert "mrr" in curve["metric"]
