@@ -1,14 +1,12 @@
 """The generated verdicts of the notebooks: chance levels, noise bands and their sentences."""
 
-import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from grace.evaluation import report_path
-from grace.evaluation.noise import draw_label, draw_spread, length_changes, single_draws
+from grace.evaluation.noise import length_changes, single_draws
 from grace.evaluation.results import (
     PAPER_COMPARISONS,
     Difference,
@@ -256,15 +254,6 @@ def test_changes_against_a_reference_report():
     assert list(table["verdict"]) == ["no difference", "higher"]
     assert table.loc["32 tokens", "change"].startswith("+10.00 ± ")
     assert list(changes_against(reports, "direct", 0.0)["verdict"]) == ["higher", "higher"]
-
-
-def test_draw_spread_reads_the_saved_single_draws(tmp_path):
-    assert draw_spread(tmp_path, "GRACE supervised") is None
-    for j, score in enumerate([0.40, 0.44], start=1):
-        saved = report({"RTA": score}, types={"RTA": "Retrieval"})
-        path = report_path(tmp_path, draw_label("GRACE supervised", f"draw {j}"))
-        path.write_text(json.dumps(saved))
-    assert draw_spread(tmp_path, "GRACE supervised") == pytest.approx(np.std([40, 44], ddof=1))
 
 
 def test_length_changes_compare_each_model_with_its_own_direct_point():

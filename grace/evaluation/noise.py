@@ -21,7 +21,7 @@ import pandas as pd
 from grace.encoder import EncoderConfig, GraceEncoder, Variant, mean_of_draws
 from grace.evaluation import cached_report, report_path
 from grace.evaluation.model import TextEncoder, model_meta
-from grace.evaluation.results import MEAN_TASK, summarize
+from grace.evaluation.results import summarize
 from grace.runs import report_key
 
 
@@ -344,16 +344,6 @@ def length_curve(
     table = summarize({label: report["tasks"] for label, report in reports.items()})
     table["eval seconds"] = [r.get("cost_seconds", r["seconds"]) for r in reports.values()]
     return table
-
-
-def draw_spread(folder: str | Path, label: str, column: str = MEAN_TASK) -> float | None:
-    """Standard deviation of ``column`` over the single-draw reports of row ``label`` saved
-    in ``folder`` (``"<label> (draw j)"``, j = 1, 2, ...), or None with fewer than two."""
-    values = []
-    while (path := report_path(folder, draw_label(label, f"draw {len(values) + 1}"))).exists():
-        report = json.loads(path.read_text())
-        values.append(summarize({label: report["tasks"]}).iloc[0][column])
-    return float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
 def variant_plan(
