@@ -233,3 +233,11 @@ def test_table_rows_carry_mean_std_and_interval():
     assert row["mean_task"]["score"] == pytest.approx(40.0)  # (30 + 50) / 2
     single = table_row("one", [report(0.2, 0.5)])
     assert single["tasks"]["R"]["std"] is None and single["mean_task"]["std"] is None
+
+    # As the book's pages print the rows: std only with draws, the interval where recorded.
+    from grace.evaluation.results import table_json_markdown
+
+    lines = table_json_markdown([row, single]).splitlines()
+    assert lines[0] == "| row | R | S | Mean (Task) |"
+    assert lines[2] == "| two draws | 30.00 ± 14.14 [20.0, 40.0] | 50.00 ± 0.00 | 40.00 ± 7.07 |"
+    assert lines[3] == "| one | 20.00 [10.0, 30.0] | 50.00 | 35.00 |"

@@ -370,3 +370,24 @@ def means_note(records: list[dict]) -> str:
         f"{MEAN_TASK} weights each type by its number of tasks ({counts}); {MEAN_TYPE} "
         "weights each type once."
     )
+
+
+def table_json_markdown(rows: list[dict]) -> str:
+    """``table.json``'s rows as the markdown table the book's pages carry (a test keeps the
+    committed page equal to it): each cell the score, ``± std`` over draws where the row has
+    draws, and the 95 % interval over queries in brackets."""
+
+    def cell(entry: dict) -> str:
+        text = f"{entry['score']:.2f}"
+        if entry.get("std") is not None:
+            text += f" ± {entry['std']:.2f}"
+        if entry.get("ci95"):
+            text += f" [{entry['ci95'][0]:.1f}, {entry['ci95'][1]:.1f}]"
+        return text
+
+    tasks = list(rows[0]["tasks"])
+    lines = ["| row | " + " | ".join([*tasks, MEAN_TASK]) + " |", "|" + "---|" * (len(tasks) + 2)]
+    for row in rows:
+        cells = [cell(row["tasks"][task]) for task in tasks] + [cell(row["mean_task"])]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
