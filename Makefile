@@ -42,6 +42,7 @@ book: install
 	$(BIN)/grace reproduce --profile cpu --output runs/cpu
 	rm -rf book/executed && cp -r runs/cpu/notebooks book/executed
 	rm -rf results/cpu && mkdir -p results && cp -r runs/cpu/results results/cpu
+	mkdir -p book/figures && cp results/cpu/headline.png book/figures/headline.png
 	$(BIN)/grace book
 
 clean:

@@ -241,3 +241,22 @@ def test_table_rows_carry_mean_std_and_interval():
     assert lines[0] == "| row | R | S | Mean (Task) |"
     assert lines[2] == "| two draws | 30.00 ± 14.14 [20.0, 40.0] | 50.00 ± 0.00 | 40.00 ± 7.07 |"
     assert lines[3] == "| one | 20.00 [10.0, 30.0] | 50.00 | 35.00 |"
+
+
+def test_headline_figure_plots_curves_and_every_row_with_its_interval():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from grace.evaluation.results import headline_figure
+
+    rows = [
+        {"label": name, "tasks": {"R": {"score": x, "std": None, "ci95": [x - 2, x + 2]}}}
+        for name, x in (("base", 10.0), ("+CL", 30.0))
+    ]
+    curve = {"steps": [0, 4], "values": [0.1, 0.3], "stderr": [0.02, 0.03]}
+    fig = headline_figure(rows, {"contrastive": curve}, "R", chance=0.05)
+    left, right = fig.axes
+    assert [t.get_text() for t in right.get_yticklabels()] == ["base", "+CL"]
+    assert list(left.lines[0].get_ydata()) == [0.1, 0.3]
+    points = [bar.lines[0].get_xdata()[0] for bar in right.containers]  # one errorbar per row
+    assert points == [10.0, 30.0]

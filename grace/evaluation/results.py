@@ -391,3 +391,40 @@ def table_json_markdown(rows: list[dict]) -> str:
         cells = [cell(row["tasks"][task]) for task in tasks] + [cell(row["mean_task"])]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def headline_figure(rows: list[dict], curves: dict[str, dict], task: str, chance: float | None):
+    """The run at a glance: validation curves during training (left) and one test task's
+    score per row with its 95 % interval over queries (right), chance as a dashed line.
+
+    ``rows`` are ``table.json`` rows, ``curves`` the runs' validation curves by run name.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from grace.validation import plot_curve
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8), width_ratios=[1, 1.1])
+    for name, curve in curves.items():
+        plot_curve(left, curve, name)
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left.set_xlabel("training step")
+    left.set_ylabel("validation MRR (± 1 s.e.)")
+    left.set_title("During training: held-out reviews of training movies")
+    left.legend(fontsize=8)
+    labels = [row["label"] for row in rows]
+    scores = [row["tasks"][task] for row in rows]
+    for y, entry in enumerate(scores):
+        low, high = entry["ci95"] or (entry["score"], entry["score"])
+        right.errorbar(entry["score"], y, xerr=[[entry["score"] - low], [high - entry["score"]]],
+                       fmt="o", capsize=4, color="tab:blue")
+    if chance is not None:
+        right.axvline(100 * chance, linestyle="--", color="gray")
+        right.annotate(" chance", (100 * chance, 1.0), xycoords=("data", "axes fraction"),
+                       va="top", fontsize=8, color="gray")
+    right.set_yticks(range(len(labels)), labels)
+    right.invert_yaxis()
+    right.set_xlabel(f"{task} × 100 (95 % interval over queries)")
+    right.set_title("After training: the held-out movies (test)")
+    fig.tight_layout()
+    return fig
