@@ -66,12 +66,16 @@ def reproduce(
     executed.mkdir(parents=True, exist_ok=True)
     summary = read_summary(output)
     if summary.get("profile") not in (None, profile):
-        resume = False  # results of another profile are not ours to reuse
+        summary["notebooks"] = {}  # results of another profile are not ours to reuse
     summary["profile"] = profile
-    if not resume:
-        summary["notebooks"] = {}
+    selected = notebooks(only, folder)
+    if not resume:  # forget the selected notebooks' records only: the others still stand
+        chosen = {source.name for source in selected}
+        summary["notebooks"] = {
+            name: record for name, record in summary["notebooks"].items() if name not in chosen
+        }
 
-    for source in notebooks(only, folder):
+    for source in selected:
         record = summary["notebooks"].get(source.name, {})
         if resume and record.get("status") == "ok" and (executed / source.name).exists():
             print(f"[reproduce] {source.name}: done before ({record['seconds']} s), skipped")
@@ -164,8 +168,10 @@ def write_summary(output: Path, summary: dict) -> None:
         "| notebook | status | wall time (s) |",
         "|---|---|---|",
     ]
-    for name, record in summary["notebooks"].items():
+    for name, record in sorted(summary["notebooks"].items()):
         lines.append(f"| {name} | {record['status']} | {record['seconds']} |")
+    if summary.get("note"):
+        lines += ["", summary["note"]]
     (output / "notebooks" / "run_summary.md").write_text("\n".join(lines) + "\n")
 
 

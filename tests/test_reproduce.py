@@ -46,7 +46,14 @@ def test_parameters_failure_and_resume(tmp_path):
     page = (output / "notebooks" / "run_summary.md").read_text()
     assert "--profile cpu" in page and "| 02_second.ipynb | ok |" in page
 
-    summary = reproduce("tiny", output, folder=source)  # another profile: nothing is reused
+    # Rerunning a selection afresh keeps the other notebooks' records.
+    summary = reproduce("cpu", output, only=[1], resume=False, folder=source)
+    assert (output / "seen.txt").read_text() == "cpu"
+    assert set(summary["notebooks"]) == {"01_first.ipynb", "02_second.ipynb"}
+
+    summary = reproduce("tiny", output, only=[2], folder=source)  # another profile: no reuse
+    assert set(summary["notebooks"]) == {"02_second.ipynb"}
+    summary = reproduce("tiny", output, folder=source)
     assert (output / "seen.txt").read_text() == "tiny"
 
 
