@@ -103,6 +103,7 @@ def reproduce(
                 f"{error.evalue}\nExecuted copy with the traceback: {executed / source.name}\n"
                 "Fix it and run again: finished notebooks are skipped."
             ) from error
+        move_stderr_to_log(executed / source.name, output / "logs" / f"{source.stem}.stderr.txt")
         summary["notebooks"][source.name] = {
             "status": "ok",
             "seconds": round(time.perf_counter() - start, 1),
@@ -119,6 +120,23 @@ def shown_path(path: Path) -> str:
         return str(path.relative_to(ROOT))
     except ValueError:
         return str(path)
+
+
+def move_stderr_to_log(notebook: Path, log: Path) -> None:
+    """Take the stderr streams (progress bars, library warnings, which name the machine's
+    paths) out of an executed notebook and append them to ``log``: the page keeps what the
+    notebook means to show, the log keeps the rest."""
+    data = json.loads(notebook.read_text())
+    moved = []
+    for cell in data["cells"]:
+        outputs = cell.get("outputs", [])
+        moved += ["".join(o["text"]) for o in outputs if o.get("name") == "stderr"]
+        cell["outputs"] = [o for o in outputs if o.get("name") != "stderr"] if outputs else outputs
+    if moved:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write("".join(moved))
+    notebook.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 def prepare_for_the_book(notebook: Path) -> None:

@@ -132,3 +132,17 @@ def test_parameters_cells_are_hidden_from_the_page(tmp_path):
     prepare_for_the_book(path)
     tags = [c.metadata.get("tags", []) for c in nbformat.read(path, as_version=4).cells]
     assert ["remove-cell" in t for t in tags] == [True, True, False]
+
+
+def test_stderr_leaves_the_executed_notebook_for_a_log(tmp_path):
+    source, output = tmp_path / "notebooks", tmp_path / "out"
+    source.mkdir()
+    write_notebook(
+        source / "01_noisy.ipynb", "import sys\nprint('kept')\nsys.stderr.write('/work/x warning')"
+    )
+    reproduce("cpu", output, folder=source)
+    executed = nbformat.read(output / "notebooks" / "01_noisy.ipynb", as_version=4)
+    streams = [o for cell in executed.cells for o in cell.get("outputs", [])]
+    assert [o["name"] for o in streams if o.get("output_type") == "stream"] == ["stdout"]
+    assert "/work/x warning" in (output / "logs" / "01_noisy.stderr.txt").read_text()
+
