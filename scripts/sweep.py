@@ -25,7 +25,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from grace.config import load_config  # noqa: E402
-from grace.runs import trained_model  # noqa: E402
+from grace.runs import HISTORY_FILE, log_history, trained_model  # noqa: E402
 from grace.validation import details_curve, verdict  # noqa: E402
 
 PROFILE = "cpu"
@@ -52,9 +52,9 @@ def record(name: str, folder: Path, overrides: dict, note: str = "") -> dict:
     """A variant's record: its settings and validation curve, from its run folder."""
     settings = json.loads((folder / "grace_config.json").read_text())
     curve = details_curve(folder)
-    history = folder / "log_history.json"
-    steps = json.loads(history.read_text()) if history.exists() else []
-    step_times = [h["step_time"] for h in steps if "step_time" in h]
+    finished = (folder / HISTORY_FILE).exists()  # a stopped run has only validation.jsonl
+    history = log_history(folder) if finished else []
+    step_times = [h["step_time"] for h in history if "step_time" in h]
     return {
         "variant": name,
         "overrides": overrides,
@@ -63,7 +63,7 @@ def record(name: str, folder: Path, overrides: dict, note: str = "") -> dict:
         "curve": curve,
         "verdict": verdict(curve),  # last point against step 0, 3 standard errors (paired)
         "median_step_seconds": round(statistics.median(step_times), 2) if step_times else None,
-        "finished": history.exists(),
+        "finished": finished,
         "note": note,
         "recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
