@@ -171,6 +171,24 @@ def page_problems(html_dir: Path) -> list[str]:
     return problems
 
 
+def notebook_problems(folder: Path) -> list[str]:
+    """The same problems in the executed ``.ipynb`` files themselves (what GitHub and the
+    Colab links show, where the page's stderr filter does not reach), one line each."""
+    problems = []
+    for notebook in sorted(Path(folder).glob("*.ipynb")):
+        for number, cell in enumerate(json.loads(notebook.read_text())["cells"], 1):
+            outputs = cell.get("outputs", [])
+            texts = ["".join(cell["source"]), *(json.dumps(o) for o in outputs)]
+            found = {
+                "stderr output": any(o.get("name") == "stderr" for o in outputs),
+                "traceback": any(o.get("output_type") == "error" for o in outputs),
+                "absolute path": any(PAGE_PROBLEMS["absolute path"].search(t) for t in texts),
+            }
+            where = f"{notebook.name}: cell {number}"
+            problems += [f"{where}: {name}" for name, hit in found.items() if hit]
+    return problems
+
+
 def write_summary(output: Path, summary: dict) -> None:
     """``reproduce.json``, and the book page ``notebooks/run_summary.md`` beside the notebooks."""
     summary["total_seconds"] = round(sum(r["seconds"] for r in summary["notebooks"].values()), 1)
@@ -211,6 +229,7 @@ def build_book(executed: str | Path | None = None, output: str | Path | None = N
         if executed is not None:
             shutil.rmtree(stage / "book" / "executed", ignore_errors=True)
             shutil.copytree(Path(executed), stage / "book" / "executed")
+        problems = notebook_problems(stage / "book" / "executed")
         for notebook in (stage / "book" / "executed").glob("*.ipynb"):
             prepare_for_the_book(notebook)
         subprocess.run(
@@ -226,7 +245,7 @@ def build_book(executed: str | Path | None = None, output: str | Path | None = N
             ],
             check=True,
         )
-    problems = page_problems(output / "_build" / "html")
+    problems += page_problems(output / "_build" / "html")
     if problems:
-        raise ReproduceError("The rendered notebook pages are not clean:\n" + "\n".join(problems))
+        raise ReproduceError("The executed notebooks are not clean:\n" + "\n".join(problems))
     return output / "_build" / "html" / "index.html"

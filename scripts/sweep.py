@@ -45,6 +45,7 @@ VARIANTS = {
         "grpo.prompts_per_generation": 2,
     },
     "cl-lr2e-5-150": {"run.method": "contrastive", "baselines.steps": 150},
+    "cl-lr5e-5-80": {"run.method": "contrastive", "baselines.steps": 80, "baselines.lr": 5e-5},
 }
 
 
@@ -94,6 +95,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.record:
         name, folder = args.record
+        if Path(name).name != name:
+            parser.error(f"--record NAME is a file name under {RESULTS}, not a path: {name!r}")
         entry = record(name, Path(folder), VARIANTS.get(name, {}), args.note)
         (RESULTS / f"{name}.json").write_text(json.dumps(entry, indent=1))
         print(summary(entry))

@@ -118,6 +118,37 @@ def test_page_check_finds_stderr_absolute_paths_and_tracebacks(tmp_path):
     assert page_problems(tmp_path) == []
 
 
+def test_notebook_check_reads_the_ipynb_files(tmp_path):
+    from grace.reproduce import move_stderr_to_log, notebook_problems
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "x = 1", outputs=[nbformat.v4.new_output("stream", name="stdout", text="ok")]
+        ),
+        nbformat.v4.new_code_cell(
+            'out = "/work/main/runs"',
+            outputs=[
+                nbformat.v4.new_output("stream", name="stderr", text="50%|###"),
+                nbformat.v4.new_output("error", ename="E", evalue="", traceback=[]),
+            ],
+        ),
+    ]
+    nbformat.write(nb, tmp_path / "a.ipynb")
+    assert notebook_problems(tmp_path) == [
+        "a.ipynb: cell 2: stderr output", "a.ipynb: cell 2: traceback",
+        "a.ipynb: cell 2: absolute path",
+    ]  # fmt: skip
+    move_stderr_to_log(tmp_path / "a.ipynb", tmp_path / "a.log")
+    assert "stderr output" not in " ".join(notebook_problems(tmp_path))
+
+
+def test_the_committed_notebooks_are_clean():
+    from grace.reproduce import notebook_problems
+
+    assert notebook_problems(ROOT / "book" / "executed") == []
+
+
 def test_parameters_cells_are_hidden_from_the_page(tmp_path):
     from grace.reproduce import prepare_for_the_book
 
