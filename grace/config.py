@@ -55,7 +55,7 @@ def check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunConfig:
     """What is trained, from what, on which data, and where the run folder is."""
 
@@ -87,7 +87,7 @@ class RunConfig:
         return self.sentences if self.uses_sentences else self.triples
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PolicyConfig:
     """The policy's prompt and its rollouts (the paper: 8 at temperature 1, anchors at 0.5)."""
 
@@ -111,7 +111,7 @@ class PolicyConfig:
         check(0 < self.top_p <= 1, "top_p must be in (0, 1].")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class OptimConfig:
     """The optimiser's rate and schedule, and how long every method trains.
 
@@ -146,7 +146,7 @@ class OptimConfig:
         return self.lr_scheduler_type
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GRPOSettings:
     """GRPO's batch layout: 64 prompts per generation batch, updates on 16 at a time."""
 
@@ -166,7 +166,7 @@ class GRPOSettings:
         check(self.scale_rewards in scales, f"scale_rewards must be one of {scales}.")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AdaptationConfig:
     """Which weights change and in what precision.
 
@@ -209,7 +209,7 @@ class AdaptationConfig:
         return getattr(torch, self.dtype)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BaselineConfig:
     """+CL and SimCSE: InfoNCE on direct-mode embeddings."""
 
@@ -229,7 +229,7 @@ class BaselineConfig:
         check(0 <= self.simcse_dropout < 1, "simcse_dropout must be in [0, 1).")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoggingConfig:
     """What a run writes besides its weights. Nothing here changes what is trained."""
 
@@ -243,7 +243,7 @@ class LoggingConfig:
         check(self.logging_steps >= 1 and self.save_steps >= 1, "logging/save steps must be >= 1.")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ValidationConfig:
     """Scoring the live model on held-out reviews of the training movies during training
     (``grace.validation``). Nothing here changes what is trained."""
@@ -257,7 +257,7 @@ class ValidationConfig:
         check(self.movies >= 2 and self.reviews_per_movie >= 1, "validation needs >= 2 movies.")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvaluationConfig(EncoderConfig):
     """How trained models are scored: the encoder's settings plus the suite.
 
@@ -297,7 +297,7 @@ SECTIONS: dict[str, type] = {
 NOT_TRAINING = ("logging", "validation", "evaluation")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
     """Everything a run needs, by concern. Defaults follow the paper's reference recipe."""
 

@@ -37,7 +37,7 @@ from grace.rationale import (
 MODES = ("rationale", "direct")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EncoderConfig:
     """How texts become embeddings. Defaults are the paper's inference settings."""
 
@@ -61,7 +61,9 @@ class EncoderConfig:
         for name in ("num_rationales", "batch_size", "max_input_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        SamplingConfig(self.temperature, self.top_p, self.max_new_tokens)  # checks those three
+        SamplingConfig(  # checks those three
+            temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens
+        )
 
     @property
     def draws(self) -> int:
@@ -71,7 +73,12 @@ class EncoderConfig:
 
     @property
     def sampling(self) -> SamplingConfig:
-        return SamplingConfig(self.temperature, self.top_p, self.max_new_tokens, self.seed)
+        return SamplingConfig(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens,
+            seed=self.seed,
+        )
 
 
 @dataclass(frozen=True)
@@ -401,7 +408,12 @@ class GraceEncoder:
 
     def _sampling(self, temperature: float, max_new_tokens: int) -> SamplingConfig:
         config = self.config
-        return SamplingConfig(temperature, config.top_p, max_new_tokens, config.seed)
+        return SamplingConfig(
+            temperature=temperature,
+            top_p=config.top_p,
+            max_new_tokens=max_new_tokens,
+            seed=config.seed,
+        )
 
     @staticmethod
     def _texts_per_batch(branches: list[Branch], batch_size: int) -> int:

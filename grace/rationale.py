@@ -33,7 +33,7 @@ from grace.pooling import POOLERS, l2_normalize, pool, pooling_mask
 MAX_NEW_TOKENS = 2048
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SamplingConfig:
     """How rationales are sampled. ``temperature=0`` means greedy decoding.
 

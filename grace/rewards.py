@@ -16,7 +16,7 @@ VARIANTS = ("paper", "contrastive")
 NEGATIVE_ROLLOUTS = ("always", "logging_steps")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RewardConfig:
     """Weights of the reward; defaults are the paper's."""
 

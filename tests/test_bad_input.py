@@ -9,7 +9,9 @@ import time
 import numpy as np
 import pytest
 
+import grace.baselines
 import grace.encoder
+import grace.train
 from grace.cli import main
 from grace.data import DataError, read_texts, read_triples
 from grace.encoder import CacheError, EncoderConfig, GraceEncoder
@@ -36,6 +38,8 @@ def no_model(monkeypatch):
         raise AssertionError("a model was loaded before the input was checked")
 
     monkeypatch.setattr(grace.encoder, "load_model", refuse)
+    monkeypatch.setattr(grace.train, "load_model", refuse)
+    monkeypatch.setattr(grace.baselines, "load_model", refuse)
 
 
 EMBED = ["embed", "--model", "tiny-random", "--input", "{texts}", "--output", "{out}"]
@@ -84,6 +88,14 @@ PROBES = [
     (["reproduce", "--only", "abc"], "--only: expected notebook numbers"),
     (["reproduce", "--output", "{file}"], "--output: {file}: is a file, not a folder"),
     (["book", "--executed", "{folder}/none"], "--executed: {folder}/none: no such folder"),
+    (
+        ["train", "--config", "tiny", "--set", "run.output_dir={file}"],
+        "run.output_dir: {file}: is a file, not a folder",
+    ),
+    (
+        ["train", "--config", "tiny", "--set", "run.output_dir={file}/run"],
+        "run.output_dir: {file}/run: {file} is a file, not a folder",
+    ),
 ]
 
 

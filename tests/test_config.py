@@ -28,11 +28,17 @@ def test_defaults_are_the_papers():
 
 def test_every_section_is_built_by_keyword_with_defaults():
     # Positional construction would swap values silently if fields were reordered.
-    for cls in SECTIONS.values():
+    from grace.encoder import EncoderConfig
+    from grace.rationale import SamplingConfig
+
+    for cls in [*SECTIONS.values(), TrainConfig, SamplingConfig, EncoderConfig]:
         assert all(
             f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
             for f in dataclasses.fields(cls)
         ), cls
+        first = dataclasses.fields(cls)[0]
+        with pytest.raises(TypeError, match="positional"):
+            cls(getattr(cls(), first.name))  # keyword-only: a value needs its name
 
 
 def test_overrides_are_parsed_as_yaml():

@@ -104,7 +104,8 @@ def test_a_rationale_depends_on_its_prompt_seed_and_draw_only(tiny, texts, bias,
 def test_temperature_zero_is_greedy_and_negative_is_refused(tiny, texts):
     model, tokenizer = tiny
     prompts = build_prompts(tokenizer, texts[:2], SYSTEM_PROMPT, 1024)
-    greedy = generate_rationales(model, tokenizer, prompts, SamplingConfig(0.0, max_new_tokens=6))
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=6)
+    greedy = generate_rationales(model, tokenizer, prompts, sampling)
     mask = greedy.attention_mask[:, :-1]
     logits = model(
         input_ids=greedy.input_ids[:, :-1],

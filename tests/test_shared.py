@@ -1,5 +1,6 @@
 """One prefill per text, every draw and length from one generation: equal to the unshared way."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -25,9 +26,7 @@ from grace.runs import report_key
 
 def unshared(model, tokenizer, prompts, branch, length, prefix):
     """What ``generate_rationales`` samples for one branch capped at ``length``, embedded."""
-    sampling = SamplingConfig(
-        branch.sampling.temperature, branch.sampling.top_p, length, branch.sampling.seed
-    )
+    sampling = dataclasses.replace(branch.sampling, max_new_tokens=length)
     draws = [branch.draw] * len(prompts)
     rollouts = generate_rationales(model, tokenizer, prompts, sampling, True, draws)
     completions = [
@@ -48,10 +47,18 @@ def test_every_branch_and_length_equals_its_own_generation(tiny, texts, bias, to
     prefix = system_prefix_length(tokenizer, SYSTEM_PROMPT)
     prompts = build_prompts(tokenizer, texts, SYSTEM_PROMPT, 1024)
     branches = [
-        Branch(SamplingConfig(1.0, top_p, 10, seed=5), draw=0, lengths=(1, 3, 6)),
-        Branch(SamplingConfig(1.0, top_p, 6, seed=5), draw=1),
-        Branch(SamplingConfig(0.5, top_p, 6, seed=5), draw=2),
-        Branch(SamplingConfig(0.0, top_p, 8, seed=5), draw=0, lengths=(4,)),  # greedy
+        Branch(
+            SamplingConfig(temperature=1.0, top_p=top_p, max_new_tokens=10, seed=5),
+            draw=0,
+            lengths=(1, 3, 6),
+        ),
+        Branch(SamplingConfig(temperature=1.0, top_p=top_p, max_new_tokens=6, seed=5), draw=1),
+        Branch(SamplingConfig(temperature=0.5, top_p=top_p, max_new_tokens=6, seed=5), draw=2),
+        Branch(
+            SamplingConfig(temperature=0.0, top_p=top_p, max_new_tokens=8, seed=5),
+            draw=0,
+            lengths=(4,),
+        ),  # greedy
     ]
     shared = generate_shared(model, tokenizer, prompts, branches, prefix, share_prefix=share_prefix)
     ended_early = 0
@@ -80,8 +87,8 @@ def test_prefill_in_parts_stacks_into_the_same_batch(tiny, texts, monkeypatch, s
     prefix = system_prefix_length(tokenizer, SYSTEM_PROMPT)
     prompts = build_prompts(tokenizer, texts, SYSTEM_PROMPT, 1024)
     branches = [
-        Branch(SamplingConfig(1.0, 1.0, 6, seed=8), 0, (2,)),
-        Branch(SamplingConfig(0.0, 1.0, 4, seed=8)),
+        Branch(SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=6, seed=8), 0, (2,)),
+        Branch(SamplingConfig(temperature=0.0, top_p=1.0, max_new_tokens=4, seed=8)),
     ]
     whole = generate_shared(model, tokenizer, prompts, branches, prefix, share_prefix=share_prefix)
     monkeypatch.setattr(rationale, "PREFILL_ROWS", 2)  # 5 prompts: parts of 2, 2 and 1
@@ -96,7 +103,9 @@ def test_long_generation_grows_the_cache_and_still_agrees(tiny, texts):
     model, tokenizer = tiny
     prefix = system_prefix_length(tokenizer, SYSTEM_PROMPT)
     prompts = build_prompts(tokenizer, texts[:3], SYSTEM_PROMPT, 1024)
-    branch = Branch(SamplingConfig(1.0, 1.0, 40, seed=4), 0, (33,))  # room 32, then grown
+    branch = Branch(
+        SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=40, seed=4), 0, (33,)
+    )  # room 32, then grown
     shared = generate_shared(model, tokenizer, prompts, [branch], prefix)
     for j, length in enumerate(branch.points):
         completions, embeddings, _ = unshared(model, tokenizer, prompts, branch, length, prefix)
@@ -110,8 +119,8 @@ def test_known_completions_fed_at_once_equal_sampled_ones(tiny, texts):
     prefix = system_prefix_length(tokenizer, SYSTEM_PROMPT)
     prompts = build_prompts(tokenizer, texts, SYSTEM_PROMPT, 1024)
     branches = [
-        Branch(SamplingConfig(1.0, 1.0, 9, seed=1), 0, (2, 5)),
-        Branch(SamplingConfig(1.0, 1.0, 9, seed=1), 1),
+        Branch(SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=9, seed=1), 0, (2, 5)),
+        Branch(SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=9, seed=1), 1),
     ]
     sampled = generate_shared(model, tokenizer, prompts, branches, prefix)
     known = [
@@ -129,10 +138,10 @@ def test_last_token_pooling_follows_the_same_rule(tiny, texts):
     model, tokenizer = tiny
     prefix = system_prefix_length(tokenizer, SYSTEM_PROMPT)
     prompts = build_prompts(tokenizer, texts[:3], SYSTEM_PROMPT, 1024)
-    branch = Branch(SamplingConfig(1.0, 1.0, 5, seed=2), 0, (2,))
+    branch = Branch(SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=5, seed=2), 0, (2,))
     shared = generate_shared(model, tokenizer, prompts, [branch], prefix, pooling="last")
     for j, length in enumerate(branch.points):
-        sampling = SamplingConfig(1.0, 1.0, length, seed=2)
+        sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=length, seed=2)
         rollouts = generate_rationales(model, tokenizer, prompts, sampling, keep_hidden=True)
         expected = embed_rollouts(model, rollouts, prefix, pooling="last")
         assert torch.allclose(shared.embeddings[0][:, j], expected, atol=1e-6)
@@ -268,9 +277,9 @@ def test_smollm2_shared_pass_equals_separate_generation(smollm2, texts):
     prefix = system_prefix_length(tokenizer, SYSTEM_PROMPT)
     prompts = build_prompts(tokenizer, texts[:3], SYSTEM_PROMPT, 1024)
     branches = [
-        Branch(SamplingConfig(1.0, 1.0, 24, seed=0), 0, (8,)),
-        Branch(SamplingConfig(1.0, 1.0, 8, seed=0), 1),
-        Branch(SamplingConfig(0.0, 1.0, 8, seed=0), 0),
+        Branch(SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=24, seed=0), 0, (8,)),
+        Branch(SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=8, seed=0), 1),
+        Branch(SamplingConfig(temperature=0.0, top_p=1.0, max_new_tokens=8, seed=0), 0),
     ]
     shared = generate_shared(model, tokenizer, prompts, branches, prefix)
     for b, branch in enumerate(branches):
