@@ -12,6 +12,7 @@ from typing import NoReturn
 
 import numpy as np
 
+from grace.config import known_profiles
 from grace.rationale import MAX_NEW_TOKENS
 
 
@@ -176,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.set_defaults(run=run_embed)
 
     train = commands.add_parser("train", help="train with GRACE (GRPO) or a contrastive baseline")
-    train.add_argument("--config", required=True, help="profile (tiny, cpu, colab, paper) or YAML")
+    train.add_argument(
+        "--config", required=True, help=f"profile ({', '.join(known_profiles())}) or YAML"
+    )
     train.add_argument("--method", choices=("grace", "contrastive", "simcse"))
     train.add_argument(
         "--set",
@@ -210,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=run_eval)
 
     reproduce = commands.add_parser("reproduce", help="run the book's notebooks with papermill")
-    reproduce.add_argument("--profile", default="cpu", help="tiny | cpu | colab | paper | YAML")
+    reproduce.add_argument(
+        "--profile", default="cpu", help=f"{' | '.join(known_profiles())} | YAML"
+    )
     reproduce.add_argument("--only", type=notebook_numbers, help="notebooks to run, e.g. 5,8")
     reproduce.add_argument(
         "--output", type=output_folder, help="where executed notebooks and results go"
