@@ -39,15 +39,17 @@ def info_nce(
     logits = anchors @ candidates.T / temperature
     rows = torch.arange(anchors.shape[0], device=anchors.device)
     if anchor_keys is not None and candidate_keys is not None:
-        same = anchor_keys[:, None] == candidate_keys[None, :]
+        same = (anchor_keys[:, None] == candidate_keys[None, :]).to(logits.device)
         same[rows, rows] = False
         logits = logits.masked_fill(same, float("-inf"))
     return F.cross_entropy(logits, rows)
 
 
 def text_keys(texts: list[str]) -> torch.Tensor:
-    """One integer per text, equal for equal texts (stable across processes)."""
-    return torch.tensor([zlib.crc32(text.encode()) for text in texts], dtype=torch.long)
+    """One integer per text, equal for equal texts (stable across processes). A collator's
+    output: built on the CPU, moved with the batch by the Trainer."""
+    keys = [zlib.crc32(text.encode()) for text in texts]
+    return torch.tensor(keys, dtype=torch.long, device="cpu")
 
 
 class PromptCollator:

@@ -328,15 +328,15 @@ def generate_shared(
     n, points = len(prompts), [branch.points for branch in branches]
     start = time.perf_counter()
     cache, mask, pooled, logits = _prefill(model, ids, mask, prefix_length, share_prefix)
-    prefill = torch.full((n,), (time.perf_counter() - start) / max(n, 1))
+    prefill = torch.full((n,), (time.perf_counter() - start) / max(n, 1), device="cpu")
     hidden_size = pooled.total.shape[1]
     result = SharedRollouts(
         prompt_embeddings=pooled.vectors(pooling),
-        embeddings=[torch.zeros(n, len(p), hidden_size) for p in points],
-        hit_cap=[torch.zeros(n, len(p), dtype=torch.bool) for p in points],
+        embeddings=[torch.zeros(n, len(p), hidden_size, device="cpu") for p in points],
+        hit_cap=[torch.zeros(n, len(p), dtype=torch.bool, device="cpu") for p in points],
         completions=[[[] for _ in range(n)] for _ in branches],
         prefill_seconds=prefill,
-        decode_seconds=[torch.zeros(n, len(p)) for p in points],
+        decode_seconds=[torch.zeros(n, len(p), device="cpu") for p in points],
     )
     rows = [(i, b) for b in range(len(branches)) for i in range(n)]
     stored = {(i, b): known[b][i] for i, b in rows if known and known[b][i] is not None}
@@ -575,7 +575,7 @@ def _decode(model, tokenizer, prompts, branches, points, pooling, rows, state, r
     ]
     eos = torch.tensor(eos_token_ids(model, tokenizer), device=device)
     alive = list(range(len(rows)))  # the original numbers of the rows still in the batch
-    spent = torch.zeros(len(rows))  # decoding seconds charged to each row
+    spent = torch.zeros(len(rows), device="cpu")  # decoding seconds charged to each row
     tokens: list[list[int]] = [[] for _ in rows]
     step = 0
     while alive:

@@ -51,11 +51,11 @@ class SampledRollouts:
 def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(R, P) ids and mask of token lists, padded on the left."""
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device="cpu")
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device="cpu")
     for i, row in enumerate(rows):
         if row:
-            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long, device="cpu")
             mask[i, width - len(row) :] = 1
     return ids.to(device), mask.to(device)
 
