@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -50,3 +51,21 @@ def test_smollm2_answers_most_instructions(smollm2):
     report = generative_check(*smollm2)
     assert report["instructions_passed"] >= 0.5  # base SmolLM2 measured 0.7 (7 of 10)
     assert 10 < report["perplexity"] < 100  # base SmolLM2 on Lee documents: ~40
+
+
+def test_generative_checks_are_kept_under_the_model_identity(tmp_path, monkeypatch):
+    from grace.evaluation import generative
+
+    checked = []
+    monkeypatch.setattr("grace.models.load_model", lambda model: (model, None))
+    monkeypatch.setattr(generative, "generative_check", lambda m, t: checked.append(m) or {"p": 1})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "grace_config.json").write_text(json.dumps({"settings_hash": "aaaa"}))
+    models, path = {"base": "tiny-random", "trained": str(run)}, tmp_path / "generative.json"
+    assert generative.cached_generative_checks(models, path)["trained"]["model"] == "aaaa"
+    generative.cached_generative_checks(models, path)  # unchanged: read back
+    assert checked == ["tiny-random", str(run)]
+    (run / "grace_config.json").write_text(json.dumps({"settings_hash": "bbbb"}))  # retrained
+    assert generative.cached_generative_checks(models, path)["trained"]["model"] == "bbbb"
+    assert checked == ["tiny-random", str(run), str(run)]

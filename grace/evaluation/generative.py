@@ -9,8 +9,10 @@ no wrong answer beside it.
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -111,3 +113,20 @@ def generative_check(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
         "instructions_passed": sum(r["passed"] for r in replies) / len(replies),
         "replies": replies,
     }
+
+
+def cached_generative_checks(models: dict[str, str], path: str | Path) -> dict[str, dict]:
+    """``generative_check`` of each model (label -> name or run folder), kept in ``path`` under
+    the model's identity (``grace.runs.model_identity``): a retrained run is checked again, an
+    unchanged one is read back."""
+    from grace.models import load_model
+    from grace.runs import model_identity
+
+    path = Path(path)
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    for label, model in models.items():
+        identity = model_identity(model)
+        if saved.get(label, {}).get("model") != identity:
+            saved[label] = generative_check(*load_model(model)) | {"model": identity}
+            path.write_text(json.dumps(saved, indent=1))
+    return {label: saved[label] for label in models}
