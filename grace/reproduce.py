@@ -122,16 +122,23 @@ def shown_path(path: Path) -> str:
         return str(path)
 
 
+def is_progress(output: dict) -> bool:
+    """A stderr stream (tqdm bars, library warnings naming the machine's paths) or the Trainer's
+    HTML progress display (a bar and one table row per logged step)."""
+    html = "".join(output.get("data", {}).get("text/html", ""))
+    return output.get("name") == "stderr" or "<progress" in html
+
+
 def move_stderr_to_log(notebook: Path, log: Path) -> None:
-    """Take the stderr streams (progress bars, library warnings, which name the machine's
-    paths) out of an executed notebook and append them to ``log``: the page keeps what the
-    notebook means to show, the log keeps the rest."""
+    """Take the progress output (``is_progress``) out of an executed notebook and append it to
+    ``log``: the page keeps what the notebook means to show, the log keeps the rest."""
     data = json.loads(notebook.read_text())
     moved = []
     for cell in data["cells"]:
         outputs = cell.get("outputs", [])
-        moved += ["".join(o["text"]) for o in outputs if o.get("name") == "stderr"]
-        cell["outputs"] = [o for o in outputs if o.get("name") != "stderr"] if outputs else outputs
+        for output in filter(is_progress, outputs):
+            moved.append("".join(output.get("text") or output["data"]["text/html"]) + "\n")
+        cell["outputs"] = [o for o in outputs if not is_progress(o)] if outputs else outputs
     if moved:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a", encoding="utf-8") as handle:
@@ -181,6 +188,7 @@ def notebook_problems(folder: Path) -> list[str]:
             texts = ["".join(cell["source"]), *(json.dumps(o) for o in outputs)]
             found = {
                 "stderr output": any(o.get("name") == "stderr" for o in outputs),
+                "progress display": any(is_progress(o) and "data" in o for o in outputs),
                 "traceback": any(o.get("output_type") == "error" for o in outputs),
                 "absolute path": any(PAGE_PROBLEMS["absolute path"].search(t) for t in texts),
             }
