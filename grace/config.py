@@ -295,6 +295,12 @@ SECTIONS: dict[str, type] = {
 }
 # Sections that never change the trained weights: excluded from a run's identity.
 NOT_TRAINING = ("logging", "validation", "evaluation")
+# Sections a method never reads: a change there must not retrain that method's runs.
+UNREAD_BY = {
+    "grace": ("baselines",),
+    "contrastive": ("grpo", "reward"),
+    "simcse": ("grpo", "reward"),
+}
 
 
 @dataclass(kw_only=True)
@@ -316,8 +322,10 @@ class TrainConfig:
         return json.loads(json.dumps(asdict(self)))
 
     def training_settings(self) -> dict:
-        """What makes two runs train the same weights: all but logging, evaluation, folder."""
-        settings = {k: v for k, v in self.to_dict().items() if k not in NOT_TRAINING}
+        """What makes two runs train the same weights: all but logging, evaluation, folder and
+        the sections this run's method never reads."""
+        left_out = NOT_TRAINING + UNREAD_BY[self.run.method]
+        settings = {k: v for k, v in self.to_dict().items() if k not in left_out}
         settings["run"] = {k: v for k, v in settings["run"].items() if k != "output_dir"}
         return settings
 
@@ -560,8 +568,7 @@ SETTINGS_ROWS = {
     ),
     "steps": lambda c: steps_label(c.optim),
     "+CL / SimCSE steps, learning rate": lambda c: (
-        f"{c.baselines.steps or steps_label(c.optim)}, "
-        f"{c.baselines.lr or c.optim.learning_rate:g}"
+        f"{c.baselines.steps or steps_label(c.optim)}, {c.baselines.lr or c.optim.learning_rate:g}"
     ),
     "length penalty": lambda c: (
         "off" if c.reward.length_penalty is None else (f"{c.reward.length_penalty:g}")

@@ -125,6 +125,12 @@ def test_settings_hash_ignores_logging_evaluation_and_folder():
     assert same.settings_hash() == base.settings_hash()
     assert base.with_changes(["run.seed=3"]).settings_hash() != base.settings_hash()
     assert base.with_changes(["learning_rate=5e-2"]).settings_hash() != base.settings_hash()
+    # A section the method never reads does not retrain it; one it reads does.
+    assert base.with_changes(["baselines.steps=9"]).settings_hash() == base.settings_hash()
+    baseline = base.with_changes(["run.method=contrastive"])
+    unread = baseline.with_changes(["reward.variant=contrastive", "grpo.beta=0.1"])
+    assert unread.settings_hash() == baseline.settings_hash()
+    assert baseline.with_changes(["baselines.lr=1e-5"]).settings_hash() != baseline.settings_hash()
 
 
 def test_constant_learning_rate_reaches_the_trainer():
