@@ -295,11 +295,15 @@ def run_embed(args: argparse.Namespace) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from grace.config import load_config
+    from grace.config import ConfigError, load_config
     from grace.train import train
 
     overrides = [*args.set, *([f"run.method={args.method}"] if args.method else [])]
     config = load_config(args.config, overrides)
+    try:  # the same check as every --output folder, before any model loads
+        output_folder(config.run.output_dir)
+    except argparse.ArgumentTypeError as error:
+        raise ConfigError(f"run.output_dir: {error}") from error
     trainer = train(config)
     print(f"Trained {trainer.state.global_step} steps; model saved in {config.run.output_dir}")
 

@@ -407,13 +407,7 @@ class GraceEncoder:
         return branches, where
 
     def _sampling(self, temperature: float, max_new_tokens: int) -> SamplingConfig:
-        config = self.config
-        return SamplingConfig(
-            temperature=temperature,
-            top_p=config.top_p,
-            max_new_tokens=max_new_tokens,
-            seed=config.seed,
-        )
+        return replace(self.config.sampling, temperature=temperature, max_new_tokens=max_new_tokens)
 
     @staticmethod
     def _texts_per_batch(branches: list[Branch], batch_size: int) -> int:

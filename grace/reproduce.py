@@ -103,7 +103,7 @@ def reproduce(
                 f"{error.evalue}\nExecuted copy with the traceback: {executed / source.name}\n"
                 "Fix it and run again: finished notebooks are skipped."
             ) from error
-        move_stderr_to_log(executed / source.name, output / "logs" / f"{source.stem}.stderr.txt")
+        move_progress_to_log(executed / source.name, output / "logs" / f"{source.stem}.stderr.txt")
         summary["notebooks"][source.name] = {
             "status": "ok",
             "seconds": round(time.perf_counter() - start, 1),
@@ -129,20 +129,22 @@ def is_progress(output: dict) -> bool:
     return output.get("name") == "stderr" or "<progress" in html
 
 
-def move_stderr_to_log(notebook: Path, log: Path) -> None:
+def move_progress_to_log(notebook: Path, log: Path) -> None:
     """Take the progress output (``is_progress``) out of an executed notebook and append it to
     ``log``: the page keeps what the notebook means to show, the log keeps the rest."""
     data = json.loads(notebook.read_text())
     moved = []
     for cell in data["cells"]:
-        outputs = cell.get("outputs", [])
-        for output in filter(is_progress, outputs):
-            moved.append("".join(output.get("text") or output["data"]["text/html"]) + "\n")
-        cell["outputs"] = [o for o in outputs if not is_progress(o)] if outputs else outputs
+        if "outputs" in cell:
+            kept = []
+            for output in cell["outputs"]:
+                (moved if is_progress(output) else kept).append(output)
+            cell["outputs"] = kept
     if moved:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a", encoding="utf-8") as handle:
-            handle.write("".join(moved))
+            for output in moved:
+                handle.write("".join(output.get("text") or output["data"]["text/html"]) + "\n")
     notebook.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 

@@ -21,7 +21,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-from grace.config import ConfigError, TrainConfig, load_config
+from grace.config import TrainConfig, load_config
 
 CONFIG_FILE = "grace_config.json"
 HISTORY_FILE = "log_history.json"
@@ -67,10 +67,6 @@ def prepare_run_folder(config: TrainConfig) -> Path:
     ``<name>.previous`` (replacing an older one there), with a warning.
     """
     folder = Path(config.run.output_dir)
-    file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
-    if file is not None:  # refused before any model loads
-        where = "is a file" if file == folder else f"{file} is a file"
-        raise ConfigError(f"run.output_dir: {folder}: {where}, not a folder.")
     if folder.exists() and any(folder.iterdir()) and saved_hash(folder) != config.settings_hash():
         aside = folder.with_name(folder.name + ".previous")
         if aside.exists():

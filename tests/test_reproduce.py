@@ -119,7 +119,7 @@ def test_page_check_finds_stderr_absolute_paths_and_tracebacks(tmp_path):
 
 
 def test_notebook_check_reads_the_ipynb_files(tmp_path):
-    from grace.reproduce import move_stderr_to_log, notebook_problems
+    from grace.reproduce import move_progress_to_log, notebook_problems
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [
@@ -148,7 +148,7 @@ def test_notebook_check_reads_the_ipynb_files(tmp_path):
         "a.ipynb: cell 2: stderr output", "a.ipynb: cell 2: traceback",
         "a.ipynb: cell 2: absolute path", "a.ipynb: cell 3: progress display",
     ]  # fmt: skip
-    move_stderr_to_log(tmp_path / "a.ipynb", tmp_path / "a.log")
+    move_progress_to_log(tmp_path / "a.ipynb", tmp_path / "a.log")
     assert notebook_problems(tmp_path) == [
         "a.ipynb: cell 2: traceback", "a.ipynb: cell 2: absolute path",
     ]  # fmt: skip
