@@ -249,12 +249,13 @@ class ValidationConfig:
     (``grace.validation``). Nothing here changes what is trained."""
 
     every: int = 0  # steps between points; 0 switches validation off
-    movies: int = 24
-    reviews_per_movie: int = 2
+    movies: int | None = 24  # None: every training movie with a held-out review (102)
+    reviews_per_movie: int = 2  # at most this many held-out reviews of each movie
 
     def __post_init__(self) -> None:
         check(self.every >= 0, "validation.every must be >= 0 (0 = off).")
-        check(self.movies >= 2 and self.reviews_per_movie >= 1, "validation needs >= 2 movies.")
+        check(self.movies is None or self.movies >= 2, "validation needs >= 2 movies.")
+        check(self.reviews_per_movie >= 1, "validation.reviews_per_movie must be >= 1.")
 
 
 @dataclass(kw_only=True)
@@ -525,7 +526,8 @@ def profile_path(name_or_path: str) -> Path:
     return PROFILE_DIR / f"{name_or_path}.yaml"
 
 
-def read_profile(name_or_path: str) -> dict:
+def read_profile(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
+    """A profile's sections; ``extends: other`` starts from another profile's values."""
     path = profile_path(name_or_path)
     if not path.exists():
         raise ConfigError(
@@ -537,7 +539,12 @@ def read_profile(name_or_path: str) -> dict:
         raise ConfigError(f"{path}: not a readable YAML profile ({error}).") from error
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: a profile is a mapping of sections to settings.")
-    return values
+    base = values.pop("extends", None)
+    if base is None:
+        return values
+    if not isinstance(base, str) or base in seen or base == name_or_path:
+        raise ConfigError(f"{path}: `extends` must name another profile, without a loop.")
+    return merge(read_profile(base, (*seen, name_or_path)), values)
 
 
 def load_config(

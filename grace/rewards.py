@@ -14,6 +14,7 @@ import torch
 
 VARIANTS = ("paper", "contrastive")
 NEGATIVE_ROLLOUTS = ("always", "logging_steps")
+ANCHORS = ("policy", "frozen")
 
 
 @dataclass(kw_only=True)
@@ -37,12 +38,19 @@ class RewardConfig:
     # contrastive variant, and under the length penalty (a capped rollout's fixed penalty does
     # not move with the group's negative term).
     negative_rollouts: str = "logging_steps"
+    # Who writes the anchors' rationales (the query's and the negative's, or the unsupervised
+    # sentence's): "policy", the model being trained, at every step (the paper), or "frozen",
+    # the starting model, once per text (cached). Frozen rationale texts stand still while the
+    # policy moves; they are embedded by the live model, in the space the rollouts are.
+    anchors: str = "policy"
 
     def __post_init__(self) -> None:
         if self.tau <= 0:
             raise ValueError(f"tau must be > 0, got {self.tau}.")
         if self.variant not in VARIANTS:
             raise ValueError(f"Unknown reward variant {self.variant!r}; choose one of {VARIANTS}.")
+        if self.anchors not in ANCHORS:
+            raise ValueError(f"Unknown anchors {self.anchors!r}; choose one of {ANCHORS}.")
         if self.negative_rollouts not in NEGATIVE_ROLLOUTS:
             raise ValueError(
                 f"Unknown negative_rollouts {self.negative_rollouts!r}; "

@@ -339,7 +339,8 @@ class GraceGRPOTrainer(GRPOTrainer):
             [row.get("negative") for row in rows],
             self.state.global_step,
         )
-        anchor_ids = reward.anchor_prompt_ids(anchor_texts)
+        # Frozen anchors are written already: only the policy's rows are sampled here.
+        anchor_ids = [] if reward.frozen else reward.anchor_prompt_ids(anchor_texts)
         policy = reward.policy
         temperatures = [self.temperature] * len(prompt_ids) + [policy.query_temperature] * len(
             anchor_ids
@@ -359,17 +360,21 @@ class GraceGRPOTrainer(GRPOTrainer):
                 prefix_length=reward.prefix_length,
                 top_p=self.top_p,
             )
+            rows = len(prompt_ids)
+            if reward.frozen:
+                anchors, texts = reward.frozen.embed(model, anchor_texts, reward.prefix_length)
+            else:
+                anchors = sampled.embeddings[rows:]
+                texts = self._tokenizer.batch_decode(
+                    sampled.completion_ids[rows:], skip_special_tokens=True
+                )
         for name, value in sampled.seconds.items():
             self.grace_seconds[name].append(value)
-        rows = len(prompt_ids)
-        texts = self._tokenizer.batch_decode(
-            sampled.completion_ids[rows:], skip_special_tokens=True
-        )
         self.grace_rollouts = RolloutBatch(
             completion_ids=sampled.completion_ids[:rows],
             embeddings=sampled.embeddings[:rows],
             hit_cap=sampled.hit_cap[:rows],
-            anchors=sampled.embeddings[rows:],
+            anchors=anchors,
             anchor_texts=texts,
             has_negatives=has_negatives,
         )

@@ -12,6 +12,7 @@ second pass and samples the anchors itself.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections import defaultdict
@@ -56,6 +57,65 @@ def completion_text(completion) -> str:
     return completion[-1]["content"] if isinstance(completion, list) else completion
 
 
+class FrozenAnchors:
+    """Anchor rationales written once per text by a frozen copy of the starting model.
+
+    With the paper's anchors the policy being trained writes the query's (and negative's)
+    rationale at every step, so the target of each reward moves with the policy. Here each
+    anchor text gets one rationale, sampled at the query temperature from the model as it was
+    before training and kept in ``anchors.jsonl`` in the run folder (a resumed run reuses
+    them). The live model embeds them, so that anchors and rollouts are compared in one
+    embedding space, the one the trained model is evaluated in.
+    """
+
+    FILE = "anchors.jsonl"
+
+    def __init__(self, config: TrainConfig, tokenizer: PreTrainedTokenizerBase, model) -> None:
+        self.policy = config.policy
+        self.seed = config.run.seed
+        self.tokenizer = tokenizer
+        self.model = model.eval().requires_grad_(False)
+        self.path = Path(config.run.output_dir) / self.FILE
+        self.completions: dict[str, list[int]] = {}
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                item = json.loads(line)
+                self.completions[item["text"]] = item["completion_ids"]
+
+    def prompts(self, texts: list[str]) -> list[str]:
+        policy = self.policy
+        return build_prompts(self.tokenizer, texts, policy.system_prompt, policy.max_prompt_tokens)
+
+    def completion_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's frozen rationale (token ids), sampled the first time it is asked for."""
+        missing = sorted(set(texts) - set(self.completions))
+        if missing:
+            sampling = SamplingConfig(
+                temperature=self.policy.query_temperature,
+                top_p=self.policy.top_p,
+                max_new_tokens=self.policy.max_completion_length,
+                seed=self.seed,  # a text's rationale depends on the text and seed alone
+            )
+            rollouts = generate_rationales(
+                self.model, self.tokenizer, self.prompts(missing), sampling
+            )
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as handle:
+                for text, ids, mask in zip(
+                    missing, rollouts.completion_ids, rollouts.completion_mask, strict=True
+                ):
+                    self.completions[text] = ids[mask].tolist()
+                    record = {"text": text, "completion_ids": self.completions[text]}
+                    handle.write(json.dumps(record) + "\n")
+        return [self.completions[text] for text in texts]
+
+    def embed(self, model, texts: list[str], prefix_length: int) -> tuple[torch.Tensor, list[str]]:
+        """The anchors' unit embeddings by ``model`` (the live policy) and their rationales."""
+        ids = self.completion_ids(texts)
+        rollouts = rollouts_from_completions(self.tokenizer, self.prompts(texts), ids, model.device)
+        return embed_rollouts(model, rollouts, prefix_length), rollouts.texts
+
+
 class GraceReward:
     """A trl reward function computing GRACE rewards with the live policy.
 
@@ -63,8 +123,14 @@ class GraceReward:
     in a row; the clustering and cross-group terms need those groups whole, which is checked.
     """
 
-    def __init__(self, config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        tokenizer: PreTrainedTokenizerBase,
+        frozen: FrozenAnchors | None = None,
+    ) -> None:
         self.config = config
+        self.frozen = frozen  # anchors from the starting model (reward.anchors = "frozen")
         self.policy = config.policy
         self.tokenizer = tokenizer
         self.prefix_length = system_prefix_length(tokenizer, config.policy.system_prompt)
@@ -179,7 +245,7 @@ class GraceReward:
             samples = self._embed_completions(model, text, completion_ids).view(groups, n, -1)
             hit_cap = self._hit_cap(model, completion_ids, samples.device).view(groups, n)
             embedded = time.perf_counter()
-            anchors, anchor_texts = self._rollout_embeddings(model, anchor_sources)
+            anchors, anchor_texts = self.anchor_embeddings(model, anchor_sources)
             seconds = {
                 "embed_rollouts": embedded - start,
                 "anchor_rollouts": time.perf_counter() - embedded,
@@ -197,6 +263,12 @@ class GraceReward:
         cap = self.policy.max_completion_length
         capped = [len(ids) >= cap and not eos & set(ids) for ids in completion_ids]
         return torch.tensor(capped, device=device)
+
+    def anchor_embeddings(self, model, texts: list[str]) -> tuple[torch.Tensor, list[str]]:
+        """The anchors' embeddings and rationales: the frozen ones, or fresh policy rollouts."""
+        if self.frozen is not None:
+            return self.frozen.embed(model, texts, self.prefix_length)
+        return self._rollout_embeddings(model, texts)
 
     def _rollout_embeddings(self, model, texts: list[str]) -> tuple[torch.Tensor, list[str]]:
         """One rollout per text at the query temperature, embedded in the same pass."""
@@ -286,7 +358,10 @@ def build_grpo_trainer(config: TrainConfig, single_pass: bool = True):
         layers = train_top_layers(model, top, lora=peft_config is not None)
         if peft_config is not None:
             peft_config = top_layers_lora(model, peft_config, layers)
-    reward = GraceReward(config, tokenizer)
+    frozen = None
+    if config.reward.anchors == "frozen":  # copied before any training or adapter changes it
+        frozen = FrozenAnchors(config, tokenizer, copy.deepcopy(model))
+    reward = GraceReward(config, tokenizer, frozen)
     trainer = GraceGRPOTrainer(
         model=model,
         reward_funcs=[reward],

@@ -10,13 +10,17 @@ review -> plot retrieval set every ``validation.every`` steps, with the live mod
   directly, each as it will be evaluated.
 
 Two numbers per point, each with its standard error over queries: the mean reciprocal rank
-of the right plot, and the mean margin cos(q, d+) - cos(q, d-), GRACE's training margin.
+of the right plot, and the mean margin cos(q, d+) - cos(q, d-), GRACE's training margin. Each
+point also records how far training had got (``prompts_seen``, the training process's CPU
+``seconds`` and wall seconds, validation itself left out) and collapse diagnostics of the
+rationales and embeddings it wrote (``grace.diagnostics``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +29,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 
 from grace.data import movie_triples, stable_fraction
+from grace.diagnostics import collapse_diagnostics
 from grace.encoder import EncoderConfig, GraceEncoder
 
 METRICS = ("mrr", "margin")
@@ -40,14 +45,14 @@ class ValidationSet:
     negative: list[int]
 
 
-def validation_set(movies: int, reviews_per_movie: int) -> ValidationSet:
-    """``reviews_per_movie`` validation reviews of each of ``movies`` training movies
-    (picked by a stable hash, the same in every run)."""
+def validation_set(movies: int | None, reviews_per_movie: int) -> ValidationSet:
+    """Up to ``reviews_per_movie`` validation reviews of each of ``movies`` training movies
+    (None: every training movie with a validation review), picked by a stable hash, the same
+    in every run."""
     by_movie: dict[str, list[dict]] = {}
     for triple in movie_triples("validation"):
         by_movie.setdefault(triple["movie"], []).append(triple)
-    eligible = [m for m, rows in by_movie.items() if len(rows) >= reviews_per_movie]
-    chosen = sorted(eligible, key=lambda m: stable_fraction(m, "validation-movies"))[:movies]
+    chosen = sorted(by_movie, key=lambda m: stable_fraction(m, "validation-movies"))[:movies]
     plots: dict[str, int] = {}
     queries, positive, negative = [], [], []
     for movie in sorted(chosen):
@@ -65,7 +70,12 @@ def mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
 
 def per_query(embed: Callable[[list[str]], np.ndarray], data: ValidationSet) -> dict:
     """Per query: reciprocal rank of its plot (``mrr``) and cos(q, d+) - cos(q, d-)."""
-    similarity = embed(data.queries) @ embed(data.plots).T
+    return query_scores(embed(data.queries), embed(data.plots), data)
+
+
+def query_scores(queries: np.ndarray, plots: np.ndarray, data: ValidationSet) -> dict:
+    """``per_query`` from the embeddings of ``data.queries`` and ``data.plots``."""
+    similarity = queries @ plots.T
     rows = np.arange(len(data.queries))
     right = similarity[rows, data.positive]
     ranks = 1 + (similarity > right[:, None]).sum(axis=1)
@@ -86,8 +96,9 @@ class ValidationCallback(TrainerCallback):
     Logs ``validation/<metric>`` with its standard error over queries, and
     ``validation/<metric>_change`` against step 0 with the standard error of the *paired*
     differences (the same queries at both points, so how hard each query is cancels out and
-    far smaller changes can be told from noise). Per-query values go to ``validation.jsonl``
-    in the run folder, which also keeps the step-0 values for a resumed run.
+    far smaller changes can be told from noise). Per-query values, the training budget spent
+    so far and the collapse diagnostics go to ``validation.jsonl`` in the run folder, which
+    also keeps the step-0 values (and the seconds spent) for a resumed run.
     """
 
     def __init__(
@@ -97,36 +108,71 @@ class ValidationCallback(TrainerCallback):
         encoder_config: EncoderConfig,
         data: ValidationSet,
         every: int,
+        prompts_per_step: int = 0,
     ) -> None:
         self.trainer = trainer
         self.tokenizer = tokenizer
         self.encoder_config = encoder_config
         self.data = data
         self.every = every
+        self.prompts_per_step = prompts_per_step
         self.details = Path(trainer.args.output_dir) / DETAILS
         self.baseline = None
+        self.spent = {"seconds": 0.0, "wall_seconds": 0.0}  # before this process (resumed)
+        self.clock = None  # (cpu, wall) when this process began training, less validation
         if self.details.exists():
-            first = json.loads(self.details.read_text().splitlines()[0])
-            self.baseline = {name: np.array(first[name]) for name in METRICS}
+            points = [json.loads(line) for line in self.details.read_text().splitlines()]
+            self.baseline = {name: np.array(points[0][name]) for name in METRICS}
+            self.spent = {key: points[-1].get(key, 0.0) for key in self.spent}
+
+    def budget(self) -> dict[str, float]:
+        """Training seconds so far (CPU time of this process, all its threads, and wall time),
+        validation excluded, resumed runs included."""
+        if self.clock is None:
+            return dict(self.spent)
+        cpu, wall = self.clock
+        return {
+            "seconds": round(self.spent["seconds"] + time.process_time() - cpu, 2),
+            "wall_seconds": round(self.spent["wall_seconds"] + time.perf_counter() - wall, 2),
+        }
 
     def measure(self, model, step: int) -> dict[str, float]:
+        budget = self.budget()
+        started = time.process_time(), time.perf_counter()
         was_training = model.training
         model.eval()  # SimCSE trains with dropout; validation must not
         try:
             encoder = GraceEncoder(model, self.tokenizer, self.encoder_config)
-            embed = lambda texts: encoder.encode(texts, show_progress_bar=False)  # noqa: E731
-            values = per_query(embed, self.data)
+            texts = self.data.queries + self.data.plots
+            embeddings, rationales = encoder.encode_with_rationales(texts, show_progress_bar=False)
         finally:
             model.train(was_training)
+        count = len(self.data.queries)
+        values = query_scores(embeddings[:count], embeddings[count:], self.data)
+        written = rationales if self.encoder_config.mode == "rationale" else None
+        diagnostics = collapse_diagnostics(texts, written, embeddings)
         self.baseline = self.baseline or values
+        record = {
+            "step": step,
+            "prompts_seen": step * self.prompts_per_step,
+            **budget,
+            "diagnostics": diagnostics,
+            **{k: v.tolist() for k, v in values.items()},
+        }
         with open(self.details, "a", encoding="utf-8") as handle:
-            record = {"step": step, **{k: v.tolist() for k, v in values.items()}}
             handle.write(json.dumps(record) + "\n")
         logs = {}
         for name, value in values.items():
             logs[f"validation/{name}"], logs[f"validation/{name}_stderr"] = mean_and_stderr(value)
             change = mean_and_stderr(value - self.baseline[name])
             logs[f"validation/{name}_change"], logs[f"validation/{name}_change_stderr"] = change
+        logs |= {f"validation/{k}": v for k, v in diagnostics.items() if v is not None}
+        if self.clock is not None:  # validation's own time is not training time
+            cpu, wall = self.clock
+            self.clock = (
+                cpu + time.process_time() - started[0],
+                wall + time.perf_counter() - started[1],
+            )
         return logs
 
     def log(self, model, state, control) -> None:
@@ -138,7 +184,9 @@ class ValidationCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0:
+            self.spent = {key: 0.0 for key in self.spent}
             self.log(model, state, control)
+        self.clock = time.process_time(), time.perf_counter()
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0 or state.global_step == state.max_steps:
@@ -159,12 +207,27 @@ def validation_encoder(config) -> EncoderConfig:
     )
 
 
+def prompts_per_step(config) -> int:
+    """Training texts one optimizer step learns from: GRPO prompts (each with its group of
+    rollouts), or the contrastive baselines' pairs or sentences."""
+    if config.run.method != "grace":
+        return config.baselines.batch_size
+    grpo = config.grpo
+    completions = grpo.per_device_train_batch_size * grpo.gradient_accumulation_steps
+    return completions // config.policy.num_generations
+
+
 def validation_callback(config, trainer: Trainer) -> ValidationCallback:
     """The callback for a run's ``TrainConfig``."""
     settings = config.validation
     data = validation_set(settings.movies, settings.reviews_per_movie)
     return ValidationCallback(
-        trainer, trainer.processing_class, validation_encoder(config), data, settings.every
+        trainer,
+        trainer.processing_class,
+        validation_encoder(config),
+        data,
+        settings.every,
+        prompts_per_step(config),
     )
 
 
@@ -203,19 +266,26 @@ def details_curve(folder: str | Path, metric: str = "mrr") -> dict:
     """``validation_curve``'s dict from a run folder's per-query file (``validation.jsonl``),
     so a run that was stopped before it wrote its history still has a curve."""
     lines = (Path(folder) / DETAILS).read_text().splitlines()
-    by_step = {point["step"]: np.array(point[metric]) for point in map(json.loads, lines)}
-    steps = sorted(by_step)  # a resumed run measures its resume step again: the last one counts
+    # A resumed run measures its resume step again: the last record of a step counts.
+    records = {point["step"]: point for point in map(json.loads, lines)}
+    steps = sorted(records)
+    by_step = {step: np.array(records[step][metric]) for step in steps}
     first = by_step[steps[0]]
     points = [mean_and_stderr(by_step[step]) for step in steps]
     changes = [mean_and_stderr(by_step[step] - first) for step in steps]
-    return {
+    curve = {
         "steps": steps,
         "values": [value for value, _ in points],
         "stderr": [error for _, error in points],
         "change": [change for change, _ in changes],
         "change_stderr": [error for _, error in changes],
         "metric": validation_curve([], metric)["metric"],
+        "queries": len(first),
     }
+    for key in ("prompts_seen", "seconds", "wall_seconds", "diagnostics"):
+        if all(key in records[step] for step in steps):  # runs before 2026-11-30 lack them
+            curve[key] = [records[step][key] for step in steps]
+    return curve
 
 
 def rises(curve: dict, sigmas: float = 3.0) -> bool:

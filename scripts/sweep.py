@@ -1,8 +1,11 @@
-"""The tuning sweep of the ``cpu`` profile, judged on validation curves only (issue 12).
+"""The tuning sweeps of the ``cpu`` profile and the GRACE study of ``cpu-long``, judged on
+validation curves only (issues 12 and 20).
 
 Each variant trains from the same base model and data with validation on (held-out reviews of
 the training movies, never the test movies) and is recorded as its validation curve: MRR at
-every point, its standard error, and the paired change from step 0 with its standard error.
+every point, its standard error, and the paired change from step 0 with its standard error;
+the study's records also give, per point, the prompts seen, the training CPU seconds and the
+collapse diagnostics (``grace.diagnostics``).
 The test suite is not run here; the profile's winners are scored on it once, by notebook 8.
 Records go to ``results/sweep/<variant>.json``; a variant whose record exists is skipped, so
 the script resumes after an interruption.
@@ -28,28 +31,43 @@ from grace.config import load_config  # noqa: E402
 from grace.runs import HISTORY_FILE, log_history, trained_model  # noqa: E402
 from grace.validation import details_curve, verdict  # noqa: E402
 
-PROFILE = "cpu"
 RESULTS = Path("results/sweep")
-# name -> overrides of the cpu profile. GRACE variants train 40 steps, baselines 120 or 150.
+# The study of issue 20 on the `cpu-long` profile (268 validation queries, a point every 10
+# steps): 80 steps per variant, one change at a time from the `cpu` profile's GRACE.
+STUDY = {"optim.max_steps": 80, "validation.every": 10}
+# name -> (profile, overrides). The first sweep's GRACE variants trained 40 steps on the `cpu`
+# profile (48 validation queries), its baselines 80 or 150.
 VARIANTS = {
-    "grace-paper-lr1e-5": {"reward.variant": "paper", "optim.learning_rate": 1e-5},
-    "grace-paper-lr1e-5-top6": {
-        "reward.variant": "paper",
-        "optim.learning_rate": 1e-5,
-        "adaptation.train_top_layers": 6,
-    },
-    "grace-contrastive-lr3e-5": {},
-    "grace-contrastive-lr1e-4": {"optim.learning_rate": 1e-4},
-    "grace-contrastive-lr3e-5-group8": {
-        "policy.num_generations": 8,
-        "grpo.prompts_per_generation": 2,
-    },
-    "cl-lr2e-5-150": {"run.method": "contrastive", "baselines.steps": 150},
-    "cl-lr5e-5-80": {"run.method": "contrastive", "baselines.steps": 80, "baselines.lr": 5e-5},
+    "grace-paper-lr1e-5": ("cpu", {"reward.variant": "paper", "optim.learning_rate": 1e-5}),
+    "grace-paper-lr1e-5-top6": (
+        "cpu",
+        {"reward.variant": "paper", "optim.learning_rate": 1e-5, "adaptation.train_top_layers": 6},
+    ),
+    "grace-contrastive-lr3e-5": ("cpu", {}),
+    "grace-contrastive-lr1e-4": ("cpu", {"optim.learning_rate": 1e-4}),
+    "grace-contrastive-lr3e-5-group8": (
+        "cpu",
+        {"policy.num_generations": 8, "grpo.prompts_per_generation": 2},
+    ),
+    "cl-lr2e-5-150": ("cpu", {"run.method": "contrastive", "baselines.steps": 150}),
+    "cl-lr5e-5-80": (
+        "cpu",
+        {"run.method": "contrastive", "baselines.steps": 80, "baselines.lr": 5e-5},
+    ),
+    "study-frozen": ("cpu-long", STUDY | {"reward.anchors": "frozen"}),
+    "study-contrastive": ("cpu-long", STUDY),
+    "study-cl": (
+        "cpu-long",
+        {"run.method": "contrastive", "baselines.steps": 150, "validation.every": 10},
+    ),
+    "study-kl": ("cpu-long", STUDY | {"grpo.beta": 0.04}),
+    "study-group-std": ("cpu-long", STUDY | {"grpo.scale_rewards": "group"}),
+    "study-unsupervised": ("cpu-long", STUDY | {"run.setting": "unsupervised"}),
+    "study-paper": ("cpu-long", STUDY | {"reward.variant": "paper"}),
 }
 
 
-def record(name: str, folder: Path, overrides: dict, note: str = "") -> dict:
+def record(name: str, folder: Path, profile: str, overrides: dict, note: str = "") -> dict:
     """A variant's record: its settings and validation curve, from its run folder."""
     settings = json.loads((folder / "grace_config.json").read_text())
     curve = details_curve(folder)
@@ -59,7 +77,7 @@ def record(name: str, folder: Path, overrides: dict, note: str = "") -> dict:
     return {
         "variant": name,
         "overrides": overrides,
-        "profile": PROFILE,
+        "profile": profile,
         "settings": settings,
         "curve": curve,
         "verdict": verdict(curve),  # last point against step 0, 3 standard errors (paired)
@@ -70,11 +88,12 @@ def record(name: str, folder: Path, overrides: dict, note: str = "") -> dict:
     }
 
 
-def run_variant(name: str, overrides: dict) -> dict:
-    config = load_config(PROFILE, {**overrides, "run.output_dir": f"runs/sweep/{name}"})
+def run_variant(name: str) -> dict:
+    profile, overrides = VARIANTS[name]
+    config = load_config(profile, {**overrides, "run.output_dir": f"runs/sweep/{name}"})
     if config.validation.every == 0:
         raise SystemExit("The sweep judges on validation: set validation.every > 0.")
-    return record(name, trained_model(config), overrides)
+    return record(name, trained_model(config), profile, overrides)
 
 
 def summary(entry: dict) -> str:
@@ -97,7 +116,8 @@ def main() -> None:
         name, folder = args.record
         if Path(name).name != name:
             parser.error(f"--record NAME is a file name under {RESULTS}, not a path: {name!r}")
-        entry = record(name, Path(folder), VARIANTS.get(name, {}), args.note)
+        profile, overrides = VARIANTS.get(name, ("cpu", {}))
+        entry = record(name, Path(folder), profile, overrides, args.note)
         (RESULTS / f"{name}.json").write_text(json.dumps(entry, indent=1))
         print(summary(entry))
         return
@@ -109,7 +129,7 @@ def main() -> None:
         if path.exists():
             print(f"{name}: recorded before, skipped")
             continue
-        entry = run_variant(name, VARIANTS[name])
+        entry = run_variant(name)
         path.write_text(json.dumps(entry, indent=1))
         print(summary(entry), flush=True)
 

@@ -166,6 +166,7 @@ def test_paper_profile_is_the_reference_recipe():
 PRECISION = {
     "tiny": ("float32", False),
     "cpu": ("float32", False),
+    "cpu-long": ("float32", False),
     "colab": ("float32", False),  # T4: no bf16
     "paper": ("float32", True),  # full fine-tuning: fp32 master weights, bf16 autocast
     "gpu": ("bfloat16", True),  # LoRA: a frozen bf16 base, fp32 adapters
@@ -202,3 +203,13 @@ def test_the_method_chapter_carries_the_current_settings_table():
     text = (Path(__file__).resolve().parent.parent / "book" / "method.md").read_text()
     block = text.split("<!-- settings-table -->\n")[1].split("\n<!-- /settings-table -->")[0]
     assert block == settings_table(["tiny", "cpu", "colab", "gpu", "paper"])
+
+
+def test_a_profile_extends_another_and_changes_only_what_it_names(tmp_path):
+    long, cpu = load_config("cpu-long"), load_config("cpu")
+    assert long.optim.max_steps == 400 and long.validation.movies is None
+    assert (long.policy, long.reward, long.grpo) == (cpu.policy, cpu.reward, cpu.grpo)
+    looped = tmp_path / "loop.yaml"
+    looped.write_text(f"extends: {looped}\n")
+    with pytest.raises(ConfigError, match="without a loop"):
+        load_config(str(looped))

@@ -204,3 +204,41 @@ def test_a_trained_folder_embeds_as_it_was_trained(tmp_path):
     assert GraceEncoder.from_pretrained(str(tmp_path), device="cpu").config.mode == "direct"
     explicit = GraceEncoder.from_pretrained(str(tmp_path), device="cpu", mode="rationale")
     assert explicit.config.mode == "rationale" and explicit.config.max_new_tokens == 3
+
+
+@pytest.mark.parametrize("setting", ["supervised", "unsupervised"])
+def test_frozen_anchors_are_written_once_by_the_starting_model(tmp_path, setting):
+    trainer = run(tmp_path, f"setting={setting}", "reward.anchors=frozen", "max_steps=3")
+    reward = trainer.reward_funcs[0]
+    stored = [json.loads(line) for line in (tmp_path / "anchors.jsonl").open()]
+    assert len(stored) == len({s["text"] for s in stored}) > 0  # one rationale per text
+    # The frozen copy kept the starting weights while the policy trained.
+    base, _ = build_tiny_random()
+    frozen = reward.frozen.model.state_dict()
+    assert all(torch.equal(frozen[k], v) for k, v in base.state_dict().items())
+    assert changed(tmp_path)
+    # Every logged anchor rationale is a stored one, the same text at every step.
+    tokenizer = trainer.processing_class
+    written = {tokenizer.decode(s["completion_ids"], skip_special_tokens=True) for s in stored}
+    logged = [json.loads(line) for line in (tmp_path / "rationales.jsonl").open()]
+    assert {s["anchor_rationale"] for s in logged} <= written
+    # The live policy embeds them: equal to embedding the stored rationale by hand.
+    texts = [s["text"] for s in stored[:2]]
+    embedded, _ = reward.anchor_embeddings(trainer.model, texts)
+    again, _ = reward.frozen.embed(trainer.model, texts, reward.prefix_length)
+    assert torch.allclose(embedded, again)
+    by_frozen, _ = reward.frozen.embed(reward.frozen.model, texts, reward.prefix_length)
+    assert not torch.allclose(embedded, by_frozen)
+
+
+def test_a_resumed_run_reuses_its_frozen_anchors(tmp_path):
+    config = load_config(
+        "tiny", [f"output_dir={tmp_path}", "max_steps=3", "save_steps=1", "reward.anchors=frozen"]
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[Interrupt(at=2)])
+    before = (tmp_path / "anchors.jsonl").read_text().splitlines()
+    trained_model(config)
+    after = (tmp_path / "anchors.jsonl").read_text().splitlines()
+    assert after[: len(before)] == before  # kept, only new texts appended
+    assert len(after) == len({json.loads(line)["text"] for line in after})

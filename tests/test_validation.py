@@ -11,7 +11,8 @@ from grace.validation import ValidationSet, rises, score, validation_curve, vali
 
 def test_validation_set_uses_reviews_never_trained_or_tested_on():
     data = validation_set(movies=6, reviews_per_movie=2)
-    assert len(data.queries) == 12 and data == validation_set(6, 2)  # fixed across runs
+    assert 6 <= len(data.queries) <= 12 and data == validation_set(6, 2)  # fixed across runs
+    assert len({data.plots[p] for p in data.positive}) == 6  # one to two reviews a movie
     trained = {t["query"] for t in movie_triples("train")}
     tested = {t["query"] for t in movie_triples("test")} | {
         t["positive"] for t in movie_triples("test")
@@ -20,6 +21,15 @@ def test_validation_set_uses_reviews_never_trained_or_tested_on():
     plot_of = {t["query"]: (t["positive"], t["negative"]) for t in movie_triples("validation")}
     for query, p, n in zip(data.queries, data.positive, data.negative, strict=True):
         assert (data.plots[p], data.plots[n]) == plot_of[query]
+
+
+def test_every_training_movie_gives_the_study_its_240_queries():
+    data = validation_set(movies=None, reviews_per_movie=3)
+    per_movie: dict[int, int] = {}
+    for positive in data.positive:
+        per_movie[positive] = per_movie.get(positive, 0) + 1
+    assert len(per_movie) == 102 and max(per_movie.values()) == 3
+    assert len(data.queries) == len(set(data.queries)) >= 240
 
 
 def test_score_by_hand():
@@ -52,8 +62,22 @@ def test_training_logs_validation_before_and_during_the_run(tmp_path, method):
     curve = validation_curve(trainer.state.log_history)
     assert curve["steps"] == [0, 2, 3]  # before training, every 2 steps, and the last step
     assert curve["change"][0] == 0 and curve["change_stderr"][0] == 0  # paired with itself
-    details = (tmp_path / "validation.jsonl").read_text().splitlines()
-    assert len(details) == 3 and len(json.loads(details[-1])["mrr"]) == 8  # 4 movies x 2
+    details = [json.loads(line) for line in (tmp_path / "validation.jsonl").open()]
+    assert len(details) == 3 and len(details[-1]["mrr"]) == len(validation_set(4, 2).queries)
+    # The budget spent at each point: prompts (or pairs) and training seconds, validation
+    # itself not counted.
+    per_step = 2 if method == "grace" else 4  # 4 x 2 rollouts / groups of 4; batches of 4
+    assert [d["prompts_seen"] for d in details] == [0, 2 * per_step, 3 * per_step]
+    seconds = [d["seconds"] for d in details]
+    assert seconds[0] == 0 and seconds[0] < seconds[1] < seconds[2]
+    assert all(d["wall_seconds"] > 0 for d in details[1:])
+    for point in details:
+        diagnostics = point["diagnostics"]
+        assert -1 <= diagnostics["mean_cosine"] <= 1
+        # Rationale numbers for GRACE only: the baselines embed directly. (distinct-2 may be
+        # None: 4 tokens of the random model rarely make two words.)
+        written = [diagnostics[k] is not None for k in ("copy_share", "fence_share")]
+        assert all(written) if method == "grace" else not any(written)
     assert all(0 < v <= 1 for v in curve["values"]) and all(e >= 0 for e in curve["stderr"])
     # The steps' own logging still happens at every step.
     assert [h["step"] for h in trainer.state.log_history if "loss" in h] == [1, 2, 3]

@@ -1,0 +1,65 @@
+"""Collapse diagnostics: signs that a policy's rationales, or its embeddings, stop saying much.
+
+GRPO with a similarity reward can find degenerate optima: every rollout one template (low
+distinct-2), rollouts that repeat their input (copies), rollouts of bare code fences, or
+embeddings that crowd into one direction (a high mean pairwise cosine). Each is measured on the
+rationales and embeddings a validation point has anyway, so a curve shows when a run collapses.
+"""
+
+from __future__ import annotations
+
+from difflib import SequenceMatcher
+
+import numpy as np
+
+COPY_SHARE = 0.8  # a rationale whose longest run shared with its input is >= 80 % of it
+FENCE = "```"
+
+
+def distinct_n(texts: list[str], n: int = 2) -> float | None:
+    """Distinct word n-grams over all n-grams of ``texts`` (1.0: no n-gram repeats; near 0: one
+    template). None when the texts hold no n-gram."""
+    grams = [
+        tuple(words[i : i + n])
+        for words in (text.lower().split() for text in texts)
+        for i in range(len(words) - n + 1)
+    ]
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def copies_input(rationale: str, text: str, share: float = COPY_SHARE) -> bool:
+    """Whether ``rationale`` mostly repeats ``text``: their longest common substring (in
+    characters, case and spacing ignored) is at least ``share`` of the rationale."""
+    a, b = " ".join(rationale.lower().split()), " ".join(text.lower().split())
+    if not a:
+        return False
+    match = SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b))
+    return match.size >= share * len(a)
+
+
+def mean_pairwise_cosine(embeddings: np.ndarray) -> float:
+    """Mean cosine between distinct rows of unit vectors (1.0: every embedding the same)."""
+    rows = len(embeddings)
+    if rows < 2:
+        raise ValueError("mean_pairwise_cosine needs at least two embeddings.")
+    similarity = embeddings @ embeddings.T
+    return float((similarity.sum() - np.trace(similarity)) / (rows * (rows - 1)))
+
+
+def collapse_diagnostics(
+    texts: list[str], rationales: list[str] | None, embeddings: np.ndarray
+) -> dict:
+    """The four numbers of a validation point; the rationale numbers are None in direct mode
+    (``rationales=None``: nothing written)."""
+    result = {
+        "distinct_2": None,
+        "copy_share": None,
+        "fence_share": None,
+        "mean_cosine": mean_pairwise_cosine(embeddings),
+    }
+    if rationales is not None:
+        pairs = list(zip(texts, rationales, strict=True))
+        result["distinct_2"] = distinct_n(rationales, 2)
+        result["copy_share"] = sum(copies_input(r, t) for t, r in pairs) / len(pairs)
+        result["fence_share"] = sum(FENCE in r for r in rationales) / len(pairs)
+    return result
