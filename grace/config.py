@@ -581,6 +581,8 @@ SETTINGS_ROWS = {
         "off" if c.reward.length_penalty is None else (f"{c.reward.length_penalty:g}")
     ),
     "reward": lambda c: c.reward.variant,
+    "anchors' rationales written by": lambda c: c.reward.anchors,
+    "KL coefficient, advantage scaling": lambda c: f"{c.grpo.beta:g}, {c.grpo.scale_rewards}",
     "weights trained": lambda c: "LoRA" if c.adaptation.lora else "all",
     "precision": lambda c: c.adaptation.dtype + (" + bf16 autocast" if c.adaptation.bf16 else ""),
 }

@@ -202,7 +202,7 @@ def test_the_method_chapter_carries_the_current_settings_table():
 
     text = (Path(__file__).resolve().parent.parent / "book" / "method.md").read_text()
     block = text.split("<!-- settings-table -->\n")[1].split("\n<!-- /settings-table -->")[0]
-    assert block == settings_table(["tiny", "cpu", "colab", "gpu", "paper"])
+    assert block == settings_table(["tiny", "cpu", "cpu-long", "colab", "gpu", "paper"])
 
 
 def test_a_profile_extends_another_and_changes_only_what_it_names(tmp_path):

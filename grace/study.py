@@ -1,0 +1,152 @@
+"""The GRACE study (issue 20): does GRPO training improve embeddings here, for what budget?
+
+Reads the study's sweep records (``scripts/sweep.py``, ``results/sweep/study-*.json``): each is a
+validation curve whose points also carry the prompts seen, the training CPU seconds and the
+collapse diagnostics. GRACE and +CL are put on the same axes, per prompt and per second, and
+the budget GRACE needs to match +CL's change is read off the curves.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from grace.validation import verdict
+
+PREFIX = "study-"
+DIAGNOSTICS = {
+    "distinct_2": "distinct-2",
+    "copy_share": "copies",
+    "fence_share": "fences",
+    "mean_cosine": "mean cos",
+}
+
+
+def study_records(folder: str | Path) -> list[dict]:
+    """The study's records, by name: those whose curve has the budget of each point."""
+    paths = sorted(Path(folder).glob(f"{PREFIX}*.json"))
+    records = [json.loads(path.read_text()) for path in paths]
+    return [r for r in records if "prompts_seen" in r["curve"] and "seconds" in r["curve"]]
+
+
+def label(record: dict) -> str:
+    """A record's name without the study prefix (``frozen``, ``cl``, ...)."""
+    return record["variant"].removeprefix(PREFIX)
+
+
+def is_baseline(record: dict) -> bool:
+    return record["settings"]["config"]["run"]["method"] != "grace"
+
+
+def best_point(curve: dict) -> int:
+    """Index of the point with the highest paired change (step 0 excluded when there are
+    others)."""
+    changes = curve["change"][1:] or curve["change"]
+    return int(np.argmax(changes)) + (1 if len(curve["change"]) > 1 else 0)
+
+
+def budget_to_match(record: dict, target: float) -> dict | None:
+    """The first point whose paired change reaches ``target``: its step, prompts seen and CPU
+    seconds; None when no point does."""
+    curve = record["curve"]
+    for index, change in enumerate(curve["change"]):
+        if index and change >= target:
+            return {
+                "step": curve["steps"][index],
+                "prompts_seen": curve["prompts_seen"][index],
+                "seconds": curve["seconds"][index],
+            }
+    return None
+
+
+def study_rows(records: list[dict]) -> list[dict]:
+    """One row per record: the budget spent, the best and the last paired change, the verdict
+    and the diagnostics at step 0 and at the end."""
+    rows = []
+    for record in records:
+        curve = record["curve"]
+        best, last = best_point(curve), len(curve["steps"]) - 1
+        row = {
+            "variant": label(record),
+            "changes": ", ".join(f"{k}={v}" for k, v in record["overrides"].items()) or "-",
+            "queries": curve["queries"],
+            "steps": curve["steps"][last],
+            "prompts": curve["prompts_seen"][last],
+            "CPU h": curve["seconds"][last] / 3600,
+            "MRR at 0": curve["values"][0],
+            "best change": (curve["change"][best], curve["change_stderr"][best]),
+            "at step": curve["steps"][best],
+            "last change": (curve["change"][last], curve["change_stderr"][last]),
+            "verdict": verdict(curve),
+        }
+        diagnostics = curve.get("diagnostics")
+        for key, name in DIAGNOSTICS.items():
+            ends = [diagnostics[0].get(key), diagnostics[last].get(key)] if diagnostics else []
+            row[name] = ends if ends and None not in ends else None
+        rows.append(row)
+    return rows
+
+
+def study_markdown(records: list[dict]) -> str:
+    """``study_rows`` as the markdown table the book's study chapter carries."""
+
+    def cell(value) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, tuple):
+            return f"{value[0]:+.3f} ± {value[1]:.3f}"
+        if isinstance(value, list):
+            return f"{value[0]:.2f} → {value[1]:.2f}"
+        if isinstance(value, float):
+            return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
+        return str(value)
+
+    rows = study_rows(records)
+    if not rows:
+        return "No study records yet: run `python scripts/sweep.py study-frozen` (hours)."
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(row[key]) for key in header) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def study_figure(records: list[dict], path: str | Path | None = None):
+    """Validation change (± 1 standard error, paired) against prompts seen and against training
+    CPU hours, GRACE variants and +CL on the same axes; below, two collapse diagnostics of the
+    GRACE variants' validation rationales and embeddings."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    for record in records:
+        curve = record["curve"]
+        change, error = np.array(curve["change"]), np.array(curve["change_stderr"])
+        style = {"linestyle": "--" if is_baseline(record) else "-", "marker": "o", "ms": 3}
+        for ax, x in (
+            (axes[0, 0], np.array(curve["prompts_seen"])),
+            (axes[0, 1], np.array(curve["seconds"]) / 3600),
+        ):
+            ax.plot(x, change, label=label(record), **style)
+            ax.fill_between(x, change - error, change + error, alpha=0.15)
+        diagnostics = curve.get("diagnostics") or []
+        if not is_baseline(record) and diagnostics:
+            prompts = curve["prompts_seen"]
+            for ax, key in ((axes[1, 0], "distinct_2"), (axes[1, 1], "mean_cosine")):
+                ax.plot(prompts, [d[key] for d in diagnostics], label=label(record), **style)
+    axes[0, 0].set(xlabel="training prompts (GRACE) or pairs (+CL) seen", ylabel="paired change")
+    axes[0, 1].set(xlabel="training CPU hours (validation excluded)", ylabel="paired change")
+    axes[1, 0].set(xlabel="training prompts seen", ylabel="distinct-2 of validation rationales")
+    axes[1, 1].set(xlabel="training prompts seen", ylabel="mean pairwise cosine (validation)")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    for ax in axes[0]:
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_title("validation MRR change from step 0 (± 1 s.e., same queries)", fontsize=10)
+    axes[0, 0].legend(fontsize=8)
+    axes[1, 0].legend(fontsize=8)
+    figure.suptitle("The GRACE study: SmolLM2-135M on 2 CPU cores (cpu-long profile)")
+    figure.tight_layout()
+    if path is not None:
+        figure.savefig(path, dpi=110)
+    return figure

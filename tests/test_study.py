@@ -1,0 +1,71 @@
+import json
+from pathlib import Path
+
+from grace.study import budget_to_match, study_figure, study_markdown, study_records, study_rows
+
+
+def record(name: str, method: str, changes: list[float], per_step: int = 4) -> dict:
+    steps = [10 * i for i in range(len(changes))]
+    diagnostics = [
+        {"distinct_2": 0.5 - 0.05 * i, "copy_share": 0.1, "fence_share": 0.0, "mean_cosine": 0.8}
+        for i in range(len(changes))
+    ]
+    return {
+        "variant": name,
+        "overrides": {"reward.anchors": "frozen"} if method == "grace" else {},
+        "settings": {"config": {"run": {"method": method}}},
+        "curve": {
+            "steps": steps,
+            "values": [0.07 + c for c in changes],
+            "stderr": [0.01] * len(changes),
+            "change": changes,
+            "change_stderr": [0.0] + [0.01] * (len(changes) - 1),
+            "queries": 268,
+            "prompts_seen": [s * per_step for s in steps],
+            "seconds": [s * 60.0 for s in steps],
+            "diagnostics": diagnostics if method == "grace" else [{} for _ in changes],
+        },
+    }
+
+
+def test_the_budget_to_match_is_the_first_point_that_reaches_the_target():
+    grace = record("study-frozen", "grace", [0.0, 0.01, 0.05, 0.03])
+    assert budget_to_match(grace, 0.04) == {"step": 20, "prompts_seen": 80, "seconds": 1200.0}
+    assert budget_to_match(grace, 0.2) is None
+    assert budget_to_match(grace, 0.0)["step"] == 10  # never step 0 itself
+
+
+def test_rows_give_best_and_last_change_and_the_diagnostics_ends():
+    rows = study_rows([record("study-frozen", "grace", [0.0, 0.05, 0.02])])
+    (row,) = rows
+    assert row["variant"] == "frozen" and row["at step"] == 10
+    assert row["best change"] == (0.05, 0.01) and row["last change"] == (0.02, 0.01)
+    assert row["verdict"] == "no difference"  # 0.02 is 2 standard errors
+    assert row["distinct-2"] == [0.5, 0.4] and row["prompts"] == 80
+    (cl,) = study_rows([record("study-cl", "contrastive", [0.0, 0.1])])
+    assert cl["distinct-2"] is None and cl["verdict"] == "learned"
+
+
+def test_markdown_and_figure_from_records_on_disk(tmp_path):
+    for entry in (record("study-frozen", "grace", [0.0, 0.01]), record("cl-old", "x", [0.0])):
+        (tmp_path / f"{entry['variant']}.json").write_text(json.dumps(entry))
+    (tmp_path / "study-old.json").write_text(  # a record without the budget is left out
+        json.dumps(record("study-old", "grace", [0.0]) | {"curve": {"steps": [0]}})
+    )
+    records = study_records(tmp_path)
+    assert [r["variant"] for r in records] == ["study-frozen"]
+    table = study_markdown(records).splitlines()
+    assert len(table) == 3 and "| frozen | reward.anchors=frozen | 268 | 10 | 40 |" in table[2]
+    assert "+0.010 ± 0.010" in table[2] and "0.50 → 0.45" in table[2]
+    figure = study_figure(records, tmp_path / "study.png")
+    assert (tmp_path / "study.png").stat().st_size > 10_000
+    assert len(figure.axes) == 4 and len(figure.axes[0].lines) == 2  # the curve and zero
+
+
+def test_the_study_chapter_quotes_the_committed_records():
+    """book/study.md carries the table scripts/study.py makes from results/sweep; a new
+    record without a rerun of the script fails here."""
+    root = Path(__file__).resolve().parent.parent
+    page = (root / "book" / "study.md").read_text()
+    block = page.split("<!-- study-table -->\n")[1].split("\n<!-- /study-table -->")[0]
+    assert block == study_markdown(study_records(root / "results" / "sweep"))
