@@ -25,7 +25,8 @@ def main() -> None:
     head, rest = page.split(START)
     tail = rest.split(END)[1]
     PAGE.write_text(head + START + study_markdown(records) + END + tail)
-    print(f"{len(records)} study records: {figure_path.relative_to(ROOT)}, {PAGE.relative_to(ROOT)}")
+    written = f"{figure_path.relative_to(ROOT)}, {PAGE.relative_to(ROOT)}"
+    print(f"{len(records)} study records: {written}")
 
 
 if __name__ == "__main__":
