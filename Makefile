@@ -5,15 +5,24 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The torch requirement the venv holds: another TORCH_SPEC on an existing venv reinstalls torch
+# (pip would otherwise keep the installed CPU build as "already satisfied").
+TORCH_STAMP := $(VENV)/.torch-spec
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install test lint unit notebooks book clean
+.PHONY: install test lint unit notebooks book clean FORCE
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(TORCH_STAMP): FORCE
+	@mkdir -p $(VENV)
+	@echo '$(TORCH_SPEC)' | cmp -s - $@ || { \
+	  test ! -x $(BIN)/python || $(BIN)/python -m pip uninstall -q -y torch; \
+	  echo '$(TORCH_SPEC)' > $@; }
+
+$(STAMP): pyproject.toml Makefile $(TORCH_STAMP)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"

@@ -248,6 +248,8 @@ class GraceEncoder:
         """Load a model and embed as it was trained to: a folder's ``encoder_config.json``
         (written by ``grace train``) gives the defaults; keyword arguments override them."""
         settings = EncoderConfig(**(saved_encoder_settings(name_or_path) | config))
+        if settings.int8 and device is None:
+            device = "cpu"  # int8 dynamic quantisation is a CPU kernel, even on a GPU box
         model, tokenizer = load_model(name_or_path, device=device, dtype=dtype)
         if settings.int8:
             model = quantize_int8(model)

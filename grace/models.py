@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 import shutil
 from pathlib import Path
@@ -58,11 +59,31 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 in hardware: CUDA compute capability 8.0 (Ampere)
+    or newer. ``torch.cuda.is_bf16_supported()`` also answers True on a T4 (7.5), where bf16
+    is emulated and slower than fp32."""
+    if device.type != "cuda":
+        return False
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8
+
+
+def saved_in_float32(name_or_path: str, device: torch.device) -> torch.dtype | None:
+    """float32 for a local folder saved in fp32 (a trained run: LoRA merged in fp32, or full
+    fine-tuning) on a bf16 GPU: loading it in bf16 would round away most of a small update.
+    None otherwise (the device's default applies)."""
+    config = Path(name_or_path) / "config.json"
+    if not has_native_bf16(device) or not config.is_file():
+        return None
+    values = json.loads(config.read_text())
+    saved = values.get("dtype") or values.get("torch_dtype")  # transformers 5 / 4 names
+    return torch.float32 if saved == "float32" else None
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs that support it (the paper trains in bf16), fp32 elsewhere."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    """bf16 on GPUs with native bf16 (the paper trains in bf16), fp32 elsewhere (a T4, CPUs)."""
+    return torch.bfloat16 if has_native_bf16(device) else torch.float32
 
 
 def load_model(
@@ -74,7 +95,7 @@ def load_model(
     device = torch.device(device) if device is not None else default_device()
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    dtype = dtype or default_dtype(device)
+    dtype = dtype or saved_in_float32(name_or_path, device) or default_dtype(device)
 
     if name_or_path == TINY_RANDOM:
         model, tokenizer = build_tiny_random()

@@ -423,9 +423,11 @@ def top_layers_lora(model: PreTrainedModel, peft_config, layers: list[int]):
 def save_final_model(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, output_dir: str
 ) -> Path:
-    """A plain model folder (LoRA merged in) that ``load_model(output_dir)`` loads."""
+    """A plain model folder that ``load_model(output_dir)`` loads. LoRA adapters are merged in
+    fp32 and saved so: merged into bf16 weights, most of a small update rounds away (about 88 %
+    of a 1e-4 change), and ``load_model`` keeps an fp32 folder in fp32 on bf16 GPUs too."""
     if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+        model = model.to(torch.float32).merge_and_unload()
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return Path(output_dir)

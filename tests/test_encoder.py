@@ -146,9 +146,9 @@ def test_cached_draws_stay_distinct(tiny, texts, tmp_path):
 def test_int8_encoder_stays_close_to_fp32_and_names_other_weights(texts):
     from grace.models import model_fingerprint
 
-    fp32 = GraceEncoder.from_pretrained("tiny-random", mode="direct")
+    fp32 = GraceEncoder.from_pretrained("tiny-random", device="cpu", mode="direct")
     int8 = GraceEncoder.from_pretrained("tiny-random", mode="direct", int8=True)
-    assert "DynamicQuantizedLinear" in repr(int8.model)
+    assert "DynamicQuantizedLinear" in repr(int8.model) and int8.model.device.type == "cpu"
     cosine = (fp32.encode(texts) * int8.encode(texts)).sum(axis=1)
     assert cosine.min() > 0.98
     assert model_fingerprint(fp32.model) != model_fingerprint(int8.model)

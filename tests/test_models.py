@@ -80,3 +80,32 @@ def test_smollm2_loads_offline_from_the_wheel(smollm2):
     assert (tokenizer.pad_token, tokenizer.pad_token_id) == ("<|endoftext|>", 0)
     assert (tokenizer.eos_token, tokenizer.eos_token_id) == ("<|im_end|>", 2)
     assert model.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("capability", "expected"),
+    [((7, 5), torch.float32), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)],
+)
+def test_bf16_only_where_the_gpu_has_it_in_hardware(monkeypatch, capability, expected):
+    """A T4 (7.5) emulates bf16, and torch.cuda.is_bf16_supported() says True there."""
+    from grace.models import default_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert default_dtype(torch.device("cuda")) == expected
+    assert default_dtype(torch.device("cpu")) == torch.float32
+
+
+def test_a_folder_saved_in_fp32_stays_fp32_on_a_bf16_gpu(tiny, tmp_path, monkeypatch):
+    from grace.models import saved_in_float32
+
+    model, tokenizer = tiny
+    model.save_pretrained(tmp_path)  # the tiny model is fp32
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert saved_in_float32(str(tmp_path), cuda) == torch.float32
+    assert saved_in_float32("Qwen/Qwen2.5-1.5B-Instruct", cuda) is None  # not a folder
+    assert saved_in_float32(str(tmp_path), torch.device("cpu")) is None  # fp32 anyway
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    model.to(torch.float32)
+    assert saved_in_float32(str(tmp_path / "bf16"), cuda) is None

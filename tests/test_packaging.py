@@ -154,3 +154,30 @@ def test_a_notebook_runs_from_the_wheel(wheel_env, tmp_path):
     assert executed.returncode == 0, executed.stderr[-2000:]
     last = json.loads((tmp_path / "out.ipynb").read_text())["cells"][-1]["outputs"][0]["text"]
     assert str(wheel_env) in "".join(last)
+
+
+def test_another_torch_spec_on_an_existing_venv_reinstalls_torch(tmp_path):
+    """`make test TORCH_SPEC=torch` on a venv built with the CPU pin must not keep it."""
+    root = Path(__file__).resolve().parent.parent
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    calls = tmp_path / "calls.txt"
+    python = venv / "bin" / "python"  # stands in for the venv's python: records its arguments
+    python.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    python.chmod(0o755)
+
+    def spec_target(spec: str) -> None:
+        subprocess.run(
+            ["make", "-s", "-C", str(root), f"VENV={venv}", f"TORCH_SPEC={spec}",
+             f"{venv}/.torch-spec"],
+            check=True,
+        )  # fmt: skip
+
+    spec_target("torch==2.13.0")
+    assert (venv / ".torch-spec").read_text() == "torch==2.13.0\n"
+    calls.unlink()
+    spec_target("torch==2.13.0")  # unchanged: nothing is uninstalled
+    assert not calls.exists()
+    spec_target("torch")
+    assert calls.read_text() == "-m pip uninstall -q -y torch\n"
+    assert (venv / ".torch-spec").read_text() == "torch\n"

@@ -242,3 +242,40 @@ def test_a_resumed_run_reuses_its_frozen_anchors(tmp_path):
     after = (tmp_path / "anchors.jsonl").read_text().splitlines()
     assert after[: len(before)] == before  # kept, only new texts appended
     assert len(after) == len({json.loads(line)["text"] for line in after})
+
+
+def test_a_lora_run_on_a_bf16_base_saves_the_model_it_trained(tiny, tmp_path):
+    """Merged into bf16 weights, a small adapter update mostly rounds away; the saved folder
+    must hold the trained model: its weights and its embeddings."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from grace.encoder import EncoderConfig, GraceEncoder
+    from grace.train import save_final_model
+
+    base, tokenizer = copy.deepcopy(tiny[0]).to(torch.bfloat16), tiny[1]
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    live = get_peft_model(base, lora)
+    torch.manual_seed(0)
+    for name, weight in live.named_parameters():
+        if "lora_B" in name:  # a trained adapter: a small change, as at lr 1e-5
+            weight.data = torch.randn_like(weight) * 1e-4
+    module = live.base_model.model.model.layers[0].self_attn.q_proj
+    expected = module.get_delta_weight("default").float().detach()  # the update, in fp32
+    before = module.base_layer.weight.float().clone()
+    reference = copy.deepcopy(live).to(torch.float32)  # unmerged: base + adapters, in fp32
+
+    save_final_model(live, tokenizer, str(tmp_path))
+    saved, _ = load_model(str(tmp_path), device="cpu")
+    weight = saved.model.layers[0].self_attn.q_proj.weight
+    assert weight.dtype == torch.float32
+    assert torch.allclose(weight - before, expected, atol=1e-7)
+    rounded = (before + expected).to(torch.bfloat16).float() - before  # what a bf16 merge keeps
+    assert (rounded - expected).abs().mean() > 0.5 * expected.abs().mean()
+
+    texts = ["a chef opens a restaurant", "the war drags on", "two friends fall out"]
+    settings = EncoderConfig(mode="direct")
+    ours = GraceEncoder(saved, tokenizer, settings).encode(texts)
+    trained = GraceEncoder(reference, tokenizer, settings).encode(texts)
+    assert (ours * trained).sum(axis=1).min() >= 0.9999
