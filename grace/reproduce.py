@@ -33,6 +33,12 @@ def notebooks(only: list[int] | None = None, folder: Path = NOTEBOOK_DIR) -> lis
     A number with no notebook is an error: running nothing would look like success.
     """
     found = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    if not found:
+        raise ReproduceError(
+            f"No notebooks in {folder}: `grace reproduce` runs the book's notebooks from a "
+            "checkout of the repository (git clone, then `pip install -e .` there); an "
+            "installed wheel does not ship them."
+        )
     if only is None:
         return found
     numbers = sorted({int(p.name[:2]) for p in found})
@@ -61,6 +67,7 @@ def reproduce(
     """Execute the notebooks; returns the summary written to ``output/reproduce.json``."""
     import papermill
 
+    selected = notebooks(only, folder)  # before anything is written: refuses an empty folder
     output = Path(output or ROOT / "runs" / profile).resolve()
     executed = output / "notebooks"
     executed.mkdir(parents=True, exist_ok=True)
@@ -68,7 +75,6 @@ def reproduce(
     if summary.get("profile") not in (None, profile):
         summary["notebooks"] = {}  # results of another profile are not ours to reuse
     summary["profile"] = profile
-    selected = notebooks(only, folder)
     if not resume:  # forget the selected notebooks' records only: the others still stand
         chosen = {source.name for source in selected}
         summary["notebooks"] = {

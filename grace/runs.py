@@ -148,6 +148,11 @@ def setup_notebook(profile: str, output_dir: str) -> tuple[TrainConfig, Path]:
     environment says otherwise.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1" if profile in ("tiny", "cpu") else "0")
+    # huggingface_hub read the variable when it was imported (with grace.config, before this
+    # call): its module constant is what is_offline_mode() answers from, so set it too.
+    import huggingface_hub.constants as hub
+
+    hub.HF_HUB_OFFLINE = os.environ["HF_HUB_OFFLINE"].upper() in hub.ENV_VARS_TRUE_VALUES
     config = load_config(profile, {"run.output_dir": output_dir})
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -213,3 +213,18 @@ def test_a_profile_extends_another_and_changes_only_what_it_names(tmp_path):
     looped.write_text(f"extends: {looped}\n")
     with pytest.raises(ConfigError, match="without a loop"):
         load_config(str(looped))
+
+
+def test_a_notebook_on_an_offline_profile_switches_the_imported_hub_off(tmp_path, monkeypatch):
+    """huggingface_hub reads HF_HUB_OFFLINE once, at import (before any notebook cell runs)."""
+    import huggingface_hub.constants as hub
+
+    from grace.runs import setup_notebook
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    setup_notebook("tiny", str(tmp_path))
+    assert hub.is_offline_mode()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the environment still decides where it speaks
+    setup_notebook("tiny", str(tmp_path))
+    assert not hub.is_offline_mode()

@@ -62,6 +62,16 @@ def test_only_selects_notebooks_by_number():
     assert len(notebooks()) == 10
 
 
+def test_no_notebooks_is_an_error_and_nothing_is_written(tmp_path):
+    """Installed from a wheel there is no notebooks folder: reporting success for zero
+    notebooks (and writing into site-packages) was the old behaviour."""
+    empty = tmp_path / "site-packages-like"
+    empty.mkdir()
+    with pytest.raises(ReproduceError, match="checkout of the repository"):
+        reproduce("tiny", tmp_path / "out", folder=empty)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("path", notebooks(), ids=lambda p: p.name)
 def test_every_notebook_starts_with_a_parameters_cell(path):
     nb = nbformat.read(path, as_version=4)
