@@ -277,10 +277,29 @@ def encoder_settings(args: argparse.Namespace) -> dict:
     return settings | ({"int8": True} if args.int8 else {})
 
 
+class UsageError(ValueError):
+    """Options that contradict one another."""
+
+
+def distinct_files(**paths: str | None) -> None:
+    """Refuse two options that name one file (an output would overwrite the input, or the
+    rationales the embeddings)."""
+    given = {name: Path(path).expanduser().resolve() for name, path in paths.items() if path}
+    names = list(given)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            if given[first] == given[second]:
+                raise UsageError(
+                    f"--{first.replace('_', '-')} and --{second.replace('_', '-')} are the same "
+                    f"file ({paths[first]}); give each its own."
+                )
+
+
 def run_embed(args: argparse.Namespace) -> None:
     from grace.data import read_texts
     from grace.encoder import GraceEncoder
 
+    distinct_files(input=args.input, output=args.output, rationales_out=args.rationales_out)
     texts = read_texts(args.input, skip_blank=False)  # row i of the output is line i
     encoder = GraceEncoder.from_pretrained(args.model, **encoder_settings(args))
     embeddings, rationales = encoder.encode_with_rationales(texts, show_progress_bar=True)
@@ -296,6 +315,7 @@ def run_embed(args: argparse.Namespace) -> None:
 
 def run_train(args: argparse.Namespace) -> None:
     from grace.config import ConfigError, load_config
+    from grace.runs import is_finished
     from grace.train import train
 
     overrides = [*args.set, *([f"run.method={args.method}"] if args.method else [])]
@@ -304,6 +324,9 @@ def run_train(args: argparse.Namespace) -> None:
         output_folder(config.run.output_dir)
     except argparse.ArgumentTypeError as error:
         raise ConfigError(f"run.output_dir: {error}") from error
+    if is_finished(config.run.output_dir, config):  # training again would add steps
+        print(f"{config.run.output_dir} holds a finished run with these settings; reused.")
+        return
     trainer = train(config)
     print(f"Trained {trainer.state.global_step} steps; model saved in {config.run.output_dir}")
 
@@ -393,10 +416,18 @@ def main(argv: list[str] | None = None) -> int:
         DataError,
         ModelLoadError,
         ReproduceError,
+        UsageError,
         FileNotFoundError,
     ) as error:
         print(f"grace {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = {
+            "train": "run the same command again to resume from the last checkpoint",
+            "reproduce": "run it again: the finished notebooks are skipped",
+        }.get(args.command, "nothing was written")
+        print(f"\ngrace {args.command}: interrupted; {hint}.", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -74,6 +75,12 @@ class RunConfig:
             self.setting in SETTINGS, f"Unknown setting {self.setting!r}; choose one of {SETTINGS}."
         )
         check(self.max_examples is None or self.max_examples >= 1, "max_examples must be >= 1.")
+        check(0 <= self.seed < 2**32, f"run.seed must be in [0, 2**32), got {self.seed}.")
+        check(
+            self.output_dir.strip() not in ("", "."),
+            f"run.output_dir must name a folder for the run, got {self.output_dir!r}.",
+        )
+        self.output_dir = str(Path(self.output_dir).expanduser())  # "~/runs/x" as a shell has it
 
     @property
     def uses_sentences(self) -> bool:
@@ -319,6 +326,16 @@ class TrainConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
+    def __post_init__(self) -> None:
+        completions = self.grpo.prompts_per_generation * self.policy.num_generations
+        check(
+            self.run.method != "grace" or completions % self.grpo.per_device_train_batch_size == 0,
+            f"A generation batch of {self.grpo.prompts_per_generation} prompts x "
+            f"{self.policy.num_generations} rollouts = {completions} completions must split into "
+            f"micro-batches of grpo.per_device_train_batch_size="
+            f"{self.grpo.per_device_train_batch_size}.",
+        )
+
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
 
@@ -419,13 +436,15 @@ def coerce(value, hint, where: str):
     elif hint in (int, float) and not isinstance(value, bool):
         try:
             number = float(value) if isinstance(value, str) else value
-            if isinstance(number, (int, float)):
-                if hint is float:
-                    return float(number)
-                if float(number).is_integer():
-                    return int(number)
         except ValueError:
-            pass
+            number = None
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}.")
+        if isinstance(number, (int, float)):
+            if hint is float:
+                return float(number)
+            if float(number).is_integer():
+                return int(number)
     elif hint is str and isinstance(value, str):
         return value
     raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}.")

@@ -93,9 +93,13 @@ def read_jsonl(path: str | Path, fields: tuple[str, ...], skip_blank: bool = Tru
     return rows
 
 
+JSON_SUFFIXES = (".jsonl", ".json")
+
+
 def read_texts(path: str | Path, skip_blank: bool = True) -> list[str]:
-    """Texts from ``.jsonl`` (field ``text``) or plain text (one per line; see ``read_lines``)."""
-    if Path(path).suffix == ".jsonl":
+    """Texts from JSON lines (``.jsonl``/``.json``, any case; field ``text``) or plain text
+    (one per line; see ``read_lines``)."""
+    if Path(path).suffix.lower() in JSON_SUFFIXES:
         return [row["text"] for row in read_jsonl(path, ("text",), skip_blank)]
     return [line for _, line in read_lines(path, skip_blank)]
 

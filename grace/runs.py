@@ -6,8 +6,9 @@ settings are left out). The rules:
 
 * a finished run (``log_history.json`` written) is reused only when the hashes match;
 * an unfinished run resumes from its last checkpoint only when the hashes match;
-* otherwise the old folder is moved aside to ``<folder>.previous`` (never resumed into a
-  different configuration, never silently kept) and training starts from scratch.
+* otherwise the old folder is moved aside to ``<folder>.previous-<its hash>`` (never resumed
+  into a different configuration, never deleted) and training starts from scratch;
+* a folder with files but no run is refused, and one process at a time writes a run folder.
 
 Evaluation reports carry a key of the same kind (model identity, encoder settings, suite),
 so a report written under other settings is never reused. The book's run names live here too.
@@ -17,11 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from grace.config import TrainConfig, load_config
+from grace.config import ConfigError, TrainConfig, load_config
 
 CONFIG_FILE = "grace_config.json"
 HISTORY_FILE = "log_history.json"
@@ -63,23 +65,62 @@ def is_finished(folder: str | Path, config: TrainConfig) -> bool:
 def prepare_run_folder(config: TrainConfig) -> Path:
     """Make ``run.output_dir`` the folder of these settings; returns it.
 
-    A folder written under other settings (or by an older layout) is moved aside to
-    ``<name>.previous`` (replacing an older one there), with a warning.
+    A run folder written under other settings is moved aside to ``<name>.previous-<its
+    hash>`` (a new name each time: nothing is deleted), with a warning. A folder that holds
+    files but no run is refused: it is not ours to move.
     """
     folder = Path(config.run.output_dir)
-    if folder.exists() and any(folder.iterdir()) and saved_hash(folder) != config.settings_hash():
-        aside = folder.with_name(folder.name + ".previous")
-        if aside.exists():
-            shutil.rmtree(aside)
-        folder.rename(aside)
-        warnings.warn(
-            f"{folder} held a run with other settings; moved it to {aside} and training anew.",
-            stacklevel=2,
-        )
+    if folder.exists() and any(folder.iterdir()):
+        found = saved_hash(folder)
+        if found is None:
+            raise ConfigError(
+                f"run.output_dir={folder} holds files but no run ({CONFIG_FILE} is missing or "
+                "unreadable); choose an empty or new folder."
+            )
+        if found != config.settings_hash():
+            aside = folder.with_name(f"{folder.name}.previous-{found}")
+            number = 1
+            while aside.exists():
+                number += 1
+                aside = folder.with_name(f"{folder.name}.previous-{found}-{number}")
+            folder.rename(aside)
+            warnings.warn(
+                f"{folder} held a run with other settings; moved it to {aside} (kept, not "
+                "deleted) and training anew.",
+                stacklevel=2,
+            )
     folder.mkdir(parents=True, exist_ok=True)
     record = {"settings_hash": config.settings_hash(), "config": config.to_dict()}
     (folder / CONFIG_FILE).write_text(json.dumps(record, indent=2))
     return folder
+
+
+@contextmanager
+def run_lock(folder: str | Path) -> Iterator[None]:
+    """Hold ``<folder>.lock`` (beside the folder, which may be moved aside) while a run writes:
+    a second process on the same folder stops with an error instead of resuming the first's
+    checkpoints or writing its log twice. The lock goes with the process that holds it."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    path = folder.with_name(folder.name + ".lock")
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            handle.seek(0)
+            raise ConfigError(
+                f"{folder} is being written by another run (process {handle.read().strip()}); "
+                "wait for it, or choose another run.output_dir."
+            ) from error
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def mark_finished(folder: str | Path, log_history: list[dict]) -> None:

@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from grace.baselines import build_contrastive_trainer
-from grace.config import TrainConfig
+from grace.config import ConfigError, TrainConfig
 from grace.encoder import EncoderConfig, save_encoder_settings
 from grace.models import load_model
 from grace.prompts import build_prompts, chat_prompt, prompt_token_ids, system_prefix_length
@@ -36,7 +36,7 @@ from grace.rationale import (
     rollouts_from_completions,
 )
 from grace.rewards import supervised_terms, unsupervised_rewards
-from grace.runs import mark_finished, prepare_run_folder
+from grace.runs import mark_finished, prepare_run_folder, run_lock
 from grace.validation import validation_callback
 
 
@@ -385,7 +385,9 @@ def train_top_layers(model: PreTrainedModel, top: int, lora: bool = False) -> li
     decoder = model.get_decoder()
     count = len(decoder.layers)
     if not 1 <= top <= count:
-        raise ValueError(f"train_top_layers={top}, but the model has {count} layers.")
+        raise ConfigError(
+            f"adaptation.train_top_layers={top}, but the model has {count} layers."
+        )
     trained = list(range(count - top, count))
     if not lora:
         model.requires_grad_(False)
@@ -445,14 +447,28 @@ def train(config: TrainConfig, callbacks: list | None = None):
     """Run one training run in ``run.output_dir`` and save the final model; returns the trainer.
 
     The folder is prepared by ``grace.runs``: a checkpoint is resumed only when it was written
-    under the same training settings; a folder of other settings is moved aside first.
+    under the same training settings; a folder of other settings is moved aside first; one
+    process at a time may write it.
     """
+    with run_lock(config.run.output_dir):
+        return _train(config, callbacks)
+
+
+def _train(config: TrainConfig, callbacks: list | None):
     set_seed(config.run.seed)
     output = prepare_run_folder(config)
     if config.run.method == "grace":
         trainer = build_grpo_trainer(config)
+        needed = config.grpo.prompts_per_generation
     else:
         trainer = build_contrastive_trainer(config)
+        needed = config.baselines.batch_size
+    rows = len(trainer.train_dataset)
+    if rows < needed:  # trl and the Trainer would "train" 0 steps and save the base model
+        raise ConfigError(
+            f"{config.run.data}: {rows} training rows, but one step needs {needed}: "
+            "give more data (or a larger run.max_examples)."
+        )
     if config.validation.every:
         trainer.add_callback(validation_callback(config, trainer))
     for callback in callbacks or []:

@@ -96,6 +96,25 @@ PROBES = [
         ["train", "--config", "tiny", "--set", "run.output_dir={file}/run"],
         "run.output_dir: {file}/run: {file} is a file, not a folder",
     ),
+    # Issue 24: outputs that would overwrite an input, values that would train on nothing.
+    (
+        ["embed", "--model", "tiny-random", "--input", "{texts}", "--output", "{texts}"],
+        "--input and --output are the same file",
+    ),
+    (EMBED + ["--rationales-out", "{texts}"], "--input and --rationales-out are the same file"),
+    (EMBED + ["--rationales-out", "{out}"], "--output and --rationales-out are the same file"),
+    (["train", "--config", "tiny", "--set", "optim.learning_rate=inf"], "expected a finite"),
+    (["train", "--config", "tiny", "--set", "reward.cluster_weight=nan"], "expected a finite"),
+    (["train", "--config", "tiny", "--set", "reward.tau=inf"], "expected a finite number"),
+    (["train", "--config", "tiny", "--set", "optim.num_train_epochs=inf"], "a finite number"),
+    (["train", "--config", "tiny", "--set", "run.seed=-1"], "run.seed must be in [0, 2**32)"),
+    (["train", "--config", "tiny", "--set", "run.seed=1e20"], "run.seed must be in [0, 2**32)"),
+    (["train", "--config", "tiny", "--set", "run.output_dir="], "must name a folder for the run"),
+    (["train", "--config", "tiny", "--set", "run.output_dir=."], "must name a folder for the run"),
+    (
+        ["train", "--config", "tiny", "--set", "grpo.per_device_train_batch_size=3"],
+        "must split into micro-batches of grpo.per_device_train_batch_size=3",
+    ),
 ]
 
 
@@ -217,3 +236,77 @@ def test_unopenable_cache_is_an_error_with_status_2(tmp_path, files, capsys):
     argv += ["--output", str(tmp_path / "e.npy"), "--cache-dir", str(tmp_path / "cache")]
     assert main(argv) == 2
     assert "Cannot open the rationale cache" in capsys.readouterr().err
+
+
+def test_json_inputs_are_read_as_json_lines_whatever_the_case_of_the_suffix(tmp_path):
+    for name in ("x.json", "x.JSONL"):
+        path = tmp_path / name
+        path.write_text('{"text": "first"}\n{"text": "second"}\n')
+        assert read_texts(path) == ["first", "second"]
+
+
+def test_a_run_folder_is_never_deleted_and_a_foreign_folder_never_moved(tmp_path):
+    from grace.config import ConfigError, load_config
+    from grace.runs import prepare_run_folder
+
+    folder = tmp_path / "run"
+    config = load_config("tiny", [f"output_dir={folder}"])
+    for rate in (1e-3, 2e-3, 3e-3):  # settings changed twice: both earlier runs kept
+        prepare_run_folder(config.with_changes({"optim.learning_rate": rate}))
+        (folder / f"lr{rate}").write_text("weights")
+    with pytest.warns(UserWarning, match="kept, not deleted"):
+        prepare_run_folder(config)
+    kept = sorted(p.name for p in tmp_path.glob("run.previous-*/lr*"))
+    assert kept == ["lr0.001", "lr0.002", "lr0.003"]
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="holds files but no run"):
+        prepare_run_folder(config.with_changes({"run.output_dir": str(other)}))
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_a_home_folder_is_expanded_like_a_shell_would():
+    from grace.config import load_config
+
+    config = load_config("tiny", ["run.output_dir=~/gr_run"])
+    assert config.run.output_dir == os.path.expanduser("~/gr_run")
+
+
+def test_one_run_at_a_time_writes_a_folder(tmp_path):
+    from grace.config import ConfigError
+    from grace.runs import run_lock
+
+    with run_lock(tmp_path / "run"):
+        with pytest.raises(ConfigError, match=f"another run \\(process {os.getpid()}\\)"):
+            with run_lock(tmp_path / "run"):
+                pass
+    with run_lock(tmp_path / "run"):  # released with the first holder
+        pass
+
+
+def test_too_few_training_rows_is_an_error_not_an_untrained_model(tmp_path, capsys):
+    argv = ["train", "--config", "tiny", "--set", f"run.output_dir={tmp_path / 'run'}"]
+    assert main([*argv, "--set", "run.max_examples=1"]) == 2
+    assert "1 training rows, but one step needs 2" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "log_history.json").exists()
+
+
+def test_the_same_train_command_twice_reuses_the_finished_run(tmp_path, capsys):
+    argv = ["train", "--config", "tiny", "--set", f"run.output_dir={tmp_path}"]
+    assert main(argv) == 0
+    weights = (tmp_path / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "holds a finished run with these settings; reused" in capsys.readouterr().out
+    assert (tmp_path / "model.safetensors").read_bytes() == weights
+
+
+def test_ctrl_c_says_how_to_resume_without_a_traceback(monkeypatch, capsys):
+    def interrupted(config, callbacks=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(grace.train, "train", interrupted)
+    assert main(["train", "--config", "tiny", "--set", "run.output_dir=/tmp/unused-run"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; run the same command again to resume" in err and "Traceback" not in err

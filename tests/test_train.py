@@ -88,7 +88,7 @@ def test_a_finished_run_is_reused_only_under_equal_settings(tmp_path, monkeypatc
     assert (tmp_path / "model.safetensors").read_bytes() != weights
     logged = [h for h in log_history(tmp_path) if "learning_rate" in h]
     assert logged[0]["learning_rate"] == pytest.approx(5e-2)
-    aside = tmp_path.with_name(tmp_path.name + ".previous")
+    (aside,) = tmp_path.parent.glob(f"{tmp_path.name}.previous-{first.settings_hash()}")
     assert (aside / "model.safetensors").read_bytes() == weights
     assert folder == tmp_path
 
