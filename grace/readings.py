@@ -169,6 +169,34 @@ def describe_cancellation(
     return text
 
 
+def describe_step(step: pd.DataFrame, tolerance: float = 1e-6) -> str:
+    """One GRPO step read off its table (notebook 4): columns ``group``, ``advantage`` and
+    ``change`` (the log-probability of each rollout after the step minus before)."""
+    moved = step[step["advantage"].abs() > tolerance]
+    if moved.empty:
+        return "Every advantage is zero: this batch gives no gradient, and the step changed nothing."
+    agree = int((np.sign(moved["advantage"]) == np.sign(moved["change"])).sum())
+    lines = [
+        f"{agree} of {len(moved)} rollouts with a non-zero advantage moved the way their "
+        "advantage points (up when positive, down when negative)."
+    ]
+    for group, rows in step.groupby("group"):
+        best, worst = rows.loc[rows["advantage"].idxmax()], rows.loc[rows["advantage"].idxmin()]
+        lines.append(
+            f"Group {group}: the best rollout (advantage {best['advantage']:+.2f}) changed its "
+            f"log-probability by {best['change']:+.3f}, the worst ({worst['advantage']:+.2f}) by "
+            f"{worst['change']:+.3f}."
+        )
+    if agree < len(moved):
+        lines.append(
+            "Not every rollout follows its own advantage: the rollouts share weights, so "
+            "pushing one up moves the others too (most when they share many tokens), and "
+            "Adam's first step moves every weight by about the learning rate whatever the "
+            "gradient's size."
+        )
+    return " ".join(lines)
+
+
 def describe_margins(margins: Mapping[str, np.ndarray]) -> str:
     """cos(query, positive) - cos(query, negative) per model over the same triples, and the
     paired change between the first two models (notebook 9)."""

@@ -274,3 +274,21 @@ def test_length_changes_compare_each_model_with_its_own_direct_point():
 
 def test_margins_of_one_model_end_as_a_sentence():
     assert describe_margins({"base": np.array([0.1, 0.2, 0.3])}).endswith("closer in 3 of 3.")
+
+
+def test_describe_step_counts_rollouts_that_follow_their_advantage():
+    import pandas as pd
+
+    from grace.readings import describe_step
+
+    step = pd.DataFrame({
+        "group": [0, 0, 1, 1],
+        "advantage": [1.0, -1.0, 0.5, -0.5],
+        "change": [0.2, -0.1, -0.05, -0.3],
+    })  # fmt: skip
+    text = describe_step(step)
+    assert text.startswith("3 of 4 rollouts with a non-zero advantage moved the way")
+    assert "Group 0: the best rollout (advantage +1.00) changed its log-probability by +0.200" in text
+    assert "the worst (-0.50) by -0.300" in text and "share weights" in text
+    flat = step.assign(advantage=0.0)
+    assert describe_step(flat).startswith("Every advantage is zero")
