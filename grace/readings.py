@@ -174,7 +174,7 @@ def describe_step(step: pd.DataFrame, tolerance: float = 1e-6) -> str:
     ``change`` (the log-probability of each rollout after the step minus before)."""
     moved = step[step["advantage"].abs() > tolerance]
     if moved.empty:
-        return "Every advantage is zero: this batch gives no gradient, and the step changed nothing."
+        return "Every advantage is zero: the batch gives no gradient and the step changes nothing."
     agree = int((np.sign(moved["advantage"]) == np.sign(moved["change"])).sum())
     lines = [
         f"{agree} of {len(moved)} rollouts with a non-zero advantage moved the way their "

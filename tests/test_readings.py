@@ -288,7 +288,7 @@ def test_describe_step_counts_rollouts_that_follow_their_advantage():
     })  # fmt: skip
     text = describe_step(step)
     assert text.startswith("3 of 4 rollouts with a non-zero advantage moved the way")
-    assert "Group 0: the best rollout (advantage +1.00) changed its log-probability by +0.200" in text
+    assert "Group 0: the best rollout (advantage +1.00) changed its log-probability by +0.2" in text
     assert "the worst (-0.50) by -0.300" in text and "share weights" in text
     flat = step.assign(advantage=0.0)
     assert describe_step(flat).startswith("Every advantage is zero")
