@@ -380,6 +380,17 @@ def read_sweep(folder: str | Path) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted(Path(folder).glob("*.json"))]
 
 
+def describe_sweep(records: list[dict]) -> str:
+    """How many sweep records rose on validation, judged from each curve (``verdict``)."""
+    if not records:
+        return "No validation sweep recorded."
+    learned = [r["variant"] for r in records if verdict(r["curve"]) == "learned"]
+    return (
+        f"{len(learned)} of {len(records)} recorded variants rose on validation by more than "
+        f"three standard errors of the paired change ({', '.join(learned) or 'none'})."
+    )
+
+
 def sweep_table(records: list[dict]):
     """One row per sweep variant: what it changed, its validation curve's ends and verdict."""
     import pandas as pd

@@ -155,3 +155,18 @@ def test_export_curves_writes_one_file_per_finished_run(tmp_path):
     curve = json.loads((target / "contrastive.json").read_text())
     assert (curve["steps"], curve["values"], curve["stderr"]) == ([0, 4], [0.1, 0.3], [0.02, 0.03])
     assert "mrr" in curve["metric"]
+
+
+def test_describe_sweep_reads_the_committed_records_verdicts():
+    """Notebook 10 once read a key the records do not have and counted 0 variants."""
+    from pathlib import Path
+
+    from grace.validation import describe_sweep, read_sweep, verdict
+
+    records = read_sweep(Path(__file__).resolve().parent.parent / "results" / "sweep")
+    learned = [r["variant"] for r in records if verdict(r["curve"]) == "learned"]
+    assert "cl-lr2e-5-150" in learned  # +0.229 ± 0.056
+    text = describe_sweep(records)
+    assert text.startswith(f"{len(learned)} of {len(records)} recorded variants rose")
+    assert "cl-lr2e-5-150" in text
+    assert describe_sweep([]) == "No validation sweep recorded."
