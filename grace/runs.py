@@ -151,12 +151,27 @@ def run_config(config: TrainConfig, name: str, out: str | Path) -> TrainConfig:
     return config.with_changes({**RUNS[name], "run.output_dir": str(Path(out) / name)})
 
 
-def model_paths(config: TrainConfig, out: str | Path) -> dict[str, str]:
-    """Table label -> what to load: the profile's base model or the run folder in ``out``."""
-    return {
-        label: config.run.model if run is None else str(Path(out) / run)
-        for label, run in LABELS.items()
-    }
+def model_paths(
+    config: TrainConfig, out: str | Path, labels: list[str] | None = None
+) -> dict[str, str]:
+    """Table label -> what to load: the profile's base model, or the run folder in ``out``,
+    trained first (with a message) when no finished run with the profile's settings is there.
+    So a notebook opened alone (on Colab, say) gets its models without the earlier ones."""
+    paths = {}
+    for label in labels or list(LABELS):
+        run = LABELS[label]
+        if run is None:
+            paths[label] = config.run.model
+            continue
+        run_settings = run_config(config, run, out)
+        if not is_finished(run_settings.run.output_dir, run_settings):
+            print(
+                f"{label}: no finished run with these settings in {run_settings.run.output_dir}; "
+                f"training it now with the profile's settings (notebooks 5-7 do the same; see "
+                "the run summary of the book for how long each took on 2 CPU cores)."
+            )
+        paths[label] = str(trained_model(run_settings))
+    return paths
 
 
 def model_identity(model: str) -> str:

@@ -200,3 +200,10 @@ def test_stderr_leaves_the_executed_notebook_for_a_log(tmp_path):
     assert [o["name"] for o in streams if o.get("output_type") == "stream"] == ["stdout"]
     assert "/work/x warning" in (output / "logs" / "01_noisy.stderr.txt").read_text()
 
+
+
+def test_a_notebook_that_needs_a_trained_model_runs_alone(tmp_path):
+    """Notebook 9 opened alone (Colab, a fresh folder): the run layer trains what it needs."""
+    summary = reproduce("tiny", tmp_path, only=[9])
+    assert summary["notebooks"]["09_interpretability.ipynb"]["status"] == "ok"
+    assert (tmp_path / "grace-supervised" / "log_history.json").exists()
