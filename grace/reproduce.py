@@ -174,8 +174,13 @@ PAGE_PROBLEMS = {
 }
 
 
+# Any page: a script fetched from the internet (MathJax from a CDN) fails for an offline reader.
+REMOTE_SCRIPT = re.compile(r'<script[^>]+src="(?:https?:)?//[^"]+"')
+
+
 def page_problems(html_dir: Path) -> list[str]:
-    """Problems on the rendered notebook pages (``book/executed/*.html``), one line each."""
+    """Problems on the rendered notebook pages (``book/executed/*.html``), and scripts loaded
+    from the internet on any page, one line each."""
     problems = []
     for page in sorted((html_dir / "book" / "executed").glob("*.html")):
         text = page.read_text(encoding="utf-8")
@@ -183,6 +188,10 @@ def page_problems(html_dir: Path) -> list[str]:
             found = pattern.search(text)
             if found:
                 problems.append(f"{page.name}: {name}: {found.group(0)[:80]!r}")
+    for page in sorted(html_dir.rglob("*.html")):
+        found = REMOTE_SCRIPT.search(page.read_text(encoding="utf-8"))
+        if found:
+            problems.append(f"{page.name}: a script from the internet: {found.group(0)[:100]!r}")
     return problems
 
 

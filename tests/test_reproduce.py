@@ -126,6 +126,14 @@ def test_page_check_finds_stderr_absolute_paths_and_tracebacks(tmp_path):
     # URLs are not paths of the machine.
     (pages / "dirty.html").write_text('<a href="https://example.org/tmp/x">link</a>')
     assert page_problems(tmp_path) == []
+    # Any page that loads a script from the internet (MathJax from a CDN) is a problem.
+    cdn = '<script defer src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js">'
+    (tmp_path / "book" / "method.html").write_text(cdn)
+    (problem,) = page_problems(tmp_path)
+    assert problem.startswith("method.html: a script from the internet")
+    local = '<script defer="defer" src="../_static/mathjax/tex-chtml.js">'
+    (tmp_path / "book" / "method.html").write_text(local)
+    assert page_problems(tmp_path) == []
 
 
 def test_notebook_check_reads_the_ipynb_files(tmp_path):
