@@ -195,16 +195,6 @@ def test_full_fine_tuning_trains_fp32_weights_and_lora_fp32_adapters(tmp_path):
     assert trained == {torch.float32} and frozen == {torch.bfloat16}
 
 
-def test_the_method_chapter_carries_the_current_settings_table():
-    from pathlib import Path
-
-    from grace.config import settings_table
-
-    text = (Path(__file__).resolve().parent.parent / "book" / "method.md").read_text()
-    block = text.split("<!-- settings-table -->\n")[1].split("\n<!-- /settings-table -->")[0]
-    assert block == settings_table(["tiny", "cpu", "cpu-long", "colab", "gpu", "paper"])
-
-
 def test_a_profile_extends_another_and_changes_only_what_it_names(tmp_path):
     long, cpu = load_config("cpu-long"), load_config("cpu")
     assert long.optim.max_steps == 400 and long.validation.movies is None

@@ -260,18 +260,3 @@ def test_headline_figure_plots_curves_and_every_row_with_its_interval():
     assert list(left.lines[0].get_ydata()) == [0.1, 0.3]
     points = [bar.lines[0].get_xdata()[0] for bar in right.containers]  # one errorbar per row
     assert points == [10.0, 30.0]
-
-
-def test_the_reproduce_page_carries_the_committed_cpu_table():
-    """book/reproduce.md quotes results/cpu/table.json; a rerun of the cpu profile that
-    rewrites the JSON must rewrite the page too."""
-    import json
-    from pathlib import Path
-
-    from grace.evaluation.results import table_json_markdown
-
-    root = Path(__file__).resolve().parent.parent
-    rows = json.loads((root / "results" / "cpu" / "table.json").read_text())
-    page = (root / "book" / "reproduce.md").read_text()
-    block = page.split("<!-- results-table -->\n")[1].split("\n<!-- /results-table -->")[0]
-    assert block == table_json_markdown(rows)

@@ -393,6 +393,30 @@ def table_json_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def headline_answer(rows: list[dict], task: str = "RTReviewPlotRetrieval") -> str:
+    """The landing page's answer, from ``table.json``'s rows: each GRACE row's test retrieval
+    against the untrained model with a rationale, interval against interval."""
+    by_label = {row["label"]: row["tasks"][task] for row in rows}
+
+    def cell(label: str) -> str:
+        entry = by_label[label]
+        return f"{label} {entry['score']:.2f} [{entry['ci95'][0]:.1f}, {entry['ci95'][1]:.1f}]"
+
+    base = by_label["base + rationale"]["ci95"]
+
+    def against_base(label: str) -> str:
+        low, high = by_label[label]["ci95"]
+        return "above" if low > base[1] else "below" if high < base[0] else "overlapping"
+
+    grace = [label for label in ("GRACE supervised", "GRACE unsupervised") if label in by_label]
+    verdicts = "; ".join(f"{cell(label)}, {against_base(label)} it" for label in grace)
+    others = ", ".join(cell(label) for label in ("+CL", "MiniLM (reference)") if label in by_label)
+    return (
+        f"Test review → plot retrieval (nDCG@10, 95 % interval over queries) against "
+        f"{cell('base + rationale')}: {verdicts}. For comparison, {others}."
+    )
+
+
 def headline_figure(rows: list[dict], curves: dict[str, dict], task: str, chance: float | None):
     """The run at a glance: validation curves during training (left) and one test task's
     score per row with its 95 % interval over queries (right), chance as a dashed line.

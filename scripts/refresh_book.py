@@ -1,0 +1,59 @@
+"""Refresh the book's generated blocks and the study figure from the committed results.
+
+    python scripts/refresh_book.py
+
+Each block sits between ``<!-- name -->`` and ``<!-- /name -->`` in a page and is made from
+committed files only (profiles, ``results/cpu/table.json``, ``results/sweep/``); nothing is
+trained or evaluated here. Tests keep each page equal to what this script writes, so a stale
+number fails CI.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from grace.config import settings_table
+from grace.evaluation.results import headline_answer, table_json_markdown
+from grace.study import study_figure, study_markdown, study_records
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOK_PROFILES = ["tiny", "cpu", "cpu-long", "colab", "gpu", "paper"]
+
+
+def table_rows() -> list[dict]:
+    return json.loads((ROOT / "results" / "cpu" / "table.json").read_text())
+
+
+# block name -> (page, what to write there)
+BLOCKS = {
+    "settings-table": ("book/method.md", lambda: settings_table(BOOK_PROFILES)),
+    "results-table": ("book/reproduce.md", lambda: table_json_markdown(table_rows())),
+    "answer": ("book/intro.md", lambda: headline_answer(table_rows())),
+    "study-table": (
+        "book/study.md",
+        lambda: study_markdown(study_records(ROOT / "results" / "sweep")),
+    ),
+}
+
+
+def block(page: str, name: str) -> str:
+    """The text of block ``name`` in ``page`` as committed."""
+    text = (ROOT / page).read_text()
+    return text.split(f"<!-- {name} -->\n")[1].split(f"\n<!-- /{name} -->")[0]
+
+
+def main() -> None:
+    for name, (page, make) in BLOCKS.items():
+        path = ROOT / page
+        head, rest = path.read_text().split(f"<!-- {name} -->\n")
+        tail = rest.split(f"\n<!-- /{name} -->")[1]
+        path.write_text(f"{head}<!-- {name} -->\n{make()}\n<!-- /{name} -->{tail}")
+        print(f"{page}: {name}")
+    figure = ROOT / "book" / "figures" / "study.png"
+    study_figure(study_records(ROOT / "results" / "sweep"), figure)
+    print(figure.relative_to(ROOT))
+
+
+if __name__ == "__main__":
+    main()
