@@ -52,6 +52,7 @@ book: install
 	rm -rf book/executed && cp -r runs/cpu/notebooks book/executed
 	rm -rf results/cpu && mkdir -p results && cp -r runs/cpu/results results/cpu
 	mkdir -p book/figures && cp results/cpu/headline.png book/figures/headline.png
+	$(BIN)/python scripts/refresh_book.py
 	$(BIN)/grace book
 
 clean:

@@ -23,3 +23,11 @@ def test_the_landing_page_names_the_paper_and_states_the_answer_with_intervals()
     assert "https://arxiv.org/abs/2510.04506" in intro
     answer = refresh_book.block("book/intro.md", "answer")
     assert "GRACE supervised" in answer and "[" in answer and "base + rationale" in answer
+
+
+def test_every_notebook_links_the_paper_at_the_top():
+    import json
+
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        first = "".join(json.loads(path.read_text())["cells"][0]["source"])
+        assert "https://arxiv.org/abs/2510.04506" in first, path.name
