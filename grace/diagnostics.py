@@ -8,7 +8,9 @@ rationales and embeddings a validation point has anyway, so a curve shows when a
 
 from __future__ import annotations
 
+import json
 from difflib import SequenceMatcher
+from pathlib import Path
 
 import numpy as np
 
@@ -58,8 +60,26 @@ def collapse_diagnostics(
         "mean_cosine": mean_pairwise_cosine(embeddings),
     }
     if rationales is not None:
-        pairs = list(zip(texts, rationales, strict=True))
-        result["distinct_2"] = distinct_n(rationales, 2)
-        result["copy_share"] = sum(copies_input(r, t) for t, r in pairs) / len(pairs)
-        result["fence_share"] = sum(FENCE in r for r in rationales) / len(pairs)
+        result |= rationale_diagnostics(texts, rationales)
     return result
+
+
+def rationale_diagnostics(texts: list[str], rationales: list[str]) -> dict:
+    """Distinct-2, copy share and fence share of rationales written for ``texts``."""
+    pairs = list(zip(texts, rationales, strict=True))
+    return {
+        "distinct_2": distinct_n(rationales, 2),
+        "copy_share": sum(copies_input(r, t) for t, r in pairs) / len(pairs),
+        "fence_share": sum(FENCE in r for r in rationales) / len(pairs),
+    }
+
+
+def logged_rollout_diagnostics(path: str | Path) -> list[dict]:
+    """Per step logged in a run's ``rationales.jsonl`` (one group of rollouts each): the step
+    and ``rationale_diagnostics`` of that group against its prompt text."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        sample = json.loads(line)
+        texts = [sample["text"]] * len(sample["rationales"])
+        rows.append({"step": sample["step"], **rationale_diagnostics(texts, sample["rationales"])})
+    return rows

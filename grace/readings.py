@@ -197,6 +197,48 @@ def describe_step(step: pd.DataFrame, tolerance: float = 1e-6) -> str:
     return " ".join(lines)
 
 
+def describe_collapse(rows: list[dict], share: float = 0.5) -> str:
+    """The logged rollouts' collapse diagnostics (``diagnostics.logged_rollout_diagnostics``),
+    first logged step against the last, and which collapse, if any, the last step shows."""
+    if not rows:
+        return "No rollouts were logged (set `logging.sample_every`)."
+    first, last = rows[0], rows[-1]
+
+    def ends(key: str, percent: bool) -> str:
+        a, b = first[key], last[key]
+        if a is None or b is None:
+            return "n/a"
+        return f"{a:.0%} → {b:.0%}" if percent else f"{a:.2f} → {b:.2f}"
+
+    text = (
+        f"Logged rollouts, step {first['step']} → step {last['step']}: copies of the input "
+        f"{ends('copy_share', True)}, code fences {ends('fence_share', True)}, distinct-2 "
+        f"{ends('distinct_2', False)}."
+    )
+    found = [
+        name
+        for name, key in (("copying the input", "copy_share"), ("code fences", "fence_share"))
+        if last[key] >= share
+    ]
+    if found:
+        text += f" At the last logged step most rollouts are {' and '.join(found)}."
+    elif last["distinct_2"] is not None and last["distinct_2"] < 0.3:
+        text += " At the last logged step the rollouts repeat one another (one template)."
+    else:
+        text += " No collapse is visible at the last logged step."
+    return text
+
+
+def describe_loss(history: list[dict], key: str = "loss", at: int = 10) -> str:
+    """A training loss at its first logged step, at step ``at`` and at the end."""
+    logged = [(h["step"], h[key]) for h in history if key in h]
+    if not logged:
+        return f"No {key} was logged."
+    near = min(logged, key=lambda point: abs(point[0] - at))
+    points = [logged[0], near, logged[-1]]
+    return ", ".join(f"{value:.3f} at step {step}" for step, value in points) + "."
+
+
 def describe_margins(margins: Mapping[str, np.ndarray]) -> str:
     """cos(query, positive) - cos(query, negative) per model over the same triples, and the
     paired change between the first two models (notebook 9)."""

@@ -292,3 +292,33 @@ def test_describe_step_counts_rollouts_that_follow_their_advantage():
     assert "the worst (-0.50) by -0.300" in text and "share weights" in text
     flat = step.assign(advantage=0.0)
     assert describe_step(flat).startswith("Every advantage is zero")
+
+
+def test_describe_collapse_names_copying_and_fences_from_the_logged_rollouts(tmp_path):
+    import json
+
+    from grace.diagnostics import logged_rollout_diagnostics
+    from grace.readings import describe_collapse
+
+    text = "A chef opens a restaurant in Paris and fights his rival."
+    samples = [
+        {"step": 0, "text": text, "rationales": ["A story of food.", "Cooking and rivalry."]},
+        {"step": 8, "text": text, "rationales": [text, "```\n```"]},
+        {"step": 16, "text": text, "rationales": [text, text.lower()]},
+    ]
+    path = tmp_path / "rationales.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    rows = logged_rollout_diagnostics(path)
+    assert [r["copy_share"] for r in rows] == [0.0, 0.5, 1.0]
+    assert [r["fence_share"] for r in rows] == [0.0, 0.5, 0.0]
+    text = describe_collapse(rows)
+    assert "copies of the input 0% → 100%" in text and "code fences 0% → 0%" in text
+    assert "most rollouts are copying the input" in text
+    assert "No collapse is visible" in describe_collapse(rows[:1])
+
+
+def test_describe_loss_reads_first_tenth_and_last_steps():
+    from grace.readings import describe_loss
+
+    history = [{"step": s, "loss": 2.0 / s} for s in (1, 5, 9, 12, 150)] + [{"step": 150}]
+    assert describe_loss(history) == "2.000 at step 1, 0.222 at step 9, 0.013 at step 150."
