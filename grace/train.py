@@ -358,6 +358,13 @@ def build_grpo_trainer(config: TrainConfig, single_pass: bool = True):
         layers = train_top_layers(model, top, lora=peft_config is not None)
         if peft_config is not None:
             peft_config = top_layers_lora(model, peft_config, layers)
+    if config.grpo.beta > 0 and peft_config is None and not model.config._name_or_path:
+        # trl loads the KL reference from the policy's own path; a model built in memory (the
+        # tiny test model) has none, so the starting weights are saved in the run folder.
+        reference = Path(config.run.output_dir) / "reference"
+        model.save_pretrained(reference)
+        tokenizer.save_pretrained(reference)
+        model.config._name_or_path = str(reference)
     frozen = None
     if config.reward.anchors == "frozen":  # copied before any training or adapter changes it
         frozen = FrozenAnchors(config, tokenizer, copy.deepcopy(model))

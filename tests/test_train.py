@@ -279,3 +279,16 @@ def test_a_lora_run_on_a_bf16_base_saves_the_model_it_trained(tiny, tmp_path):
     ours = GraceEncoder(saved, tokenizer, settings).encode(texts)
     trained = GraceEncoder(reference, tokenizer, settings).encode(texts)
     assert (ours * trained).sum(axis=1).min() >= 0.9999
+
+
+def test_a_kl_to_the_starting_model_trains_with_a_model_built_in_memory(tmp_path):
+    """beta > 0: trl loads the reference from the policy's path, which the tiny model lacks."""
+    trainer = run(tmp_path, "grpo.beta=0.1", "learning_rate=5e-2")
+    logged = [h["kl"] for h in trainer.state.log_history if "kl" in h]
+    assert len(logged) == 2 and logged[-1] > 0  # the policy moved away from the reference
+    reference, _ = load_model(str(tmp_path / "reference"), device="cpu")
+    base, _ = build_tiny_random()
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(reference.state_dict().values(), base.state_dict().values(), strict=True)
+    )
