@@ -89,6 +89,56 @@ def study_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
+def describe_study(records: list[dict]) -> str:
+    """The study's numbers in sentences: per GRACE variant its best and last paired change and
+    how its rationales changed; then the budget each needs to match +CL's change."""
+    if not records:
+        return "No study records yet."
+    baselines = [r for r in records if is_baseline(r)]
+    lines = []
+    for record in (r for r in records if not is_baseline(r)):
+        curve = record["curve"]
+        best, last = best_point(curve), len(curve["steps"]) - 1
+        line = (
+            f"- **{label(record)}**: paired change {curve['change'][last]:+.3f} ± "
+            f"{curve['change_stderr'][last]:.3f} after {curve['prompts_seen'][last]} prompts "
+            f"({curve['seconds'][last] / 3600:.1f} CPU h; best {curve['change'][best]:+.3f} ± "
+            f"{curve['change_stderr'][best]:.3f} at step {curve['steps'][best]}), "
+            f"{verdict(curve)}"
+        )
+        diagnostics = curve.get("diagnostics") or []
+        if diagnostics and diagnostics[0].get("distinct_2") is not None:
+            first, end = diagnostics[0], diagnostics[last]
+            line += (
+                f"; distinct-2 {first['distinct_2']:.2f} → {end['distinct_2']:.2f}, copies "
+                f"{first['copy_share']:.0%} → {end['copy_share']:.0%}, fences "
+                f"{first['fence_share']:.0%} → {end['fence_share']:.0%}, mean cosine "
+                f"{first['mean_cosine']:.2f} → {end['mean_cosine']:.2f}"
+            )
+        lines.append(line + ".")
+    for baseline in baselines:
+        curve = baseline["curve"]
+        target, last = curve["change"][-1], len(curve["steps"]) - 1
+        lines.append(
+            f"- **{label(baseline)}** (the baseline): {target:+.3f} ± "
+            f"{curve['change_stderr'][last]:.3f} after {curve['prompts_seen'][last]} pairs "
+            f"({curve['seconds'][last] / 3600:.1f} CPU h), {verdict(curve)}."
+        )
+        for record in (r for r in records if not is_baseline(r)):
+            reached = budget_to_match(record, target)
+            lines.append(
+                f"  - {label(record)} reaches it "
+                + (
+                    f"after {reached['prompts_seen']} prompts, {reached['seconds'] / 3600:.1f} "
+                    f"CPU h."
+                    if reached
+                    else f"at no point of its run ({record['curve']['prompts_seen'][-1]} "
+                    f"prompts, {record['curve']['seconds'][-1] / 3600:.1f} CPU h)."
+                )
+            )
+    return "\n".join(lines)
+
+
 def study_markdown(records: list[dict]) -> str:
     """``study_rows`` as the markdown table the book's study chapter carries."""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from grace.config import settings_table
 from grace.evaluation.results import headline_answer, table_json_markdown
-from grace.study import study_figure, study_markdown, study_records
+from grace.study import describe_study, study_figure, study_markdown, study_records
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK_PROFILES = ["tiny", "cpu", "cpu-long", "colab", "gpu", "paper"]
@@ -25,15 +25,17 @@ def table_rows() -> list[dict]:
     return json.loads((ROOT / "results" / "cpu" / "table.json").read_text())
 
 
+def study() -> list[dict]:
+    return study_records(ROOT / "results" / "sweep")
+
+
 # block name -> (page, what to write there)
 BLOCKS = {
     "settings-table": ("book/method.md", lambda: settings_table(BOOK_PROFILES)),
     "results-table": ("book/reproduce.md", lambda: table_json_markdown(table_rows())),
     "answer": ("book/intro.md", lambda: headline_answer(table_rows())),
-    "study-table": (
-        "book/study.md",
-        lambda: study_markdown(study_records(ROOT / "results" / "sweep")),
-    ),
+    "study-table": ("book/study.md", lambda: study_markdown(study())),
+    "study-reading": ("book/study.md", lambda: describe_study(study())),
 }
 
 
@@ -51,7 +53,7 @@ def main() -> None:
         path.write_text(f"{head}<!-- {name} -->\n{make()}\n<!-- /{name} -->{tail}")
         print(f"{page}: {name}")
     figure = ROOT / "book" / "figures" / "study.png"
-    study_figure(study_records(ROOT / "results" / "sweep"), figure)
+    study_figure(study(), figure)
     print(figure.relative_to(ROOT))
 
 

@@ -59,3 +59,20 @@ def test_markdown_and_figure_from_records_on_disk(tmp_path):
     figure = study_figure(records, tmp_path / "study.png")
     assert (tmp_path / "study.png").stat().st_size > 10_000
     assert len(figure.axes) == 4 and len(figure.axes[0].lines) == 2  # the curve and zero
+
+
+def test_describe_study_gives_each_variant_and_the_budget_to_match_the_baseline():
+    from grace.study import describe_study
+
+    records = [
+        record("study-frozen", "grace", [0.0, 0.01, -0.02]),
+        record("study-fast", "grace", [0.0, 0.12, 0.2]),
+        record("study-cl", "contrastive", [0.0, 0.1, 0.15], per_step=8),
+    ]
+    text = describe_study(records).splitlines()
+    assert text[0].startswith("- **frozen**: paired change -0.020 ± 0.010 after 80 prompts")
+    assert "no difference; distinct-2 0.50 → 0.40, copies 10% → 10%" in text[0]
+    assert text[2].startswith("- **cl** (the baseline): +0.150 ± 0.010 after 160 pairs")
+    assert text[3] == "  - frozen reaches it at no point of its run (80 prompts, 0.3 CPU h)."
+    assert text[4] == "  - fast reaches it after 80 prompts, 0.3 CPU h."
+    assert describe_study([]) == "No study records yet."
