@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from grace.models import load_model, model_fingerprint, quantize_int8
+from grace.models import ModelLoadError, load_model, model_fingerprint, quantize_int8
 from grace.prompts import SYSTEM_PROMPT, build_prompts, system_prefix_length
 from grace.rationale import (
     MAX_NEW_TOKENS,
@@ -573,9 +573,25 @@ def save_encoder_settings(folder: str | Path, config: EncoderConfig) -> Path:
 
 
 def saved_encoder_settings(name_or_path: str) -> dict:
-    """The settings saved in a model folder, or ``{}`` (hub ids, aliases, other folders)."""
+    """The settings saved in a model folder, or ``{}`` (hub ids, aliases, other folders).
+    A damaged file is a ``ModelLoadError`` naming it, not a traceback."""
     path = Path(name_or_path) / ENCODER_CONFIG
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(settings, dict):
+            raise ValueError("expected a JSON object")
+        unknown = sorted(set(settings) - set(PORTABLE))
+        if unknown:
+            raise ValueError(f"unknown keys {unknown}; valid: {sorted(PORTABLE)}")
+        EncoderConfig(**settings)  # values checked as any EncoderConfig's
+    except (ValueError, TypeError) as error:  # JSONDecodeError and UnicodeDecodeError included
+        raise ModelLoadError(
+            f"{path}: not a usable encoder configuration ({error}); fix it, or delete it to "
+            "embed with the defaults."
+        ) from error
+    return settings
 
 
 def mean_of_draws(draws: np.ndarray) -> np.ndarray:

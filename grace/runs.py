@@ -123,6 +123,42 @@ def run_lock(folder: str | Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file cannot be loaded whole (bad header, truncated data), or None."""
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size))
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
+        return f"unreadable header ({error})"
+    expected = 8 + size + max(ends, default=0)
+    actual = path.stat().st_size
+    return None if actual >= expected else f"truncated: {actual} of {expected} bytes"
+
+
+def check_checkpoint(checkpoint: str | Path | None) -> None:
+    """Refuse to resume from a damaged checkpoint, naming the file and what to do."""
+    if checkpoint is None:
+        return
+    folder = Path(checkpoint)
+    problems = {}
+    try:
+        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        problems["trainer_state.json"] = str(error)
+    for weights in sorted(folder.glob("*.safetensors")):
+        problem = safetensors_problem(weights)
+        if problem:
+            problems[weights.name] = problem
+    if problems:
+        found = "; ".join(f"{folder / name}: {why}" for name, why in problems.items())
+        raise ConfigError(
+            f"The checkpoint to resume from is damaged ({found}). Delete {folder} to resume "
+            "from the checkpoint before it, or the whole run folder to train from scratch."
+        )
+
+
 def mark_finished(folder: str | Path, log_history: list[dict]) -> None:
     """The last thing a run writes: its logged metrics, which also mean "finished"."""
     (Path(folder) / HISTORY_FILE).write_text(json.dumps(log_history, indent=1))

@@ -36,7 +36,7 @@ from grace.rationale import (
     rollouts_from_completions,
 )
 from grace.rewards import supervised_terms, unsupervised_rewards
-from grace.runs import mark_finished, prepare_run_folder, run_lock
+from grace.runs import check_checkpoint, mark_finished, prepare_run_folder, run_lock
 from grace.validation import validation_callback
 
 
@@ -480,7 +480,9 @@ def _train(config: TrainConfig, callbacks: list | None):
         trainer.add_callback(validation_callback(config, trainer))
     for callback in callbacks or []:
         trainer.add_callback(callback)
-    trainer.train(resume_from_checkpoint=get_last_checkpoint(str(output)))
+    checkpoint = get_last_checkpoint(str(output))
+    check_checkpoint(checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     save_final_model(trainer.model, trainer.processing_class, str(output))
     save_encoder_settings(output, encoder_config(config))
     mark_finished(output, trainer.state.log_history)

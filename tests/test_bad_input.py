@@ -310,3 +310,44 @@ def test_ctrl_c_says_how_to_resume_without_a_traceback(monkeypatch, capsys):
     assert main(["train", "--config", "tiny", "--set", "run.output_dir=/tmp/unused-run"]) == 130
     err = capsys.readouterr().err
     assert "interrupted; run the same command again to resume" in err and "Traceback" not in err
+
+
+def test_a_damaged_checkpoint_is_named_before_resuming(tmp_path, capsys):
+    from grace.runs import check_checkpoint
+
+    argv = ["train", "--config", "tiny", "--set", f"run.output_dir={tmp_path}"]
+    assert main([*argv, "--set", "optim.max_steps=1"]) == 0
+    checkpoint = tmp_path / "checkpoint-1"
+    check_checkpoint(checkpoint)  # a good one passes
+    (tmp_path / "log_history.json").unlink()  # as if stopped after the checkpoint
+    weights = checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    capsys.readouterr()
+    assert main([*argv, "--set", "optim.max_steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{weights}: truncated" in err and "Delete" in err and err.count("\n") == 1
+    (checkpoint / "trainer_state.json").write_text("{not json")
+    assert main([*argv, "--set", "optim.max_steps=1"]) == 2
+    assert "trainer_state.json: Expecting property name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{broken", "not a usable encoder configuration (Expecting property name"),
+        ('{"mode": "rationale", "colour": 1}', "unknown keys ['colour']"),
+        ('{"max_new_tokens": 0}', "max_new_tokens"),
+        ("[1, 2]", "expected a JSON object"),
+    ],
+)
+def test_a_damaged_encoder_config_is_one_line(tmp_path, files, content, message, capsys):
+    from grace.models import build_tiny_random
+
+    model, tokenizer = build_tiny_random()
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "encoder_config.json").write_text(content)
+    argv = ["embed", "--model", str(tmp_path / "model"), "--input", files["texts"]]
+    assert main([*argv, "--output", str(tmp_path / "e.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "encoder_config.json: not a usable encoder configuration" in err and message in err
