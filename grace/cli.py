@@ -358,6 +358,13 @@ def run_eval(args: argparse.Namespace) -> None:
                 "--lengths and --greedy score rationales; this model embeds in direct mode "
                 "(add --mode rationale)."
             )
+        cap = encoder.config.max_new_tokens
+        beyond = [n for n in args.lengths or () if n > cap]
+        if beyond:
+            raise UsageError(
+                f"--lengths {beyond} exceed the rationale cap --max-new-tokens {cap}: a rationale "
+                "is never cut longer than it is written; raise --max-new-tokens or drop them."
+            )
         plan = variant_plan(encoder, greedy=args.greedy, lengths=args.lengths or ())
     if not plan:
         report = evaluate(model, args.suite, output=args.output, label=args.label)

@@ -10,6 +10,7 @@ after the last notebook that succeeded. Notebooks share work through ``output_di
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -52,8 +53,19 @@ def notebooks(only: list[int] | None = None, folder: Path = NOTEBOOK_DIR) -> lis
 
 
 def read_summary(output: Path) -> dict:
+    """The output folder's record of what ran (a new record when there is none)."""
     path = output / SUMMARY
-    return json.loads(path.read_text()) if path.exists() else {"notebooks": {}}
+    if not path.exists():
+        return {"notebooks": {}}
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(summary, dict) or not isinstance(summary.get("notebooks"), dict):
+            raise ValueError("expected an object with a 'notebooks' mapping")
+    except ValueError as error:
+        raise ReproduceError(
+            f"{path}: not a readable run record ({error}); delete it to run every notebook again."
+        ) from error
+    return summary
 
 
 def reproduce(
@@ -120,12 +132,9 @@ def reproduce(
 
 
 def shown_path(path: Path) -> str:
-    """``path`` relative to the repository when it lies inside (papermill runs there), so
-    executed notebooks never print the absolute folders of the machine that ran them."""
-    try:
-        return str(path.relative_to(ROOT))
-    except ValueError:
-        return str(path)
+    """``path`` relative to the repository (papermill runs there), also when it lies outside
+    (``../../data/run``), so executed notebooks never print the machine's absolute folders."""
+    return os.path.relpath(path, ROOT)
 
 
 def is_progress(output: dict) -> bool:
@@ -252,6 +261,10 @@ def build_book(executed: str | Path | None = None, output: str | Path | None = N
             copy = shutil.copytree if source.is_dir() else shutil.copy
             copy(source, stage / name)
         if executed is not None:
+            if not any(Path(executed).glob("*.ipynb")):
+                raise ReproduceError(
+                    f"{executed} holds no executed notebooks: run `grace reproduce` first."
+                )
             shutil.rmtree(stage / "book" / "executed", ignore_errors=True)
             shutil.copytree(Path(executed), stage / "book" / "executed")
         problems = notebook_problems(stage / "book" / "executed")

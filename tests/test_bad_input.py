@@ -115,6 +115,7 @@ PROBES = [
         ["train", "--config", "tiny", "--set", "grpo.per_device_train_batch_size=3"],
         "must split into micro-batches of grpo.per_device_train_batch_size=3",
     ),
+    (["book", "--executed", "{folder}"], "holds no executed notebooks"),
 ]
 
 
@@ -351,3 +352,22 @@ def test_a_damaged_encoder_config_is_one_line(tmp_path, files, content, message,
     assert main([*argv, "--output", str(tmp_path / "e.npy")]) == 2
     err = capsys.readouterr().err
     assert "encoder_config.json: not a usable encoder configuration" in err and message in err
+
+
+def test_a_damaged_run_record_is_one_line(tmp_path, capsys):
+    for content, message in (("{oops", "Expecting property name"), ("{}", "'notebooks' mapping")):
+        (tmp_path / "reproduce.json").write_text(content)
+        assert main(["reproduce", "--profile", "tiny", "--output", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert "reproduce.json: not a readable run record" in err and message in err
+
+
+def test_eval_scores_a_task_named_twice_once_and_refuses_lengths_beyond_the_cap(capsys):
+    from grace.evaluation import suite_task_names
+
+    assert suite_task_names("LeeSTS,LeeSTS, LeeSTS") == ["LeeSTS"]
+    argv = ["eval", "--model", "tiny-random", "--suite", "LeeSTS", "--mode", "rationale"]
+    assert main([*argv, "--max-new-tokens", "4", "--lengths", "2,8,100"]) == 2
+    assert "--lengths [8, 100] exceed the rationale cap --max-new-tokens 4" in (
+        capsys.readouterr().err
+    )

@@ -215,3 +215,15 @@ def test_a_notebook_that_needs_a_trained_model_runs_alone(tmp_path):
     summary = reproduce("tiny", tmp_path, only=[9])
     assert summary["notebooks"]["09_interpretability.ipynb"]["status"] == "ok"
     assert (tmp_path / "grace-supervised" / "log_history.json").exists()
+
+
+def test_an_output_folder_outside_the_checkout_is_shown_relative(tmp_path):
+    """`grace reproduce --output /elsewhere` then `grace book --executed /elsewhere/notebooks`:
+    the pages must not print the machine's absolute folder (the book build refuses those)."""
+    import os
+
+    from grace.reproduce import PAGE_PROBLEMS, shown_path
+
+    shown = shown_path(tmp_path / "run")
+    assert not os.path.isabs(shown) and (ROOT / shown).resolve() == (tmp_path / "run").resolve()
+    assert not PAGE_PROBLEMS["absolute path"].search(f"output_dir={shown}")

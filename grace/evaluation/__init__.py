@@ -61,7 +61,7 @@ def suite_task_names(suite: str) -> list[str]:
     names = [name.strip() for name in suite.split(",") if name.strip()]
     if not names:
         raise DataError(f"Suite {suite!r} names no tasks; {SUITE_HELP}.")
-    return names
+    return list(dict.fromkeys(names))  # a task named twice is scored once
 
 
 def resolve_tasks(suite: str) -> list:
