@@ -10,10 +10,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-import numpy as np
-
-from grace.config import known_profiles
-from grace.rationale import MAX_NEW_TOKENS
+from grace.constants import MAX_NEW_TOKENS, known_profiles
 
 
 class Parser(argparse.ArgumentParser):
@@ -304,6 +301,8 @@ def run_embed(args: argparse.Namespace) -> None:
     encoder = GraceEncoder.from_pretrained(args.model, **encoder_settings(args))
     embeddings, rationales = encoder.encode_with_rationales(texts, show_progress_bar=True)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    import numpy as np
+
     with open(args.output, "wb") as handle:  # np.save(path) would append ".npy" to the name
         np.save(handle, embeddings)
     if args.rationales_out:

@@ -35,12 +35,11 @@ from pathlib import Path
 
 import yaml
 
+from grace.constants import MAX_NEW_TOKENS, PROFILE_DIR, known_profiles
 from grace.encoder import EncoderConfig
 from grace.prompts import SYSTEM_PROMPT
-from grace.rationale import MAX_NEW_TOKENS
 from grace.rewards import RewardConfig
 
-PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 METHODS = ("grace", "contrastive", "simcse")
 SETTINGS = ("supervised", "unsupervised")
 DTYPES = ("float32", "bfloat16")
@@ -531,10 +530,6 @@ def parse_overrides(pairs: list[str]) -> dict:
             raise ConfigError(f"Expected key=value, got {pair!r}.")
         values[key.strip()] = yaml.safe_load(value) if value.strip() else ""
     return values
-
-
-def known_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
 
 
 def profile_path(name_or_path: str) -> Path:

@@ -21,10 +21,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from grace.constants import MAX_NEW_TOKENS
 from grace.models import ModelLoadError, load_model, model_fingerprint, quantize_int8
 from grace.prompts import SYSTEM_PROMPT, build_prompts, system_prefix_length
 from grace.rationale import (
-    MAX_NEW_TOKENS,
     Branch,
     Rollouts,
     SamplingConfig,

@@ -27,10 +27,8 @@ from transformers import (
 from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.generation.logits_process import TopPLogitsWarper
 
+from grace.constants import MAX_NEW_TOKENS
 from grace.pooling import POOLERS, l2_normalize, pool, pooling_mask
-
-#: The paper's longest rationale (and policy completion), in tokens.
-MAX_NEW_TOKENS = 2048
 
 
 @dataclass(kw_only=True)

@@ -101,3 +101,17 @@ def test_jsonl_errors_name_file_and_line(tmp_path, content, message):
 def test_missing_file_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         read_texts(tmp_path / "absent.txt")
+
+
+def test_help_and_argument_errors_load_neither_torch_nor_transformers():
+    """`grace --help` must answer at once: heavy imports wait until a command runs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from grace.cli import main; main(['--help']); "
+        "main(['train', '--config']); "
+        "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr[-500:]

@@ -1,0 +1,15 @@
+"""What the command line needs before torch loads (so ``grace --help`` answers at once): the
+paper's longest rationale and the profiles shipped in the package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: The paper's longest rationale (and policy completion), in tokens.
+MAX_NEW_TOKENS = 2048
+
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"  # package data: in the wheel too
+
+
+def known_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
