@@ -55,6 +55,9 @@ VARIANTS = {
         {"run.method": "contrastive", "baselines.steps": 80, "baselines.lr": 5e-5},
     ),
     "study-frozen": ("cpu-long", STUDY | {"reward.anchors": "frozen"}),
+    # The frozen run's rationales fell to one template (distinct-2 0.53 -> 0.05 by step 30): the
+    # cluster term rewards a rollout for resembling its siblings. Without it:
+    "study-nocluster": ("cpu-long", STUDY | {"reward.cluster_weight": 0.0}),
     "study-contrastive": ("cpu-long", STUDY),
     "study-cl": (
         "cpu-long",
