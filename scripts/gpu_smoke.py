@@ -1,15 +1,28 @@
-"""A short check of the CUDA code paths with the tiny random model (nothing is downloaded).
+"""A short, real check of the training and encoding paths on one device (nothing is downloaded).
 
-GRPO for 2 steps with the length penalty on, LoRA and full fine-tuning, bf16 mixed precision;
-then a direct and a rationale encode on the GPU. Prints one line per check and the dtypes
-seen; exits 0 when every check passed. Without a GPU it says so and exits 0 (skipped).
+For each path it trains 2 steps and asserts what a broken step would get wrong: the device of
+every weight, the dtype of the trained weights (fp32 masters; LoRA adapters fp32 on a bf16
+base), a finite loss, and weights that changed (the length-penalty path excepted: a random
+model never ends a rationale, so every reward is the penalty). Paths: GRPO with full
+fine-tuning in fp32, with bf16 autocast where the device computes bf16 natively, with LoRA on a
+bf16 base, with the length penalty; +CL and SimCSE; then direct and rationale encoding. It
+prints the seconds (set-up included) and the peak memory of each path.
 
-    python scripts/gpu_smoke.py
+    python scripts/gpu_smoke.py                  # CUDA; says "skipped" without a GPU
+    python scripts/gpu_smoke.py --device cpu     # the same checks on the CPU (CI runs this)
+    python scripts/gpu_smoke.py --shapes colab   # Qwen2-shaped random models of a profile's
+                                                 # width (2 layers), for memory and speed
+
+``--shapes tiny`` (the default) uses the tiny random model; ``colab``/``gpu`` build a random
+Qwen2-style model with Qwen2.5-1.5B's width and the profile's sequence lengths.
 """
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -17,56 +30,147 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 
 from grace.config import load_config  # noqa: E402
 from grace.encoder import GraceEncoder  # noqa: E402
+from grace.models import build_tiny_tokenizer, has_native_bf16  # noqa: E402
 from grace.train import train  # noqa: E402
 
 
-def check_training(label: str, overrides: list[str]) -> None:
+def qwen2_shaped(folder: str) -> str:
+    """A random 2-layer model with Qwen2.5-1.5B's width and vocabulary size, saved in
+    ``folder`` with the tiny tokenizer (token ids stay below its vocabulary)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
+    config = Qwen2Config(
+        vocab_size=151_936,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=2,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def peak_memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA, peak)"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process, peak)"
+
+
+def check_path(
+    label: str,
+    base: list[str],
+    overrides: list[str],
+    device: torch.device,
+    changes: bool = True,
+) -> None:
+    """Train 2 steps of one path and assert device, dtypes, a finite loss and (``changes``)
+    weights that changed."""
     with tempfile.TemporaryDirectory() as output:
-        config = load_config(
-            "tiny",
-            [
-                f"output_dir={output}",
-                "max_steps=2",
-                "length_penalty=-1.0",  # the penalty path builds a mask: it must follow CUDA
-                "bf16=true",
-                *overrides,
-            ],
-        )
+        config = load_config("tiny", [*base, f"output_dir={output}", *overrides])
+        seen: dict = {}
+
+        class Check(TrainerCallback):
+            """The trainable weights as training starts and ends (before the final save,
+            which merges LoRA adapters)."""
+
+            def on_train_begin(self, args, state, control, model=None, **kwargs):
+                seen["before"] = {
+                    k: w.detach().float().clone()
+                    for k, w in model.named_parameters()
+                    if w.requires_grad
+                }
+
+            def on_train_end(self, args, state, control, model=None, **kwargs):
+                seen["model"] = model
+                seen["devices"] = {p.device.type for p in model.parameters()}
+                seen["trained"] = {p.dtype for p in model.parameters() if p.requires_grad}
+                seen["frozen"] = {p.dtype for p in model.parameters() if not p.requires_grad}
+                seen["moved"] = max(
+                    float((w.detach().float() - seen["before"][k]).abs().max())
+                    for k, w in model.named_parameters()
+                    if k in seen["before"]
+                )
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
-        trainer = train(config)
-        model = trainer.model
-        weights = {p.dtype for p in model.parameters() if p.requires_grad}
-        devices = {p.device.type for p in model.parameters()}
-        assert devices == {"cuda"}, devices
+        trainer = train(config, callbacks=[Check()])
+        seconds = time.perf_counter() - start
+        assert seen["devices"] == {device.type}, f"{label}: weights on {seen['devices']}"
+        assert seen["trained"] == {torch.float32}, f"{label}: trained in {seen['trained']}"
+        if config.adaptation.lora and config.adaptation.dtype == "bfloat16":
+            assert seen["frozen"] == {torch.bfloat16}, f"{label}: base in {seen['frozen']}"
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        assert losses and all(math.isfinite(x) for x in losses), f"{label}: losses {losses}"
+        assert seen["moved"] > 0 or not changes, f"{label}: no trained weight changed"
         print(
-            f"ok  GRPO {label}: {trainer.state.global_step} steps in "
-            f"{time.perf_counter() - start:.1f} s; trained weights {sorted(map(str, weights))}"
+            f"ok  {label}: {trainer.state.global_step} steps in {seconds:.1f} s with set-up, "
+            f"loss {losses[-1]:+.4f}, largest weight change {seen['moved']:.2e}, "
+            f"{peak_memory(device)}"
         )
 
 
-def check_encoding() -> None:
+def check_encoding(model: str, device: torch.device) -> None:
     texts = ["A dog runs in the park.", "Stocks fell on Monday.", "hi"]
     for mode in ("direct", "rationale"):
-        encoder = GraceEncoder.from_pretrained("tiny-random", mode=mode, max_new_tokens=8)
-        assert encoder.model.device.type == "cuda"
+        encoder = GraceEncoder.from_pretrained(
+            model, device=str(device), mode=mode, max_new_tokens=8
+        )
+        assert encoder.model.device.type == device.type
         embeddings = encoder.encode(texts)
         norms = (embeddings**2).sum(axis=1) ** 0.5
         assert embeddings.shape[0] == 3 and abs(norms - 1).max() < 1e-3, norms
+        assert all(math.isfinite(x) for x in embeddings.flatten()), "non-finite embeddings"
         print(f"ok  encode {mode}: {embeddings.shape}, model dtype {encoder.model.dtype}")
 
 
-def main() -> int:
-    if not torch.cuda.is_available():
-        print("skipped: no CUDA device here")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    parser.add_argument("--shapes", choices=("tiny", "colab", "gpu"), default="tiny")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before CUDA starts: the Trainer follows it
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("skipped: no CUDA device here (run with --device cpu to check the CPU paths)")
         return 0
-    print(f"device: {torch.cuda.get_device_name()} (bf16: {torch.cuda.is_bf16_supported()})")
-    check_training("full fine-tuning, fp32 weights + bf16 autocast", [])
-    check_training("LoRA, bf16 base", ["lora=true", "adaptation.dtype=bfloat16"])
-    check_encoding()
-    print("all GPU checks passed")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {name}; native bf16: {has_native_bf16(device)}")
+    with tempfile.TemporaryDirectory() as folder:
+        model = "tiny-random" if args.shapes == "tiny" else qwen2_shaped(folder)
+        lengths = load_config(args.shapes).policy if args.shapes != "tiny" else None
+        base = [f"run.model={model}", "max_steps=2"]
+        if lengths is not None:  # the profile's sequence lengths, capped for a smoke check
+            base += [
+                f"policy.max_prompt_tokens={min(lengths.max_prompt_tokens, 256)}",
+                f"policy.max_completion_length={min(lengths.max_completion_length, 64)}",
+            ]
+        check_path("GRPO, full fine-tuning, fp32", base, [], device)
+        # A random model never ends a rationale: every reward is the penalty, no advantage, no
+        # change; the path (a mask built on the device) must still run.
+        penalty = ["length_penalty=-1.0"]
+        check_path("GRPO with the length penalty", base, penalty, device, changes=False)
+        if has_native_bf16(device):
+            label = "GRPO, full fine-tuning, fp32 weights + bf16 autocast"
+            check_path(label, base, ["bf16=true"], device)
+        lora = ["lora=true", "adaptation.dtype=bfloat16"]
+        check_path("GRPO, LoRA on a bf16 base", base, lora, device)
+        for method in ("contrastive", "simcse"):
+            method_settings = [f"run.method={method}", "baselines.steps=2"]
+            check_path(f"{method}, fp32", base, method_settings, device)
+        check_encoding(model, device)
+    print("all checks passed")
     return 0
 
 

@@ -1,6 +1,7 @@
 """The package as a Colab or GPU user meets it: a wheel installed outside the repository."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -181,3 +182,19 @@ def test_another_torch_spec_on_an_existing_venv_reinstalls_torch(tmp_path):
     spec_target("torch")
     assert calls.read_text() == "-m pip uninstall -q -y torch\n"
     assert (venv / ".torch-spec").read_text() == "torch\n"
+
+
+def test_the_device_smoke_check_passes_on_the_cpu():
+    """scripts/gpu_smoke.py --device cpu: the GPU box's checks, kept alive by CI."""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, str(root / "scripts" / "gpu_smoke.py"), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "all checks passed"
+    assert sum(line.startswith("ok  ") for line in lines) == 7
