@@ -629,17 +629,15 @@ def last_hidden_states(
 ) -> torch.Tensor:
     """Last-layer states of one forward pass; positions count real tokens (left padding).
 
+    The decoder body alone runs: no LM head, and no states of the other layers kept (asking the
+    full model for ``hidden_states`` holds every layer's, a memory cost that grows with depth).
     Keeps the graph when gradients are on (the contrastive baselines train through it).
     """
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        output_hidden_states=True,
-        logits_to_keep=1,
+    out = model.get_decoder()(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
     )
-    return out.hidden_states[-1]
+    return out.last_hidden_state
 
 
 @torch.no_grad()
