@@ -19,7 +19,7 @@ install: $(STAMP)
 $(TORCH_STAMP): FORCE
 	@mkdir -p $(VENV)
 	@echo '$(TORCH_SPEC)' | cmp -s - $@ || { \
-	  test ! -x $(BIN)/python || $(BIN)/python -m pip uninstall -q -y torch; \
+	  test ! -f $@ || ! test -x $(BIN)/python || $(BIN)/python -m pip uninstall -q -y torch; \
 	  echo '$(TORCH_SPEC)' > $@; }
 
 $(STAMP): pyproject.toml Makefile $(TORCH_STAMP)

@@ -75,11 +75,12 @@ class RunConfig:
         )
         check(self.max_examples is None or self.max_examples >= 1, "max_examples must be >= 1.")
         check(0 <= self.seed < 2**32, f"run.seed must be in [0, 2**32), got {self.seed}.")
+        folder = Path(self.output_dir.strip()).expanduser()  # "~/runs/x" as a shell has it
         check(
-            self.output_dir.strip() not in ("", "."),
+            self.output_dir.strip() != "" and folder.name not in ("", ".."),
             f"run.output_dir must name a folder for the run, got {self.output_dir!r}.",
         )
-        self.output_dir = str(Path(self.output_dir).expanduser())  # "~/runs/x" as a shell has it
+        self.output_dir = str(folder)
 
     @property
     def uses_sentences(self) -> bool:

@@ -9,6 +9,7 @@ rationales and embeddings a validation point has anyway, so a curve shows when a
 from __future__ import annotations
 
 import json
+import re
 from difflib import SequenceMatcher
 from pathlib import Path
 
@@ -30,13 +31,19 @@ def distinct_n(texts: list[str], n: int = 2) -> float | None:
 
 
 def copies_input(rationale: str, text: str, share: float = COPY_SHARE) -> bool:
-    """Whether ``rationale`` mostly repeats ``text``: their longest common substring (in
-    characters, case and spacing ignored) is at least ``share`` of the rationale."""
-    a, b = " ".join(rationale.lower().split()), " ".join(text.lower().split())
+    """Whether ``rationale`` mostly repeats ``text``: their longest common run of words (case
+    and punctuation ignored) is at least ``share`` of the rationale's words. Words keep it fast
+    on long rationales (characters would make a 2,048-token comparison take a fifth of a
+    second)."""
+    a, b = words(rationale), words(text)
     if not a:
         return False
     match = SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b))
     return match.size >= share * len(a)
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
 
 
 def mean_pairwise_cosine(embeddings: np.ndarray) -> float:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from grace.config import ConfigError, TrainConfig, load_config
 
+OFFLINE_MODELS = ("tiny-random", "smollm2-135m-instruct")  # built or shipped here, no hub
+
 CONFIG_FILE = "grace_config.json"
 HISTORY_FILE = "log_history.json"
 
@@ -114,26 +116,33 @@ def run_lock(folder: str | Path) -> Iterator[None]:
                 f"{folder} is being written by another run (process {handle.read().strip()}); "
                 "wait for it, or choose another run.output_dir."
             ) from error
+        except OSError as error:  # a file system without locks (some network mounts)
+            warnings.warn(f"{path}: cannot lock ({error}); not guarding {folder}.", stacklevel=3)
         handle.truncate(0)
         handle.write(str(os.getpid()))
         handle.flush()
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            except OSError:
+                pass
 
 
 def safetensors_problem(path: Path) -> str | None:
     """Why a safetensors file cannot be loaded whole (bad header, truncated data), or None."""
+    actual = path.stat().st_size
     try:
         with open(path, "rb") as handle:
             size = int.from_bytes(handle.read(8), "little")
+            if size > actual - 8:
+                return f"unreadable header (it claims {size} bytes of a {actual}-byte file)"
             header = json.loads(handle.read(size))
         ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
     except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
         return f"unreadable header ({error})"
     expected = 8 + size + max(ends, default=0)
-    actual = path.stat().st_size
     return None if actual >= expected else f"truncated: {actual} of {expected} bytes"
 
 
@@ -236,10 +245,11 @@ def report_key(model: str, suite: str, **settings) -> dict:
 def setup_notebook(profile: str, output_dir: str) -> tuple[TrainConfig, Path]:
     """The shared first cell of every notebook: the profile's config and the output folder.
 
-    Offline profiles (``tiny``, ``cpu``) switch the Hugging Face hub off unless the
-    environment says otherwise.
+    Profiles of an offline model (``tiny``, ``cpu``, ``cpu-long``) switch the Hugging Face hub
+    off unless the environment says otherwise.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1" if profile in ("tiny", "cpu") else "0")
+    model = load_config(profile).run.model
+    os.environ.setdefault("HF_HUB_OFFLINE", "1" if model in OFFLINE_MODELS else "0")
     # huggingface_hub read the variable when it was imported (with grace.config, before this
     # call): its module constant is what is_offline_mode() answers from, so set it too.
     import huggingface_hub.constants as hub

@@ -89,6 +89,12 @@ def study_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
+def ends(points: tuple[dict, dict], key: str, style: str) -> str:
+    """``first → last`` of one diagnostic ("n/a" where a point has none, e.g. no words)."""
+    values = [point.get(key) for point in points]
+    return " → ".join("n/a" if value is None else format(value, style) for value in values)
+
+
 def describe_study(records: list[dict]) -> str:
     """The study's numbers in sentences: per GRACE variant its best and last paired change and
     how its rationales changed; then the budget each needs to match +CL's change."""
@@ -107,13 +113,12 @@ def describe_study(records: list[dict]) -> str:
             f"{verdict(curve)}"
         )
         diagnostics = curve.get("diagnostics") or []
-        if diagnostics and diagnostics[0].get("distinct_2") is not None:
-            first, end = diagnostics[0], diagnostics[last]
+        if diagnostics:
+            pair = (diagnostics[0], diagnostics[last])
             line += (
-                f"; distinct-2 {first['distinct_2']:.2f} → {end['distinct_2']:.2f}, copies "
-                f"{first['copy_share']:.0%} → {end['copy_share']:.0%}, fences "
-                f"{first['fence_share']:.0%} → {end['fence_share']:.0%}, mean cosine "
-                f"{first['mean_cosine']:.2f} → {end['mean_cosine']:.2f}"
+                f"; distinct-2 {ends(pair, 'distinct_2', '.2f')}, copies "
+                f"{ends(pair, 'copy_share', '.0%')}, fences {ends(pair, 'fence_share', '.0%')}, "
+                f"mean cosine {ends(pair, 'mean_cosine', '.2f')}"
             )
         lines.append(line + ".")
     for baseline in baselines:

@@ -36,7 +36,7 @@ from grace.rationale import (
     rollouts_from_completions,
 )
 from grace.rewards import supervised_terms, unsupervised_rewards
-from grace.runs import check_checkpoint, mark_finished, prepare_run_folder, run_lock
+from grace.runs import check_checkpoint, is_finished, mark_finished, prepare_run_folder, run_lock
 from grace.validation import validation_callback
 
 
@@ -79,7 +79,10 @@ class FrozenAnchors:
         self.completions: dict[str, list[int]] = {}
         if self.path.exists():
             for line in self.path.read_text(encoding="utf-8").splitlines():
-                item = json.loads(line)
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError:  # a last line cut by a crash: sampled again
+                    continue
                 self.completions[item["text"]] = item["completion_ids"]
 
     def prompts(self, texts: list[str]) -> list[str]:
@@ -458,6 +461,11 @@ def train(config: TrainConfig, callbacks: list | None = None):
     process at a time may write it.
     """
     with run_lock(config.run.output_dir):
+        if is_finished(config.run.output_dir, config):  # finished by another process meanwhile
+            raise ConfigError(
+                f"{config.run.output_dir} was finished by another process with these settings "
+                "while this one waited; it is reused as it is."
+            )
         return _train(config, callbacks)
 
 

@@ -18,6 +18,7 @@ rationales and embeddings it wrote (``grace.diagnostics``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 
+from grace.config import ConfigError
 from grace.data import movie_triples, stable_fraction
 from grace.diagnostics import collapse_diagnostics
 from grace.encoder import EncoderConfig, GraceEncoder
@@ -46,13 +48,18 @@ class ValidationSet:
 
 
 def validation_set(movies: int | None, reviews_per_movie: int) -> ValidationSet:
-    """Up to ``reviews_per_movie`` validation reviews of each of ``movies`` training movies
-    (None: every training movie with a validation review), picked by a stable hash, the same
-    in every run."""
+    """``reviews_per_movie`` validation reviews of each of ``movies`` training movies that have
+    that many, or (``movies=None``) up to ``reviews_per_movie`` of every training movie with a
+    validation review; picked by a stable hash, the same in every run."""
     by_movie: dict[str, list[dict]] = {}
     for triple in movie_triples("validation"):
         by_movie.setdefault(triple["movie"], []).append(triple)
-    chosen = sorted(by_movie, key=lambda m: stable_fraction(m, "validation-movies"))[:movies]
+    eligible = [
+        movie
+        for movie, rows in by_movie.items()
+        if movies is None or len(rows) >= reviews_per_movie
+    ]
+    chosen = sorted(eligible, key=lambda m: stable_fraction(m, "validation-movies"))[:movies]
     plots: dict[str, int] = {}
     queries, positive, negative = [], [], []
     for movie in sorted(chosen):
@@ -88,6 +95,12 @@ def score(embed: Callable[[list[str]], np.ndarray], data: ValidationSet) -> dict
 
 
 DETAILS = "validation.jsonl"  # per-query values of every point, in the run folder
+BUDGET = "grace_budget.json"  # training seconds spent up to a checkpoint, in the checkpoint
+
+
+def stable_hash(texts: list[str]) -> str:
+    """A short hash of a list of texts: which validation set a record was measured on."""
+    return hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
 
 
 class ValidationCallback(TrainerCallback):
@@ -120,10 +133,18 @@ class ValidationCallback(TrainerCallback):
         self.baseline = None
         self.spent = {"seconds": 0.0, "wall_seconds": 0.0}  # before this process (resumed)
         self.clock = None  # (cpu, wall) when this process began training, less validation
+        self.queries = stable_hash(data.queries + data.plots)
         if self.details.exists():
-            points = [json.loads(line) for line in self.details.read_text().splitlines()]
-            self.baseline = {name: np.array(points[0][name]) for name in METRICS}
-            self.spent = {key: points[-1].get(key, 0.0) for key in self.spent}
+            first = json.loads(self.details.read_text().splitlines()[0])
+            if first.get("queries", self.queries) != self.queries or len(first["mrr"]) != len(
+                data.queries
+            ):
+                raise ConfigError(
+                    f"{self.details} was measured on another validation set (the validation "
+                    "settings changed since); resuming would compare different queries. Delete "
+                    "it to validate this run from its resume step on, or restore the settings."
+                )
+            self.baseline = {name: np.array(first[name]) for name in METRICS}
 
     def budget(self) -> dict[str, float]:
         """Training seconds so far (CPU time of this process, all its threads, and wall time),
@@ -154,6 +175,7 @@ class ValidationCallback(TrainerCallback):
         self.baseline = self.baseline or values
         record = {
             "step": step,
+            "queries": self.queries,
             "prompts_seen": step * self.prompts_per_step,
             **budget,
             "diagnostics": diagnostics,
@@ -184,9 +206,18 @@ class ValidationCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0:
-            self.spent = {key: 0.0 for key in self.spent}
             self.log(model, state, control)
+        else:  # resumed: the budget spent up to the checkpoint it resumes from
+            saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / BUDGET
+            if saved.exists():
+                self.spent = json.loads(saved.read_text())
         self.clock = time.process_time(), time.perf_counter()
+
+    def on_save(self, args, state, control, **kwargs):
+        """The budget goes into each checkpoint, so a resumed run counts from there."""
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            (folder / BUDGET).write_text(json.dumps(self.budget()))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0 or state.global_step == state.max_steps:

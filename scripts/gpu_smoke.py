@@ -28,6 +28,8 @@ import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if "--device" in sys.argv[:-1] and sys.argv[sys.argv.index("--device") + 1] == "cpu":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch starts CUDA: the Trainer follows it
 
 import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
@@ -140,8 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", choices=("tiny", "colab", "gpu"), default="tiny")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before CUDA starts: the Trainer follows it
     if device.type == "cuda" and not torch.cuda.is_available():
         print("skipped: no CUDA device here (run with --device cpu to check the CPU paths)")
         return 0

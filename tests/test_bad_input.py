@@ -111,6 +111,8 @@ PROBES = [
     (["train", "--config", "tiny", "--set", "run.seed=1e20"], "run.seed must be in [0, 2**32)"),
     (["train", "--config", "tiny", "--set", "run.output_dir="], "must name a folder for the run"),
     (["train", "--config", "tiny", "--set", "run.output_dir=."], "must name a folder for the run"),
+    (["train", "--config", "tiny", "--set", "run.output_dir=./"], "must name a folder for the run"),
+    (["train", "--config", "tiny", "--set", "run.output_dir=/"], "must name a folder for the run"),
     (
         ["train", "--config", "tiny", "--set", "grpo.per_device_train_batch_size=3"],
         "must split into micro-batches of grpo.per_device_train_batch_size=3",
@@ -371,3 +373,13 @@ def test_eval_scores_a_task_named_twice_once_and_refuses_lengths_beyond_the_cap(
     assert "--lengths [8, 100] exceed the rationale cap --max-new-tokens 4" in (
         capsys.readouterr().err
     )
+
+
+def test_a_safetensors_file_of_garbage_is_named_not_a_traceback(tmp_path):
+    from grace.runs import safetensors_problem
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"\xff" * 64)  # its first 8 bytes claim a header of 2**64 - 1 bytes
+    assert safetensors_problem(path).startswith("unreadable header (it claims")
+    path.write_bytes((10).to_bytes(8, "little") + b"not json!!")
+    assert safetensors_problem(path).startswith("unreadable header")

@@ -174,9 +174,8 @@ def test_another_torch_spec_on_an_existing_venv_reinstalls_torch(tmp_path):
             check=True,
         )  # fmt: skip
 
-    spec_target("torch==2.13.0")
+    spec_target("torch==2.13.0")  # first record of the spec: the installed torch is kept
     assert (venv / ".torch-spec").read_text() == "torch==2.13.0\n"
-    calls.unlink()
     spec_target("torch==2.13.0")  # unchanged: nothing is uninstalled
     assert not calls.exists()
     spec_target("torch")

@@ -76,3 +76,11 @@ def test_describe_study_gives_each_variant_and_the_budget_to_match_the_baseline(
     assert text[3] == "  - frozen reaches it at no point of its run (80 prompts, 0.3 CPU h)."
     assert text[4] == "  - fast reaches it after 80 prompts, 0.3 CPU h."
     assert describe_study([]) == "No study records yet."
+
+
+def test_describe_study_survives_a_run_whose_rationales_lost_their_words():
+    from grace.study import describe_study
+
+    collapsed = record("study-frozen", "grace", [0.0, -0.01])
+    collapsed["curve"]["diagnostics"][-1]["distinct_2"] = None  # bare fences: no word pairs
+    assert "distinct-2 0.50 → n/a" in describe_study([collapsed])

@@ -242,6 +242,13 @@ def test_a_resumed_run_reuses_its_frozen_anchors(tmp_path):
     after = (tmp_path / "anchors.jsonl").read_text().splitlines()
     assert after[: len(before)] == before  # kept, only new texts appended
     assert len(after) == len({json.loads(line)["text"] for line in after})
+    # A last line cut by a crash is sampled again, not a JSONDecodeError.
+    from grace.train import FrozenAnchors
+
+    (tmp_path / "anchors.jsonl").write_text("\n".join([*before, before[-1][:20]]) + "\n")
+    model, tokenizer = build_tiny_random()
+    kept = FrozenAnchors(config, tokenizer, model)
+    assert len(kept.completions) == len(before)
 
 
 def test_a_lora_run_on_a_bf16_base_saves_the_model_it_trained(tiny, tmp_path):
