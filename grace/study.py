@@ -40,6 +40,17 @@ def is_baseline(record: dict) -> bool:
     return record["settings"]["config"]["run"]["method"] != "grace"
 
 
+def changes(record: dict) -> str:
+    """What a variant changes in training: its overrides less the run length and validation
+    cadence (the steps column and the curve show those)."""
+    shown = {
+        key: value
+        for key, value in record["overrides"].items()
+        if key != "optim.max_steps" and not key.startswith("validation.")
+    }
+    return ", ".join(f"{key}={value}" for key, value in shown.items()) or "-"
+
+
 def best_point(curve: dict) -> int:
     """Index of the point with the highest paired change (step 0 excluded when there are
     others)."""
@@ -70,7 +81,7 @@ def study_rows(records: list[dict]) -> list[dict]:
         best, last = best_point(curve), len(curve["steps"]) - 1
         row = {
             "variant": label(record),
-            "changes": ", ".join(f"{k}={v}" for k, v in record["overrides"].items()) or "-",
+            "changes": changes(record),
             "queries": curve["queries"],
             "steps": curve["steps"][last],
             "prompts": curve["prompts_seen"][last],
