@@ -133,7 +133,7 @@ def build_contrastive_trainer(config: TrainConfig) -> ContrastiveTrainer:
     if config.adaptation.lora:
         from peft import get_peft_model
 
-        model = get_peft_model(model, config.peft_config())
+        model = get_peft_model(model, config.peft_config(model))
     if config.run.method == "simcse":
         set_attention_dropout(model, config.baselines.simcse_dropout)
         fields = ("text",)

@@ -392,12 +392,32 @@ class TrainConfig:
             dataloader_pin_memory=torch.cuda.is_available(),
         )
 
-    def peft_config(self):
-        """peft's LoraConfig when ``adaptation.lora`` is on, else None (full fine-tuning)."""
+    def peft_config(self, model=None):
+        """peft's LoraConfig when ``adaptation.lora`` is on, else None (full fine-tuning). With
+        ``model``, listed target modules must name modules it has (peft's own error is a long
+        traceback)."""
         adaptation = self.adaptation
         if not adaptation.lora:
             return None
         from peft import LoraConfig
+
+        targets = adaptation.lora_target_modules
+        if model is not None and isinstance(targets, list):
+            import torch
+
+            linear = sorted(
+                {
+                    n.rsplit(".", 1)[-1]
+                    for n, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear)
+                }
+            )
+            missing = sorted(set(targets) - set(linear))
+            check(
+                not missing,
+                f"adaptation.lora_target_modules {missing} name no linear layer of the model; "
+                f"its linear layers are {linear} (or use 'all-linear').",
+            )
 
         return LoraConfig(
             r=adaptation.lora_r,

@@ -355,7 +355,7 @@ def build_grpo_trainer(config: TrainConfig, single_pass: bool = True):
     from grace.rollouts import GraceGRPOTrainer
 
     model, tokenizer = load_model(config.run.model, dtype=config.adaptation.torch_dtype)
-    peft_config = config.peft_config()
+    peft_config = config.peft_config(model)
     top = config.adaptation.train_top_layers
     if top is not None:
         layers = train_top_layers(model, top, lora=peft_config is not None)

@@ -383,3 +383,13 @@ def test_a_safetensors_file_of_garbage_is_named_not_a_traceback(tmp_path):
     assert safetensors_problem(path).startswith("unreadable header (it claims")
     path.write_bytes((10).to_bytes(8, "little") + b"not json!!")
     assert safetensors_problem(path).startswith("unreadable header")
+
+
+@pytest.mark.parametrize("method", ["grace", "contrastive"])
+def test_lora_targets_the_model_lacks_are_one_line(tmp_path, method, capsys):
+    argv = ["train", "--config", "tiny", "--set", f"run.output_dir={tmp_path}"]
+    lora = ["--set", "adaptation.lora=true", "--set", "adaptation.lora_target_modules=[nosuchmod]"]
+    assert main([*argv, "--set", f"run.method={method}", *lora]) == 2
+    err = capsys.readouterr().err
+    assert "lora_target_modules ['nosuchmod'] name no linear layer of the model" in err
+    assert "q_proj" in err and err.count("\n") == 1
