@@ -211,6 +211,11 @@ class ValidationCallback(TrainerCallback):
             saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / BUDGET
             if saved.exists():
                 self.spent = json.loads(saved.read_text())
+            elif self.details.exists():  # a checkpoint written before budgets were saved
+                points = [json.loads(line) for line in self.details.read_text().splitlines()]
+                before = [p for p in points if p["step"] <= state.global_step and "seconds" in p]
+                if before:
+                    self.spent = {key: before[-1][key] for key in self.spent}
         self.clock = time.process_time(), time.perf_counter()
 
     def on_save(self, args, state, control, **kwargs):
