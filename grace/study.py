@@ -31,9 +31,13 @@ def study_records(folder: str | Path) -> list[dict]:
     return [r for r in records if "prompts_seen" in r["curve"] and "seconds" in r["curve"]]
 
 
+BOOK_LABELS = {"cl": "+CL"}  # the book's name where it has one
+
+
 def label(record: dict) -> str:
-    """A record's name without the study prefix (``frozen``, ``cl``, ...)."""
-    return record["variant"].removeprefix(PREFIX)
+    """A record's name without the study prefix (``frozen``, ``+CL``, ...)."""
+    name = record["variant"].removeprefix(PREFIX)
+    return BOOK_LABELS.get(name, name)
 
 
 def is_baseline(record: dict) -> bool:
@@ -83,9 +87,10 @@ def study_rows(records: list[dict]) -> list[dict]:
             "variant": label(record),
             "changes": changes(record),
             "queries": curve["queries"],
-            "steps": curve["steps"][last],
+            "steps": f"{curve['steps'][last]}"
+            + ("" if record.get("finished", True) else " (stopped)"),
             "prompts": curve["prompts_seen"][last],
-            "CPU h": curve["seconds"][last] / 3600,
+            "CPU h": f"{curve['seconds'][last] / 3600:.2f}",
             "MRR at 0": curve["values"][0],
             "best change": (curve["change"][best], curve["change_stderr"][best]),
             "at step": curve["steps"][best],
@@ -180,30 +185,40 @@ def study_markdown(records: list[dict]) -> str:
 
 def study_figure(records: list[dict], path: str | Path | None = None):
     """Validation change (± 1 standard error, paired) against prompts seen and against training
-    CPU hours, GRACE variants and +CL on the same axes; below, two collapse diagnostics of the
-    GRACE variants' validation rationales and embeddings."""
+    CPU hours, GRACE variants and +CL on the same axes; below, the distinct-2 of the GRACE runs'
+    validation rationales and the mean pairwise cosine of every run's validation embeddings."""
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(2, 2, figsize=(12, 8.5))
-    for record in records:
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, record in enumerate(records):
         curve = record["curve"]
         change, error = np.array(curve["change"]), np.array(curve["change_stderr"])
-        style = {"linestyle": "--" if is_baseline(record) else "-", "marker": "o", "ms": 3}
+        colour = colours[index % len(colours)]  # one colour per run in every panel
+        style = {
+            "linestyle": "--" if is_baseline(record) else "-",
+            "marker": "o",
+            "ms": 3,
+            "color": colour,
+        }
         for ax, x in (
             (axes[0, 0], np.array(curve["prompts_seen"])),
             (axes[0, 1], np.array(curve["seconds"]) / 3600),
         ):
             ax.plot(x, change, label=label(record), **style)
-            ax.fill_between(x, change - error, change + error, alpha=0.15)
+            ax.fill_between(x, change - error, change + error, alpha=0.15, color=colour)
         diagnostics = curve.get("diagnostics") or []
-        if not is_baseline(record) and diagnostics:
-            prompts = curve["prompts_seen"]
-            for ax, key in ((axes[1, 0], "distinct_2"), (axes[1, 1], "mean_cosine")):
-                ax.plot(prompts, [d[key] for d in diagnostics], label=label(record), **style)
+        prompts = curve["prompts_seen"]
+        for ax, key in ((axes[1, 0], "distinct_2"), (axes[1, 1], "mean_cosine")):
+            values = [d.get(key) for d in diagnostics]
+            if values and None not in values:  # distinct-2: GRACE only (the baselines write none)
+                ax.plot(prompts, values, label=label(record), **style)
     axes[0, 0].set(xlabel="training prompts (GRACE) or pairs (+CL) seen", ylabel="paired change")
     axes[0, 1].set(xlabel="training CPU hours (validation excluded)", ylabel="paired change")
     axes[1, 0].set(xlabel="training prompts seen", ylabel="distinct-2 of validation rationales")
-    axes[1, 1].set(xlabel="training prompts seen", ylabel="mean pairwise cosine (validation)")
+    axes[1, 1].set(
+        xlabel="training prompts or pairs seen", ylabel="mean pairwise cosine (validation)"
+    )
     for ax in axes.flat:
         ax.grid(alpha=0.3)
     for ax in axes[0]:

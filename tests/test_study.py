@@ -42,7 +42,7 @@ def test_rows_give_best_and_last_change_and_the_diagnostics_ends():
     assert row["verdict"] == "no difference"  # 0.02 is 2 standard errors
     assert row["distinct-2"] == [0.5, 0.4] and row["prompts"] == 80
     (cl,) = study_rows([record("study-cl", "contrastive", [0.0, 0.1])])
-    assert cl["distinct-2"] is None and cl["verdict"] == "learned"
+    assert cl["distinct-2"] is None and cl["verdict"] == "learned" and cl["variant"] == "+CL"
 
 
 def test_markdown_and_figure_from_records_on_disk(tmp_path):
@@ -72,7 +72,7 @@ def test_describe_study_gives_each_variant_and_the_budget_to_match_the_baseline(
     text = describe_study(records).splitlines()
     assert text[0].startswith("- **frozen**: paired change -0.020 ± 0.010 after 80 prompts")
     assert "no difference; distinct-2 0.50 → 0.40, copies 10% → 10%" in text[0]
-    assert text[2].startswith("- **cl** (the baseline): +0.150 ± 0.010 after 160 pairs")
+    assert text[2].startswith("- **+CL** (the baseline): +0.150 ± 0.010 after 160 pairs")
     assert text[3] == "  - frozen reaches it at no point of its run (80 prompts, 0.3 CPU h)."
     assert text[4] == "  - fast reaches it after 80 prompts, 0.3 CPU h."
     assert describe_study([]) == "No study records yet."
