@@ -109,12 +109,38 @@ def load_model(
     model.config.pad_token_id = tokenizer.pad_token_id
     model.to(device=device, dtype=dtype)
     model.eval()
+    broken = [name for name, weight in model.named_parameters() if not weight.isfinite().all()]
+    if broken:  # e.g. trained at a learning rate that overflowed: every embedding would be NaN
+        raise ModelLoadError(
+            f"Model {name_or_path!r} has non-finite weights ({len(broken)} tensors, first "
+            f"{broken[0]}): it cannot embed anything."
+        )
     return model, tokenizer
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file cannot be loaded whole (bad header, truncated data), or None."""
+    actual = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if size > actual - 8:
+                return f"unreadable header (it claims {size} bytes of a {actual}-byte file)"
+            header = json.loads(handle.read(size))
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
+        return f"unreadable header ({error})"
+    expected = 8 + size + max(ends, default=0)
+    return None if actual >= expected else f"truncated: {actual} of {expected} bytes"
 
 
 def _load_pretrained(
     name_or_path: str, dtype: torch.dtype
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    for weights in sorted(Path(name_or_path).glob("*.safetensors")):  # a local folder's files
+        problem = safetensors_problem(weights)
+        if problem:
+            raise ModelLoadError(f"{weights}: {problem}; the model folder is damaged.")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)

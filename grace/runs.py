@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from grace.config import ConfigError, TrainConfig, load_config
+from grace.models import safetensors_problem
 
 OFFLINE_MODELS = ("tiny-random", "smollm2-135m-instruct")  # built or shipped here, no hub
 
@@ -128,22 +129,6 @@ def run_lock(folder: str | Path) -> Iterator[None]:
                 fcntl.flock(handle, fcntl.LOCK_UN)
             except OSError:
                 pass
-
-
-def safetensors_problem(path: Path) -> str | None:
-    """Why a safetensors file cannot be loaded whole (bad header, truncated data), or None."""
-    actual = path.stat().st_size
-    try:
-        with open(path, "rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            if size > actual - 8:
-                return f"unreadable header (it claims {size} bytes of a {actual}-byte file)"
-            header = json.loads(handle.read(size))
-        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
-        return f"unreadable header ({error})"
-    expected = 8 + size + max(ends, default=0)
-    return None if actual >= expected else f"truncated: {actual} of {expected} bytes"
 
 
 def check_checkpoint(checkpoint: str | Path | None) -> None:

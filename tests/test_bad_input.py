@@ -376,7 +376,7 @@ def test_eval_scores_a_task_named_twice_once_and_refuses_lengths_beyond_the_cap(
 
 
 def test_a_safetensors_file_of_garbage_is_named_not_a_traceback(tmp_path):
-    from grace.runs import safetensors_problem
+    from grace.models import safetensors_problem
 
     path = tmp_path / "model.safetensors"
     path.write_bytes(b"\xff" * 64)  # its first 8 bytes claim a header of 2**64 - 1 bytes
@@ -393,3 +393,27 @@ def test_lora_targets_the_model_lacks_are_one_line(tmp_path, method, capsys):
     err = capsys.readouterr().err
     assert "lora_target_modules ['nosuchmod'] name no linear layer of the model" in err
     assert "q_proj" in err and err.count("\n") == 1
+
+
+def test_a_damaged_or_non_finite_model_folder_is_one_line(tmp_path, files, capsys):
+    import torch
+
+    from grace.models import build_tiny_random
+
+    model, tokenizer = build_tiny_random()
+    for name in ("truncated", "nan"):
+        if name == "nan":
+            with torch.no_grad():
+                model.model.norm.weight.fill_(float("nan"))
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    weights = tmp_path / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    argv = ["embed", "--input", files["texts"], "--output", str(tmp_path / "e.npy")]
+    assert main([*argv, "--model", str(tmp_path / "truncated")]) == 2
+    assert f"{weights}: truncated" in capsys.readouterr().err
+    assert main([*argv, "--model", str(tmp_path / "nan")]) == 2
+    err = capsys.readouterr().err
+    assert "has non-finite weights (1 tensors, first model.norm.weight)" in err
+    assert err.splitlines()[-1].startswith("grace embed: error: ") and "Traceback" not in err
+    assert not (tmp_path / "e.npy").exists()
