@@ -86,3 +86,10 @@ def logged_rollout_diagnostics(path: str | Path) -> list[dict]:
         texts = [sample["text"]] * len(sample["rationales"])
         rows.append({"step": sample["step"], **rationale_diagnostics(texts, sample["rationales"])})
     return rows
+
+
+def first_to_last(points: tuple[dict, dict], key: str, style: str) -> str:
+    """``first → last`` of one diagnostic of two points ("n/a" where a point has none, e.g. a
+    rationale without two words)."""
+    values = [point.get(key) for point in points]
+    return " → ".join("n/a" if value is None else format(value, style) for value in values)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import t
 
+from grace.diagnostics import first_to_last
 from grace.evaluation.results import Difference
 
 
@@ -203,17 +204,12 @@ def describe_collapse(rows: list[dict], share: float = 0.5) -> str:
     if not rows:
         return "No rollouts were logged (set `logging.sample_every`)."
     first, last = rows[0], rows[-1]
-
-    def ends(key: str, percent: bool) -> str:
-        a, b = first[key], last[key]
-        if a is None or b is None:
-            return "n/a"
-        return f"{a:.0%} → {b:.0%}" if percent else f"{a:.2f} → {b:.2f}"
-
+    pair = (first, last)
     text = (
         f"Logged rollouts, step {first['step']} → step {last['step']}: copies of the input "
-        f"{ends('copy_share', True)}, code fences {ends('fence_share', True)}, distinct-2 "
-        f"{ends('distinct_2', False)}."
+        f"{first_to_last(pair, 'copy_share', '.0%')}, code fences "
+        f"{first_to_last(pair, 'fence_share', '.0%')}, distinct-2 "
+        f"{first_to_last(pair, 'distinct_2', '.2f')}."
     )
     found = [
         name

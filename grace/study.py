@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from grace.diagnostics import first_to_last
 from grace.validation import verdict
 
 PREFIX = "study-"
@@ -99,16 +100,10 @@ def study_rows(records: list[dict]) -> list[dict]:
         }
         diagnostics = curve.get("diagnostics")
         for key, name in DIAGNOSTICS.items():
-            ends = [diagnostics[0].get(key), diagnostics[last].get(key)] if diagnostics else []
-            row[name] = ends if ends and None not in ends else None
+            pair = [diagnostics[0].get(key), diagnostics[last].get(key)] if diagnostics else []
+            row[name] = pair if pair and None not in pair else None
         rows.append(row)
     return rows
-
-
-def ends(points: tuple[dict, dict], key: str, style: str) -> str:
-    """``first → last`` of one diagnostic ("n/a" where a point has none, e.g. no words)."""
-    values = [point.get(key) for point in points]
-    return " → ".join("n/a" if value is None else format(value, style) for value in values)
 
 
 def describe_study(records: list[dict]) -> str:
@@ -132,9 +127,10 @@ def describe_study(records: list[dict]) -> str:
         if diagnostics:
             pair = (diagnostics[0], diagnostics[last])
             line += (
-                f"; distinct-2 {ends(pair, 'distinct_2', '.2f')}, copies "
-                f"{ends(pair, 'copy_share', '.0%')}, fences {ends(pair, 'fence_share', '.0%')}, "
-                f"mean cosine {ends(pair, 'mean_cosine', '.2f')}"
+                f"; distinct-2 {first_to_last(pair, 'distinct_2', '.2f')}, copies "
+                f"{first_to_last(pair, 'copy_share', '.0%')}, fences "
+                f"{first_to_last(pair, 'fence_share', '.0%')}, "
+                f"mean cosine {first_to_last(pair, 'mean_cosine', '.2f')}"
             )
         lines.append(line + ".")
     for baseline in baselines:

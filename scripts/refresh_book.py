@@ -39,17 +39,22 @@ BLOCKS = {
 }
 
 
+def split_block(text: str, name: str) -> tuple[str, str, str]:
+    """``text`` as (before the block, the block, after it), the markers left out."""
+    head, rest = text.split(f"<!-- {name} -->\n")
+    inside, tail = rest.split(f"\n<!-- /{name} -->")
+    return head, inside, tail
+
+
 def block(page: str, name: str) -> str:
     """The text of block ``name`` in ``page`` as committed."""
-    text = (ROOT / page).read_text()
-    return text.split(f"<!-- {name} -->\n")[1].split(f"\n<!-- /{name} -->")[0]
+    return split_block((ROOT / page).read_text(), name)[1]
 
 
 def main() -> None:
     for name, (page, make) in BLOCKS.items():
         path = ROOT / page
-        head, rest = path.read_text().split(f"<!-- {name} -->\n")
-        tail = rest.split(f"\n<!-- /{name} -->")[1]
+        head, _, tail = split_block(path.read_text(), name)
         path.write_text(f"{head}<!-- {name} -->\n{make()}\n<!-- /{name} -->{tail}")
         print(f"{page}: {name}")
     figure = ROOT / "book" / "figures" / "study.png"
