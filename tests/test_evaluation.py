@@ -77,6 +77,8 @@ def test_summary_by_hand():
     assert table.loc["paper: Qwen2.5-1.5B GRACE sup.", "Avg (paper, as printed)"] == 45.48
     markdown = to_markdown(table)
     assert "| run | 30.00 |" in markdown and markdown.count("\n") == len(table) + 1
+    header = to_markdown(summarize({"run": records})).splitlines()[0]
+    assert "STS" in header and "Retr" in header and "Cls" not in header and "Summ" not in header
 
 
 def test_bar_chart_draws_one_bar_per_row_and_category(tmp_path):

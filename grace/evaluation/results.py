@@ -74,7 +74,11 @@ def with_paper(ours: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame, digits: int = 2) -> str:
-    """A GitHub-flavoured markdown table (empty cells for NaN; strings are kept as they are)."""
+    """A GitHub-flavoured markdown table (empty cells for NaN; strings are kept as they are).
+
+    A column empty in every row (a category no task of the suite has) is left out.
+    """
+    table = table.loc[:, table.notna().any()]
     header = ["", *table.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, row in table.iterrows():
