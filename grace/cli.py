@@ -133,7 +133,7 @@ def lengths(text: str) -> list[int]:
 
 def notebook_numbers(text: str) -> list[int]:
     """``5,8``: numbers of notebooks that exist."""
-    from grace.reproduce import ReproduceError, notebooks
+    from grace.book.reproduce import ReproduceError, notebooks
 
     parts = [part.strip() for part in text.split(",")]
     if not all(part.isdigit() for part in parts):
@@ -391,14 +391,14 @@ def run_eval(args: argparse.Namespace) -> None:
 
 
 def run_reproduce(args: argparse.Namespace) -> None:
-    from grace.reproduce import reproduce
+    from grace.book.reproduce import reproduce
 
     summary = reproduce(args.profile, args.output, only=args.only, resume=not args.fresh)
     print(f"All notebooks done in {summary['total_seconds']} s (profile {args.profile}).")
 
 
 def run_book(args: argparse.Namespace) -> None:
-    from grace.reproduce import build_book
+    from grace.book.reproduce import build_book
 
     print(f"Book built: {build_book(args.executed, args.output)}")
 
@@ -408,11 +408,11 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # bad arguments (status 2) or --help (status 0)
         return int(stop.code or 0)
+    from grace.book.reproduce import ReproduceError
     from grace.config import ConfigError
     from grace.data import DataError
     from grace.encoder import CacheError
     from grace.models import ModelLoadError
-    from grace.reproduce import ReproduceError
 
     try:
         args.run(args)

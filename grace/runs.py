@@ -11,7 +11,7 @@ settings are left out). The rules:
 * a folder with files but no run is refused, and one process at a time writes a run folder.
 
 Evaluation reports carry a key of the same kind (model identity, encoder settings, suite),
-so a report written under other settings is never reused. The book's run names live here too.
+so a report written under other settings is never reused.
 """
 
 from __future__ import annotations
@@ -23,29 +23,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from grace.config import ConfigError, TrainConfig, load_config
+from grace.config import ConfigError, TrainConfig
 from grace.models import safetensors_problem
-
-OFFLINE_MODELS = ("tiny-random", "smollm2-135m-instruct")  # built or shipped here, no hub
 
 CONFIG_FILE = "grace_config.json"
 HISTORY_FILE = "log_history.json"
-
-#: The book's trained models, by run folder name, with what each changes in the profile.
-RUNS: dict[str, dict] = {
-    "grace-supervised": {"run.method": "grace", "run.setting": "supervised"},
-    "grace-unsupervised": {"run.method": "grace", "run.setting": "unsupervised"},
-    "contrastive": {"run.method": "contrastive"},
-    "simcse": {"run.method": "simcse"},
-}
-#: The table label of each model and its run folder (``None`` for the profile's base model).
-LABELS = {
-    "base": None,
-    "+CL": "contrastive",
-    "GRACE supervised": "grace-supervised",
-    "SimCSE": "simcse",
-    "GRACE unsupervised": "grace-unsupervised",
-}
 
 
 def saved_hash(folder: str | Path) -> str | None:
@@ -163,47 +145,6 @@ def log_history(folder: str | Path) -> list[dict]:
     return json.loads((Path(folder) / HISTORY_FILE).read_text())
 
 
-def trained_model(config: TrainConfig) -> Path:
-    """The folder of a finished run with these settings, training (or resuming) it if needed.
-
-    Notebooks call this, so a later notebook (or a rerun) reuses a model trained earlier, and
-    a profile edit that changes training trains again.
-    """
-    if not is_finished(config.run.output_dir, config):
-        from grace.train import train
-
-        train(config)
-    return Path(config.run.output_dir)
-
-
-def run_config(config: TrainConfig, name: str, out: str | Path) -> TrainConfig:
-    """The profile's config for one of the book's runs (``RUNS``), in ``out/name``."""
-    return config.with_changes({**RUNS[name], "run.output_dir": str(Path(out) / name)})
-
-
-def model_paths(
-    config: TrainConfig, out: str | Path, labels: list[str] | None = None
-) -> dict[str, str]:
-    """Table label -> what to load: the profile's base model, or the run folder in ``out``,
-    trained first (with a message) when no finished run with the profile's settings is there.
-    So a notebook opened alone (on Colab, say) gets its models without the earlier ones."""
-    paths = {}
-    for label in labels or list(LABELS):
-        run = LABELS[label]
-        if run is None:
-            paths[label] = config.run.model
-            continue
-        run_settings = run_config(config, run, out)
-        if not is_finished(run_settings.run.output_dir, run_settings):
-            print(
-                f"{label}: no finished run with these settings in {run_settings.run.output_dir}; "
-                f"training it now with the profile's settings (notebooks 5-7 do the same; see "
-                "the run summary of the book for how long each took on 2 CPU cores)."
-            )
-        paths[label] = str(trained_model(run_settings))
-    return paths
-
-
 def model_identity(model: str) -> str:
     """What names a model's weights: a run folder's settings hash, else the name itself."""
     return saved_hash(model) or model
@@ -225,23 +166,3 @@ def report_key(model: str, suite: str, **settings) -> dict:
     return json.loads(
         json.dumps({"model": model_identity(model), "suite": suite, "settings": settings})
     )
-
-
-def setup_notebook(profile: str, output_dir: str) -> tuple[TrainConfig, Path]:
-    """The shared first cell of every notebook: the profile's config and the output folder.
-
-    Profiles of an offline model (``tiny``, ``cpu``, ``cpu-long``) switch the Hugging Face hub
-    off unless the environment says otherwise.
-    """
-    model = load_config(profile).run.model
-    os.environ.setdefault("HF_HUB_OFFLINE", "1" if model in OFFLINE_MODELS else "0")
-    # huggingface_hub read the variable when it was imported (with grace.config, before this
-    # call): its module constant is what is_offline_mode() answers from, so set it too.
-    import huggingface_hub.constants as hub
-
-    hub.HF_HUB_OFFLINE = os.environ["HF_HUB_OFFLINE"].upper() in hub.ENV_VARS_TRUE_VALUES
-    config = load_config(profile, {"run.output_dir": output_dir})
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"profile={profile} model={config.run.model} output_dir={output_dir}")
-    return config, out

@@ -395,9 +395,7 @@ def train_top_layers(model: PreTrainedModel, top: int, lora: bool = False) -> li
     decoder = model.get_decoder()
     count = len(decoder.layers)
     if not 1 <= top <= count:
-        raise ConfigError(
-            f"adaptation.train_top_layers={top}, but the model has {count} layers."
-        )
+        raise ConfigError(f"adaptation.train_top_layers={top}, but the model has {count} layers.")
     trained = list(range(count - top, count))
     if not lora:
         model.requires_grad_(False)
@@ -495,3 +493,11 @@ def _train(config: TrainConfig, callbacks: list | None):
     save_encoder_settings(output, encoder_config(config))
     mark_finished(output, trainer.state.log_history)
     return trainer
+
+
+def trained_model(config: TrainConfig) -> Path:
+    """The folder of a finished run with these settings, training (or resuming) it if needed:
+    a rerun reuses the model, and a change of any setting that decides the weights trains again."""
+    if not is_finished(config.run.output_dir, config):
+        train(config)
+    return Path(config.run.output_dir)

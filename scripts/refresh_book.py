@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from grace.book.study import describe_study, study_figure, study_markdown, study_records
 from grace.config import settings_table
 from grace.evaluation.results import headline_answer, table_json_markdown
-from grace.study import describe_study, study_figure, study_markdown, study_records
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK_PROFILES = ["tiny", "cpu", "cpu-long", "colab", "gpu", "paper"]

@@ -28,7 +28,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from grace.config import load_config  # noqa: E402
-from grace.runs import HISTORY_FILE, log_history, trained_model  # noqa: E402
+from grace.runs import HISTORY_FILE, log_history  # noqa: E402
+from grace.train import trained_model  # noqa: E402
 from grace.validation import details_curve, verdict  # noqa: E402
 
 RESULTS = Path("results/sweep")

@@ -12,11 +12,11 @@ import pytest
 import grace.baselines
 import grace.encoder
 import grace.train
+from grace.book.reproduce import ReproduceError, notebooks
 from grace.cli import main
 from grace.data import DataError, read_texts, read_triples
 from grace.encoder import CacheError, EncoderConfig, GraceEncoder
 from grace.evaluation import HubRequired, resolve_tasks
-from grace.reproduce import ReproduceError, notebooks
 
 
 @pytest.fixture

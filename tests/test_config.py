@@ -209,7 +209,7 @@ def test_a_notebook_on_an_offline_profile_switches_the_imported_hub_off(tmp_path
     """huggingface_hub reads HF_HUB_OFFLINE once, at import (before any notebook cell runs)."""
     import huggingface_hub.constants as hub
 
-    from grace.runs import setup_notebook
+    from grace.book.notebooks import setup_notebook
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)

@@ -6,6 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from grace.book.readings import (
+    describe_cancellation,
+    describe_generative,
+    describe_margins,
+    describe_pooling,
+    describe_rollouts,
+    describe_separation,
+    mean_and_noise,
+    pair_margin,
+)
 from grace.evaluation.noise import length_changes, single_draws
 from grace.evaluation.results import (
     PAPER_COMPARISONS,
@@ -33,16 +43,6 @@ from grace.evaluation.tasks import (
     random_ndcg_at_10,
     random_v_measure,
     task_overview,
-)
-from grace.readings import (
-    describe_cancellation,
-    describe_generative,
-    describe_margins,
-    describe_pooling,
-    describe_rollouts,
-    describe_separation,
-    mean_and_noise,
-    pair_margin,
 )
 
 
@@ -279,7 +279,7 @@ def test_margins_of_one_model_end_as_a_sentence():
 def test_describe_step_counts_rollouts_that_follow_their_advantage():
     import pandas as pd
 
-    from grace.readings import describe_step
+    from grace.book.readings import describe_step
 
     step = pd.DataFrame({
         "group": [0, 0, 1, 1],
@@ -297,8 +297,8 @@ def test_describe_step_counts_rollouts_that_follow_their_advantage():
 def test_describe_collapse_names_copying_and_fences_from_the_logged_rollouts(tmp_path):
     import json
 
+    from grace.book.readings import describe_collapse
     from grace.diagnostics import logged_rollout_diagnostics
-    from grace.readings import describe_collapse
 
     text = "A chef opens a restaurant in Paris and fights his rival."
     samples = [
@@ -318,7 +318,7 @@ def test_describe_collapse_names_copying_and_fences_from_the_logged_rollouts(tmp
 
 
 def test_describe_loss_reads_first_tenth_and_last_steps():
-    from grace.readings import describe_loss
+    from grace.book.readings import describe_loss
 
     history = [{"step": s, "loss": 2.0 / s} for s in (1, 5, 9, 12, 150)] + [{"step": 150}]
     assert describe_loss(history) == "2.000 at step 1, 0.222 at step 9, 0.013 at step 150."

@@ -5,7 +5,7 @@ import nbformat
 import pytest
 import yaml
 
-from grace.reproduce import NOTEBOOK_DIR, ROOT, ReproduceError, notebooks, reproduce
+from grace.book.reproduce import NOTEBOOK_DIR, ROOT, ReproduceError, notebooks, reproduce
 
 
 def write_notebook(path: Path, body: str) -> None:
@@ -109,7 +109,7 @@ def test_publishing_workflow_parses():
 
 
 def test_page_check_finds_stderr_absolute_paths_and_tracebacks(tmp_path):
-    from grace.reproduce import page_problems
+    from grace.book.reproduce import page_problems
 
     pages = tmp_path / "book" / "executed"
     pages.mkdir(parents=True)
@@ -137,7 +137,7 @@ def test_page_check_finds_stderr_absolute_paths_and_tracebacks(tmp_path):
 
 
 def test_notebook_check_reads_the_ipynb_files(tmp_path):
-    from grace.reproduce import move_progress_to_log, notebook_problems
+    from grace.book.reproduce import move_progress_to_log, notebook_problems
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [
@@ -175,13 +175,13 @@ def test_notebook_check_reads_the_ipynb_files(tmp_path):
 
 
 def test_the_committed_notebooks_are_clean():
-    from grace.reproduce import notebook_problems
+    from grace.book.reproduce import notebook_problems
 
     assert notebook_problems(ROOT / "book" / "executed") == []
 
 
 def test_parameters_cells_are_hidden_from_the_page(tmp_path):
-    from grace.reproduce import prepare_for_the_book
+    from grace.book.reproduce import prepare_for_the_book
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [
@@ -209,7 +209,6 @@ def test_stderr_leaves_the_executed_notebook_for_a_log(tmp_path):
     assert "/work/x warning" in (output / "logs" / "01_noisy.stderr.txt").read_text()
 
 
-
 def test_a_notebook_that_needs_a_trained_model_runs_alone(tmp_path):
     """Notebook 9 opened alone (Colab, a fresh folder): the run layer trains what it needs."""
     summary = reproduce("tiny", tmp_path, only=[9])
@@ -222,7 +221,7 @@ def test_an_output_folder_outside_the_checkout_is_shown_relative(tmp_path):
     the pages must not print the machine's absolute folder (the book build refuses those)."""
     import os
 
-    from grace.reproduce import PAGE_PROBLEMS, shown_path
+    from grace.book.reproduce import PAGE_PROBLEMS, shown_path
 
     shown = shown_path(tmp_path / "run")
     assert not os.path.isabs(shown) and (ROOT / shown).resolve() == (tmp_path / "run").resolve()

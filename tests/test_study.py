@@ -1,6 +1,12 @@
 import json
 
-from grace.study import budget_to_match, study_figure, study_markdown, study_records, study_rows
+from grace.book.study import (
+    budget_to_match,
+    study_figure,
+    study_markdown,
+    study_records,
+    study_rows,
+)
 
 
 def record(name: str, method: str, changes: list[float], per_step: int = 4) -> dict:
@@ -62,7 +68,7 @@ def test_markdown_and_figure_from_records_on_disk(tmp_path):
 
 
 def test_describe_study_gives_each_variant_and_the_budget_to_match_the_baseline():
-    from grace.study import describe_study
+    from grace.book.study import describe_study
 
     records = [
         record("study-frozen", "grace", [0.0, 0.01, -0.02]),
@@ -79,7 +85,7 @@ def test_describe_study_gives_each_variant_and_the_budget_to_match_the_baseline(
 
 
 def test_describe_study_survives_a_run_whose_rationales_lost_their_words():
-    from grace.study import describe_study
+    from grace.book.study import describe_study
 
     collapsed = record("study-frozen", "grace", [0.0, -0.01])
     collapsed["curve"]["diagnostics"][-1]["distinct_2"] = None  # bare fences: no word pairs

@@ -7,8 +7,8 @@ from transformers import TrainerCallback
 from grace.cli import main
 from grace.config import load_config
 from grace.models import build_tiny_random, load_model
-from grace.runs import is_finished, log_history, trained_model
-from grace.train import check_whole_groups, train
+from grace.runs import is_finished, log_history
+from grace.train import check_whole_groups, train, trained_model
 
 
 def run(tmp_path, *overrides):

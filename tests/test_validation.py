@@ -176,7 +176,7 @@ def test_a_resumed_run_counts_its_budget_from_the_checkpoint_it_resumes(tmp_path
     restarts at step 2, so its seconds must continue from step 2's, not from step 3's point."""
     from transformers import TrainerCallback
 
-    from grace.runs import trained_model
+    from grace.train import trained_model
 
     class Stop(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):

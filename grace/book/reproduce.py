@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: grace/book/reproduce.py
 NOTEBOOK_DIR = ROOT / "notebooks"
 SUMMARY = "reproduce.json"
 

@@ -1,0 +1,81 @@
+"""What the notebooks share: their first cell, the book's runs and how a notebook gets them.
+
+A notebook trains the runs it shows through :func:`grace.train.trained_model`, so a later
+notebook (or a rerun) reuses a model trained earlier, and one opened alone (on Colab, say)
+trains what it needs with the profile's settings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from grace.config import TrainConfig, load_config
+from grace.runs import is_finished
+from grace.train import trained_model
+
+OFFLINE_MODELS = ("tiny-random", "smollm2-135m-instruct")  # built or shipped here, no hub
+
+#: The book's trained models, by run folder name, with what each changes in the profile.
+RUNS: dict[str, dict] = {
+    "grace-supervised": {"run.method": "grace", "run.setting": "supervised"},
+    "grace-unsupervised": {"run.method": "grace", "run.setting": "unsupervised"},
+    "contrastive": {"run.method": "contrastive"},
+    "simcse": {"run.method": "simcse"},
+}
+#: The table label of each model and its run folder (``None`` for the profile's base model).
+LABELS = {
+    "base": None,
+    "+CL": "contrastive",
+    "GRACE supervised": "grace-supervised",
+    "SimCSE": "simcse",
+    "GRACE unsupervised": "grace-unsupervised",
+}
+
+
+def run_config(config: TrainConfig, name: str, out: str | Path) -> TrainConfig:
+    """The profile's config for one of the book's runs (``RUNS``), in ``out/name``."""
+    return config.with_changes({**RUNS[name], "run.output_dir": str(Path(out) / name)})
+
+
+def model_paths(
+    config: TrainConfig, out: str | Path, labels: list[str] | None = None
+) -> dict[str, str]:
+    """Table label -> what to load: the profile's base model, or the run folder in ``out``,
+    trained first (with a message) when no finished run with the profile's settings is there.
+    So a notebook opened alone (on Colab, say) gets its models without the earlier ones."""
+    paths = {}
+    for label in labels or list(LABELS):
+        run = LABELS[label]
+        if run is None:
+            paths[label] = config.run.model
+            continue
+        run_settings = run_config(config, run, out)
+        if not is_finished(run_settings.run.output_dir, run_settings):
+            print(
+                f"{label}: no finished run with these settings in {run_settings.run.output_dir}; "
+                f"training it now with the profile's settings (notebooks 5-7 do the same; see "
+                "the run summary of the book for how long each took on 2 CPU cores)."
+            )
+        paths[label] = str(trained_model(run_settings))
+    return paths
+
+
+def setup_notebook(profile: str, output_dir: str) -> tuple[TrainConfig, Path]:
+    """The shared first cell of every notebook: the profile's config and the output folder.
+
+    Profiles of an offline model (``tiny``, ``cpu``, ``cpu-long``) switch the Hugging Face hub
+    off unless the environment says otherwise.
+    """
+    model = load_config(profile).run.model
+    os.environ.setdefault("HF_HUB_OFFLINE", "1" if model in OFFLINE_MODELS else "0")
+    # huggingface_hub read the variable when it was imported (with grace.config, before this
+    # call): its module constant is what is_offline_mode() answers from, so set it too.
+    import huggingface_hub.constants as hub
+
+    hub.HF_HUB_OFFLINE = os.environ["HF_HUB_OFFLINE"].upper() in hub.ENV_VARS_TRUE_VALUES
+    config = load_config(profile, {"run.output_dir": output_dir})
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"profile={profile} model={config.run.model} output_dir={output_dir}")
+    return config, out
