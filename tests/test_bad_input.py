@@ -1,5 +1,6 @@
-"""Issue 15's probes: every bad input gets a one-line error (exit status 2) before any model
-loads, or the behaviour the issue asked for. One row or test per probe, so none comes back."""
+"""The probes of issues 15 and 24: every bad input gets a one-line error (exit status 2)
+before any model loads, or the behaviour the issue asked for. One row or test per probe, so
+none comes back."""
 
 import os
 import re
