@@ -391,10 +391,16 @@ def run_eval(args: argparse.Namespace) -> None:
 
 
 def run_reproduce(args: argparse.Namespace) -> None:
-    from grace.book.reproduce import reproduce
+    from grace.book.reproduce import notebooks, reproduce
 
     summary = reproduce(args.profile, args.output, only=args.only, resume=not args.fresh)
-    print(f"All notebooks done in {summary['total_seconds']} s (profile {args.profile}).")
+    done = sum(record["status"] == "ok" for record in summary["notebooks"].values())
+    total = len(notebooks())
+    rest = "" if done == total else "; run without --only for the others"
+    print(
+        f"{done} of {total} notebooks done, {summary['total_seconds']} s in all "
+        f"(profile {args.profile}){rest}."
+    )
 
 
 def run_book(args: argparse.Namespace) -> None:

@@ -510,6 +510,12 @@ def full_key(key: str) -> tuple[str, str]:
         if section not in SECTIONS:
             raise ConfigError(f"Unknown configuration section {section!r} in {key!r}.")
         return section, name
+    if key in SECTIONS:
+        fields = [f.name for f in dataclasses.fields(SECTIONS[key])]
+        raise ConfigError(
+            f"{key!r} is a section, not a setting: give one of its settings as "
+            f"{key}.NAME=VALUE, NAME one of {fields}."
+        )
     found = owners(key)
     if not found:
         every = sorted({f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)})

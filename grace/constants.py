@@ -1,5 +1,6 @@
 """What the command line needs before torch loads (so ``grace --help`` answers at once): the
-paper's longest rationale and the profiles shipped in the package."""
+paper's longest rationale, the run folder's settings file and the profiles shipped in the
+package."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from pathlib import Path
 
 #: The paper's longest rationale (and policy completion), in tokens.
 MAX_NEW_TOKENS = 2048
+
+#: What makes a folder a run folder: its settings and their hash (``grace.runs``).
+RUN_CONFIG_FILE = "grace_config.json"
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"  # package data: in the wheel too
 

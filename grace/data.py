@@ -77,9 +77,12 @@ def read_jsonl(path: str | Path, fields: tuple[str, ...], skip_blank: bool = Tru
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}.")
         for field in fields:
-            value = row.get(field)
-            if not isinstance(value, str):
-                raise DataError(f"{where}: missing string field {field!r}.")
+            if field not in row:
+                raise DataError(f"{where}: missing field {field!r}.")
+            if not isinstance(row[field], str):
+                kind = "null" if row[field] is None else type(row[field]).__name__
+                raise DataError(f"{where}: field {field!r} must be a string, got {kind}.")
+            value = row[field]
             if not value.strip():
                 raise DataError(f"{where}: field {field!r} is empty.")
             try:

@@ -30,6 +30,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from grace.constants import RUN_CONFIG_FILE
+
 TINY_RANDOM = "tiny-random"
 SMOLLM2 = "smollm2-135m-instruct"
 ALIASES = (TINY_RANDOM, SMOLLM2)
@@ -137,7 +139,18 @@ def safetensors_problem(path: Path) -> str | None:
 def _load_pretrained(
     name_or_path: str, dtype: torch.dtype
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    for weights in sorted(Path(name_or_path).glob("*.safetensors")):  # a local folder's files
+    path = Path(name_or_path)
+    if path.is_file():
+        raise ModelLoadError(
+            f"{path} is a file; a model is a folder written by save_pretrained or `grace train`, "
+            f"a hub id, or one of {', '.join(ALIASES)}."
+        )
+    if (path / RUN_CONFIG_FILE).exists() and not (path / "config.json").exists():
+        raise ModelLoadError(
+            f"{path} is a run folder whose training has not finished (no model saved yet): run "
+            "the same `grace train` command again to resume it from its last checkpoint."
+        )
+    for weights in sorted(path.glob("*.safetensors")):  # a local folder's files
         problem = safetensors_problem(weights)
         if problem:
             raise ModelLoadError(f"{weights}: {problem}; the model folder is damaged.")

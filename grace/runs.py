@@ -24,9 +24,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from grace.config import ConfigError, TrainConfig
+from grace.constants import RUN_CONFIG_FILE
 from grace.models import safetensors_problem
 
-CONFIG_FILE = "grace_config.json"
+CONFIG_FILE = RUN_CONFIG_FILE
 HISTORY_FILE = "log_history.json"
 
 

@@ -418,3 +418,39 @@ def test_a_damaged_or_non_finite_model_folder_is_one_line(tmp_path, files, capsy
     assert "has non-finite weights (1 tensors, first model.norm.weight)" in err
     assert err.splitlines()[-1].startswith("grace embed: error: ") and "Traceback" not in err
     assert not (tmp_path / "e.npy").exists()
+
+
+def test_a_model_that_is_a_file_or_an_unfinished_run_is_named(files, tmp_path, capsys):
+    """Issue 24: a file given as --model was "a folder without a model"; an unfinished run
+    folder ended in a tokenizer library's complaint."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "grace_config.json").write_text("{}")
+    for model, message in (
+        (files["file"], f"{files['file']} is a file; a model is a folder"),
+        (str(run), f"{run} is a run folder whose training has not finished"),
+    ):
+        argv = ["embed", "--model", model, "--input", files["texts"], "--device", "cpu"]
+        assert main([*argv, "--output", str(tmp_path / "e.npy")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+
+
+def test_book_refuses_a_folder_missing_some_notebooks(tmp_path, capsys):
+    (tmp_path / notebooks()[0].name).write_text("{}")
+    assert main(["book", "--executed", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"lacks executed copies of {notebooks()[1].name}" in err and err.count("\n") == 1
+
+
+def test_reproduce_says_how_many_notebooks_ran(monkeypatch, capsys):
+    """Issue 24: `--only 1` printed "All notebooks done"."""
+    import grace.book.reproduce
+
+    summary = {"notebooks": {"01_the_idea.ipynb": {"status": "ok", "seconds": 1.0}}}
+    monkeypatch.setattr(
+        grace.book.reproduce, "reproduce", lambda *a, **k: summary | {"total_seconds": 1.0}
+    )
+    assert main(["reproduce", "--only", "1", "--profile", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert f"1 of {len(notebooks())} notebooks done" in out and "without --only" in out

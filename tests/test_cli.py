@@ -71,7 +71,7 @@ def test_embed_reports_bad_data_with_file_and_line(tmp_path, capsys):
     source.write_text('{"text": "fine"}\n{"txt": "typo"}\n')
     args = ["embed", "--model", "tiny-random", "--input", str(source), "--output", "x.npy"]
     assert main(args) == 2
-    assert f"{source}, line 2: missing string field 'text'" in capsys.readouterr().err
+    assert f"{source}, line 2: missing field 'text'" in capsys.readouterr().err
 
 
 def test_embed_reports_unknown_model(tmp_path, capsys):
@@ -88,7 +88,8 @@ def test_embed_reports_unknown_model(tmp_path, capsys):
         ('{"text": "ok"}\n{not json}\n', "line 2: not valid JSON"),
         ('{"text": "ok"}\n\n["a list"]\n', "line 3: expected a JSON object, got list"),
         ('{"text": "   "}\n', "line 1: field 'text' is empty"),
-        ('{"text": 5}\n', "line 1: missing string field 'text'"),
+        ('{"text": 5}\n', "line 1: field 'text' must be a string, got int"),
+        ('{"text": null}\n', "line 1: field 'text' must be a string, got null"),
     ],
 )
 def test_jsonl_errors_name_file_and_line(tmp_path, content, message):

@@ -75,6 +75,7 @@ def test_baselines_train_their_own_steps_and_rate_where_set():
         ("learnig_rate=1", r"Unknown configuration keys \['learnig_rate'\]"),
         ("optim.learnig_rate=1", r"Unknown configuration keys \['learnig_rate'\] in optim"),
         ("optimiser.learning_rate=1", "Unknown configuration section 'optimiser'"),
+        ("optim=3", r"'optim' is a section, not a setting: .* optim.NAME=VALUE"),
         ("temperature=0.7", "ambiguous.*policy.temperature"),
         ("learning_rate=abc", "optim.learning_rate: expected float, got 'abc'"),
         ("learning_rate=-1", "learning_rate must be > 0"),

@@ -20,7 +20,7 @@ def test_triples_file_errors_name_file_and_line(tmp_path):
     path.write_text(
         '{"query": "q", "positive": "p", "negative": "n"}\n{"query": "q", "positive": "p"}\n'
     )
-    with pytest.raises(DataError, match=r"triples.jsonl, line 2: missing string field 'negative'"):
+    with pytest.raises(DataError, match=r"triples.jsonl, line 2: missing field 'negative'"):
         read_triples(path)
     path.write_text('{"query": "q", "positive": "p", "negative": "n", "id": 3}\n')
     assert load_triples(str(path)) == [{"query": "q", "positive": "p", "negative": "n", "id": 3}]

@@ -261,16 +261,22 @@ def build_book(executed: str | Path | None = None, output: str | Path | None = N
             copy = shutil.copytree if source.is_dir() else shutil.copy
             copy(source, stage / name)
         if executed is not None:
-            if not any(Path(executed).glob("*.ipynb")):
+            missing = [n.name for n in notebooks() if not (Path(executed) / n.name).exists()]
+            if len(missing) == len(notebooks()):
                 raise ReproduceError(
                     f"{executed} holds no executed notebooks: run `grace reproduce` first."
+                )
+            if missing:
+                raise ReproduceError(
+                    f"{executed} lacks executed copies of {', '.join(missing)}: the book shows "
+                    "every notebook; run `grace reproduce` (without --only) first."
                 )
             shutil.rmtree(stage / "book" / "executed", ignore_errors=True)
             shutil.copytree(Path(executed), stage / "book" / "executed")
         problems = notebook_problems(stage / "book" / "executed")
         for notebook in (stage / "book" / "executed").glob("*.ipynb"):
             prepare_for_the_book(notebook)
-        subprocess.run(
+        build = subprocess.run(
             [
                 str(jupyter_book),
                 "build",
@@ -281,8 +287,11 @@ def build_book(executed: str | Path | None = None, output: str | Path | None = N
                 "-n",
                 "--keep-going",
             ],
-            check=True,
         )
+        if build.returncode != 0:
+            raise ReproduceError(
+                f"jupyter-book stopped with status {build.returncode}; its messages are above."
+            )
     problems += page_problems(output / "_build" / "html")
     if problems:
         raise ReproduceError("The executed notebooks are not clean:\n" + "\n".join(problems))
