@@ -296,6 +296,23 @@ def test_too_few_training_rows_is_an_error_not_an_untrained_model(tmp_path, caps
     assert not (tmp_path / "run" / "log_history.json").exists()
 
 
+def test_an_empty_training_file_is_an_error(tmp_path, capsys):
+    (tmp_path / "triples.jsonl").write_text("")
+    argv = ["train", "--config", "tiny", "--set", f"run.output_dir={tmp_path / 'run'}"]
+    assert main([*argv, "--set", f"run.triples={tmp_path / 'triples.jsonl'}"]) == 2
+    err = capsys.readouterr().err
+    assert "triples.jsonl" in err and err.count("\n") == 1
+    assert not (tmp_path / "run" / "log_history.json").exists()
+
+
+def test_more_top_layers_than_the_model_has_is_one_line(tmp_path, capsys):
+    argv = ["train", "--config", "tiny", "--set", f"run.output_dir={tmp_path / 'run'}"]
+    assert main([*argv, "--set", "adaptation.train_top_layers=99"]) == 2
+    err = capsys.readouterr().err
+    assert "adaptation.train_top_layers=99, but the model has 2 layers" in err
+    assert err.count("\n") == 1
+
+
 def test_the_same_train_command_twice_reuses_the_finished_run(tmp_path, capsys):
     argv = ["train", "--config", "tiny", "--set", f"run.output_dir={tmp_path}"]
     assert main(argv) == 0
