@@ -204,6 +204,16 @@ class AdaptationConfig:
             "set `bf16: true` for mixed precision, or `lora: true` to load the base in bf16.",
         )
         check(self.lora_r >= 1, "lora_r must be >= 1.")
+        lora_only = [
+            f"adaptation.{f.name}"
+            for f in dataclasses.fields(self)
+            if f.name.startswith("lora_") and getattr(self, f.name) != f.default
+        ]
+        check(
+            self.lora or not lora_only,
+            f"{', '.join(lora_only)} only apply with adaptation.lora: true (full fine-tuning "
+            "has no adapters); set lora=true or leave them out.",
+        )
         check(
             self.train_top_layers is None or self.train_top_layers >= 1,
             "train_top_layers must be >= 1, or null for every layer.",

@@ -90,6 +90,7 @@ def test_baselines_train_their_own_steps_and_rate_where_set():
         ("tau=0", "tau must be > 0"),
         ("evaluation.num_rationales=0", "num_rationales must be at least 1"),
         ("adaptation.dtype=bfloat16", "Full fine-tuning needs float32 weights"),
+        ("lora_target_modules=[q_proj]", r"adaptation.lora_target_modules only apply with"),
         ("study_lengths=5", "expected a list"),
     ],
 )
