@@ -333,6 +333,18 @@ def test_ctrl_c_says_how_to_resume_without_a_traceback(monkeypatch, capsys):
     assert "interrupted; run the same command again to resume" in err and "Traceback" not in err
 
 
+def test_ctrl_c_during_embed_writes_nothing(monkeypatch, files, tmp_path, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(grace.encoder, "load_model", interrupted)
+    argv = ["embed", "--model", "tiny-random", "--input", files["texts"]]
+    assert main([*argv, "--output", str(tmp_path / "e.npy")]) == 130
+    err = capsys.readouterr().err
+    assert "grace embed: interrupted; nothing was written." in err and "Traceback" not in err
+    assert not (tmp_path / "e.npy").exists()
+
+
 def test_a_damaged_checkpoint_is_named_before_resuming(tmp_path, capsys):
     from grace.runs import check_checkpoint
 
@@ -435,6 +447,10 @@ def test_a_damaged_or_non_finite_model_folder_is_one_line(tmp_path, files, capsy
     assert "has non-finite weights (1 tensors, first model.norm.weight)" in err
     assert err.splitlines()[-1].startswith("grace embed: error: ") and "Traceback" not in err
     assert not (tmp_path / "e.npy").exists()
+    evaluate = ["eval", "--model", str(tmp_path / "nan"), "--suite", "LeeSTS", "--mode", "direct"]
+    assert main([*evaluate, "--output", str(tmp_path / "r.json")]) == 2
+    assert "has non-finite weights" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_a_model_that_is_a_file_or_an_unfinished_run_is_named(files, tmp_path, capsys):

@@ -31,3 +31,42 @@ def test_every_notebook_links_the_paper_at_the_top():
     for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         first = "".join(json.loads(path.read_text())["cells"][0]["source"])
         assert "https://arxiv.org/abs/2510.04506" in first, path.name
+
+
+def numbers_in(value, found: set[str]) -> set[str]:
+    """Every number in a JSON value, written as the book may write it (0-7 decimals, and ×100
+    for scores kept in 0..1)."""
+    if isinstance(value, dict):
+        for item in value.values():
+            numbers_in(item, found)
+    elif isinstance(value, list):
+        for item in value:
+            numbers_in(item, found)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        for digits in range(8):
+            found |= {f"{value:.{digits}f}", f"{100 * value:.{digits}f}"}
+    return found
+
+
+def test_the_reproduction_prose_quotes_only_numbers_the_results_hold():
+    """The prose around the generated table in reproduce.md is written by hand: every decimal
+    number in it must be one the committed results hold, so a rerun that changes a result
+    fails here until the sentence is read again."""
+    import json
+    import re
+
+    from grace.evaluation.results import PAPER_ROWS
+    from grace.evaluation.tasks import RTReviewPlotRetrieval, chance_level
+
+    text = (ROOT / "book" / "reproduce.md").read_text()
+    section = text[text.index("## What the committed `cpu` run shows") :]
+    section = section[: section.index("\n## ")]  # up to the next section
+    section = re.sub(r"<!-- (\S+) -->.*?<!-- /\1 -->", "", section, flags=re.S)
+    quoted = set(re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", section))
+    known: set[str] = set()
+    for path in [*(ROOT / "results").rglob("*.json")]:
+        numbers_in(json.loads(path.read_text()), known)
+    numbers_in(PAPER_ROWS, known)
+    numbers_in(chance_level(RTReviewPlotRetrieval()), known)
+    assert len(quoted) > 20  # the section was found and holds its numbers
+    assert sorted(quoted - known) == []
