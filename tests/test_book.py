@@ -48,25 +48,34 @@ def numbers_in(value, found: set[str]) -> set[str]:
     return found
 
 
-def test_the_reproduction_prose_quotes_only_numbers_the_results_hold():
-    """The prose around the generated table in reproduce.md is written by hand: every decimal
-    number in it must be one the committed results hold, so a rerun that changes a result
-    fails here until the sentence is read again."""
+# Hand-written prose that reads results: the page, and the headings its part of it starts at
+# and ends before (None: the end of the page).
+READINGS = {
+    "book/reproduce.md": ("## What the committed `cpu` run shows", "## int8"),
+    "book/study.md": ("## Set-up", None),
+}
+
+
+@pytest.mark.parametrize("page", list(READINGS))
+def test_prose_quotes_only_numbers_the_results_hold(page):
+    """The sentences around the generated blocks are written by hand: every decimal number
+    in them must be one the committed results hold (or the paper's), so a rerun that changes
+    a result fails here until its sentence is read again."""
     import json
     import re
 
     from grace.evaluation.results import PAPER_ROWS
     from grace.evaluation.tasks import RTReviewPlotRetrieval, chance_level
 
-    text = (ROOT / "book" / "reproduce.md").read_text()
-    section = text[text.index("## What the committed `cpu` run shows") :]
-    section = section[: section.index("\n## ")]  # up to the next section
+    text = (ROOT / page).read_text()
+    start, end = READINGS[page]
+    section = text[text.index(start) : text.index(end) if end else None]
     section = re.sub(r"<!-- (\S+) -->.*?<!-- /\1 -->", "", section, flags=re.S)
     quoted = set(re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", section))
     known: set[str] = set()
-    for path in [*(ROOT / "results").rglob("*.json")]:
+    for path in (ROOT / "results").rglob("*.json"):
         numbers_in(json.loads(path.read_text()), known)
     numbers_in(PAPER_ROWS, known)
     numbers_in(chance_level(RTReviewPlotRetrieval()), known)
-    assert len(quoted) > 20  # the section was found and holds its numbers
+    assert len(quoted) > 5  # the section was found and holds its numbers
     assert sorted(quoted - known) == []
