@@ -27,13 +27,12 @@ from grace.config import ConfigError, TrainConfig
 from grace.constants import RUN_CONFIG_FILE
 from grace.models import safetensors_problem
 
-CONFIG_FILE = RUN_CONFIG_FILE
 HISTORY_FILE = "log_history.json"
 
 
 def saved_hash(folder: str | Path) -> str | None:
     """The settings hash recorded in a run folder (None: not a run folder of this layout)."""
-    path = Path(folder) / CONFIG_FILE
+    path = Path(folder) / RUN_CONFIG_FILE
     if not path.exists():
         return None
     try:
@@ -60,7 +59,7 @@ def prepare_run_folder(config: TrainConfig) -> Path:
         found = saved_hash(folder)
         if found is None:
             raise ConfigError(
-                f"run.output_dir={folder} holds files but no run ({CONFIG_FILE} is missing or "
+                f"run.output_dir={folder} holds files but no run ({RUN_CONFIG_FILE} is missing or "
                 "unreadable); choose an empty or new folder."
             )
         if found != config.settings_hash():
@@ -77,7 +76,7 @@ def prepare_run_folder(config: TrainConfig) -> Path:
             )
     folder.mkdir(parents=True, exist_ok=True)
     record = {"settings_hash": config.settings_hash(), "config": config.to_dict()}
-    (folder / CONFIG_FILE).write_text(json.dumps(record, indent=2))
+    (folder / RUN_CONFIG_FILE).write_text(json.dumps(record, indent=2))
     return folder
 
 

@@ -11,10 +11,9 @@ import os
 from pathlib import Path
 
 from grace.config import TrainConfig, load_config
+from grace.models import ALIASES
 from grace.runs import is_finished
 from grace.train import trained_model
-
-OFFLINE_MODELS = ("tiny-random", "smollm2-135m-instruct")  # built or shipped here, no hub
 
 #: The book's trained models, by run folder name, with what each changes in the profile.
 RUNS: dict[str, dict] = {
@@ -68,7 +67,8 @@ def setup_notebook(profile: str, output_dir: str) -> tuple[TrainConfig, Path]:
     off unless the environment says otherwise.
     """
     model = load_config(profile).run.model
-    os.environ.setdefault("HF_HUB_OFFLINE", "1" if model in OFFLINE_MODELS else "0")
+    # The built-in models are built or shipped here: they need no hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1" if model in ALIASES else "0")
     # huggingface_hub read the variable when it was imported (with grace.config, before this
     # call): its module constant is what is_offline_mode() answers from, so set it too.
     import huggingface_hub.constants as hub

@@ -261,8 +261,9 @@ def build_book(executed: str | Path | None = None, output: str | Path | None = N
             copy = shutil.copytree if source.is_dir() else shutil.copy
             copy(source, stage / name)
         if executed is not None:
-            missing = [n.name for n in notebooks() if not (Path(executed) / n.name).exists()]
-            if len(missing) == len(notebooks()):
+            expected = [source.name for source in notebooks()]
+            missing = [name for name in expected if not (Path(executed) / name).exists()]
+            if len(missing) == len(expected):
                 raise ReproduceError(
                     f"{executed} holds no executed notebooks: run `grace reproduce` first."
                 )
