@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,6 +78,27 @@ def prepare_run_folder(config: TrainConfig) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     record = {"settings_hash": config.settings_hash(), "config": config.to_dict()}
     (folder / RUN_CONFIG_FILE).write_text(json.dumps(record, indent=2))
+    return folder
+
+
+def is_main_process() -> bool:
+    """True unless this is one of the other processes of a multi-process job (torchrun or
+    `accelerate launch` set ``RANK``): the main one locks and prepares the run folder."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def wait_for_run_folder(config: TrainConfig, seconds: float = 600.0) -> Path:
+    """In the other processes of a job: wait until the main process has made ``run.output_dir``
+    the folder of these settings (moving an older run aside first), so that no process reads
+    another run's checkpoints."""
+    folder = Path(config.run.output_dir)
+    deadline = time.monotonic() + seconds
+    while saved_hash(folder) != config.settings_hash():
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"{folder}: the main process did not prepare the run folder within {seconds:.0f} s."
+            )
+        time.sleep(0.2)
     return folder
 
 

@@ -16,6 +16,7 @@ import copy
 import json
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from pathlib import Path
 
 import datasets
@@ -35,8 +36,16 @@ from grace.rationale import (
     generate_rationales,
     rollouts_from_completions,
 )
-from grace.rewards import supervised_terms, unsupervised_rewards
-from grace.runs import check_checkpoint, is_finished, mark_finished, prepare_run_folder, run_lock
+from grace.rewards import RewardTerms, supervised_terms, unsupervised_rewards
+from grace.runs import (
+    check_checkpoint,
+    is_finished,
+    is_main_process,
+    mark_finished,
+    prepare_run_folder,
+    run_lock,
+    wait_for_run_folder,
+)
 from grace.validation import validation_callback
 
 
@@ -175,13 +184,10 @@ class GraceReward:
             samples, hit_cap, anchors, anchor_texts, seconds = self._second_pass(
                 text, completion_ids, anchor_sources, groups
             )
-        if self.config.run.setting == "supervised":
-            negatives = anchors[groups:] if has_negatives else None
-            terms = supervised_terms(
-                anchors[:groups], samples, negatives, hit_cap, self.config.reward
-            )
-        else:
-            terms = unsupervised_rewards(anchors, samples, hit_cap, self.config.reward)
+        accelerator = self.trainer.accelerator if self.trainer is not None else None
+        terms, rewards = terms_over_processes(
+            self.config, anchors, samples, hit_cap, has_negatives, accelerator
+        )
         # Without the negative rollout the rewards lack a group-constant term: the advantages
         # are exact, but neither the negative nor the total is logged (nor trl's reward means).
         self.partial = self.config.run.setting == "supervised" and not has_negatives
@@ -196,8 +202,9 @@ class GraceReward:
             log_metric("grace/hit_cap", float(hit_cap.float().mean()))
             for name, value in seconds.items():
                 log_metric(f"grace/seconds_{name}", value)
-        self._write_samples(step, text, completions, anchor_texts, terms.total)
-        return terms.total.flatten().tolist()
+        if accelerator is None or accelerator.is_main_process:  # one writer
+            self._write_samples(step, text, completions, anchor_texts, rewards)
+        return rewards.flatten().tolist()
 
     def needs_negative(self, step: int) -> bool:
         """Whether the supervised negative is rolled out for optimizer step ``step`` (0-based):
@@ -305,6 +312,53 @@ class GraceReward:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+def grace_terms(
+    config: TrainConfig,
+    anchors: torch.Tensor,
+    samples: torch.Tensor,
+    hit_cap: torch.Tensor,
+    has_negatives: bool,
+) -> RewardTerms:
+    """The reward terms of (G, n) rollout embeddings ``samples``. ``anchors`` holds one row
+    per group: the queries, then the negatives when ``has_negatives`` (supervised), or the
+    sentences' own rollouts (unsupervised)."""
+    groups = samples.shape[0]
+    if config.run.setting == "supervised":
+        negatives = anchors[groups:] if has_negatives else None
+        return supervised_terms(anchors[:groups], samples, negatives, hit_cap, config.reward)
+    return unsupervised_rewards(anchors, samples, hit_cap, config.reward)
+
+
+def terms_over_processes(
+    config: TrainConfig,
+    anchors: torch.Tensor,
+    samples: torch.Tensor,
+    hit_cap: torch.Tensor,
+    has_negatives: bool,
+    accelerator=None,
+) -> tuple[RewardTerms, torch.Tensor]:
+    """The terms of every process's groups scored together, and this process's (G, n) rewards.
+
+    The cross-group term compares a group with the other groups of the batch. With several
+    processes, trl (1.16) hands process i the i-th contiguous slice of the generation batch,
+    so gathering in process order rebuilds the batch one process would have scored: the
+    rewards do not depend on how many processes share the work.
+    """
+    if accelerator is None or accelerator.num_processes == 1:
+        terms = grace_terms(config, anchors, samples, hit_cap, has_negatives)
+        return terms, terms.total
+    from accelerate.utils import gather
+
+    groups, width = samples.shape[0], samples.shape[-1]
+    # (k, G, d) -> (G, k, d): the queries and negatives of one group travel together.
+    by_group = anchors.view(-1, groups, width).transpose(0, 1).contiguous()
+    everyone = gather(by_group).transpose(0, 1).reshape(-1, width)
+    hit_cap = hit_cap.to(samples.device)
+    terms = grace_terms(config, everyone, gather(samples), gather(hit_cap), has_negatives)
+    mine = slice(accelerator.process_index * groups, (accelerator.process_index + 1) * groups)
+    return terms, terms.total[mine]
 
 
 def check_whole_groups(text: list[str], n: int) -> int:
@@ -458,18 +512,21 @@ def train(config: TrainConfig, callbacks: list | None = None):
     under the same training settings; a folder of other settings is moved aside first; one
     process at a time may write it.
     """
-    with run_lock(config.run.output_dir):
+    # Under `accelerate launch` or torchrun the processes of one job share the folder: the
+    # main process holds the lock, prepares the folder and writes the final model.
+    main = is_main_process()
+    with run_lock(config.run.output_dir) if main else nullcontext():
         if is_finished(config.run.output_dir, config):  # finished by another process meanwhile
             raise ConfigError(
                 f"{config.run.output_dir} was finished by another process with these settings "
                 "while this one waited; it is reused as it is."
             )
-        return _train(config, callbacks)
+        return _train(config, callbacks, main)
 
 
-def _train(config: TrainConfig, callbacks: list | None):
+def _train(config: TrainConfig, callbacks: list | None, main: bool):
     set_seed(config.run.seed)
-    output = prepare_run_folder(config)
+    output = prepare_run_folder(config) if main else wait_for_run_folder(config)
     if config.run.method == "grace":
         trainer = build_grpo_trainer(config)
         needed = config.grpo.prompts_per_generation
@@ -489,9 +546,11 @@ def _train(config: TrainConfig, callbacks: list | None):
     checkpoint = get_last_checkpoint(str(output))
     check_checkpoint(checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
-    save_final_model(trainer.model, trainer.processing_class, str(output))
-    save_encoder_settings(output, encoder_config(config))
-    mark_finished(output, trainer.state.log_history)
+    if main:
+        save_final_model(trainer.model, trainer.processing_class, str(output))
+        save_encoder_settings(output, encoder_config(config))
+        mark_finished(output, trainer.state.log_history)
+    trainer.accelerator.wait_for_everyone()
     return trainer
 
 

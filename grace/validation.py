@@ -205,6 +205,8 @@ class ValidationCallback(TrainerCallback):
         control.should_log = should_log
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero:  # one process validates for a multi-process job
+            return
         if state.global_step == 0:
             self.log(model, state, control)
         else:  # resumed: the budget spent up to the checkpoint it resumes from
@@ -221,10 +223,12 @@ class ValidationCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         """The budget goes into each checkpoint, so a resumed run counts from there."""
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if folder.is_dir():
+        if state.is_world_process_zero and folder.is_dir():
             (folder / BUDGET).write_text(json.dumps(self.budget()))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
         if state.global_step % self.every == 0 or state.global_step == state.max_steps:
             self.log(model, state, control)
 
@@ -263,7 +267,7 @@ def validation_callback(config, trainer: Trainer) -> ValidationCallback:
         validation_encoder(config),
         data,
         settings.every,
-        prompts_per_step(config),
+        prompts_per_step(config) * trainer.accelerator.num_processes,
     )
 
 
@@ -407,7 +411,7 @@ def describe_terms(history: list[dict], keys: tuple[str, ...], share: float = 0.
 
 
 def verdict(curve: dict) -> str:
-    """"learned", "fell" or "no difference": the curve's last point against step 0."""
+    """ "learned", "fell" or "no difference": the curve's last point against step 0."""
     return "learned" if rises(curve) else "fell" if falls(curve) else "no difference"
 
 
@@ -449,4 +453,3 @@ def sweep_table(records: list[dict]):
             }
         )
     return pd.DataFrame(rows).set_index("variant")
-

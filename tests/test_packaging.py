@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import sysconfig
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -136,25 +137,39 @@ def test_wheel_ships_profiles_and_trains_outside_the_repo(wheel_env, tmp_path):
     assert (tmp_path / "run" / "model.safetensors").exists()
 
 
-def test_a_notebook_runs_from_the_wheel(wheel_env, tmp_path):
-    source = json.loads((ROOT / "notebooks" / "01_the_idea.ipynb").read_text())
-    where = {
-        "cell_type": "code",
-        "metadata": {},
-        "execution_count": None,
-        "outputs": [],
-        "source": ["import grace\n", "print('grace from', grace.__file__)"],
-    }
-    source["cells"].append(where)  # the kernel must import the wheel, not the repository
-    (tmp_path / "01.ipynb").write_text(json.dumps(source))
-    code = (
-        "import papermill; papermill.execute_notebook('01.ipynb', 'out.ipynb', "
-        "parameters={'profile': 'tiny', 'output_dir': 'runs'}, progress_bar=False)"
+def test_reproduce_runs_a_shipped_notebook_from_the_wheel(wheel_env, tmp_path):
+    """As on Colab: no checkout, only the wheel. Its notebooks are package data, and the run
+    lands in the current folder (not in site-packages)."""
+    done = run_in(
+        wheel_env, wheel_env / "bin" / "grace", "reproduce", "--profile", "tiny", "--only", "1",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1 of 10 notebooks done" in done.stdout
+    run = tmp_path / "runs" / "tiny"
+    summary = json.loads((run / "reproduce.json").read_text())
+    assert list(summary["notebooks"]) == ["01_the_idea.ipynb"]
+    executed = json.loads((run / "notebooks" / "01_the_idea.ipynb").read_text())
+    printed = "".join(
+        "".join(output.get("text", ""))
+        for cell in executed["cells"]
+        for output in cell.get("outputs", [])
     )
-    executed = run_in(wheel_env, wheel_env / "bin" / "python", "-c", code, cwd=tmp_path)
-    assert executed.returncode == 0, executed.stderr[-2000:]
-    last = json.loads((tmp_path / "out.ipynb").read_text())["cells"][-1]["outputs"][0]["text"]
-    assert str(wheel_env) in "".join(last)
+    assert "profile=tiny" in printed and "output_dir=runs/tiny" in printed
+    book = run_in(wheel_env, wheel_env / "bin" / "grace", "book", cwd=tmp_path)
+    assert book.returncode != 0 and "checkout" in book.stderr
+
+
+def test_the_wheel_lists_every_package():
+    """pyproject.toml lists the packages by hand (to ship notebooks/): a new one must be added."""
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "grace").rglob("__init__.py")
+    }
+    assert found <= listed and listed - found == {"grace.book.ipynb"}
 
 
 def test_another_torch_spec_on_an_existing_venv_reinstalls_torch(tmp_path):

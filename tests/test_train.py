@@ -299,3 +299,87 @@ def test_a_kl_to_the_starting_model_trains_with_a_model_built_in_memory(tmp_path
         torch.equal(a, b)
         for a, b in zip(reference.state_dict().values(), base.state_dict().values(), strict=True)
     )
+
+
+WORKER = """
+import sys, torch
+from accelerate import Accelerator
+from grace.config import load_config
+from grace.train import terms_over_processes
+
+accelerator = Accelerator(cpu=True)
+config = load_config("tiny", {"run.setting": sys.argv[1]})
+groups, n, width = 2, 3, 8  # per process
+torch.manual_seed(0)  # the same batch of 4 groups in every process
+samples = torch.nn.functional.normalize(torch.randn(4, n, width), dim=-1)
+anchors = torch.nn.functional.normalize(torch.randn(2, 4, width), dim=-1)  # queries, negatives
+hit_cap = torch.zeros(4, n, dtype=torch.bool)
+hit_cap[3, 1] = True
+mine = slice(accelerator.process_index * groups, (accelerator.process_index + 1) * groups)
+local_anchors = anchors[:, mine].reshape(-1, width)
+if sys.argv[1] == "unsupervised":
+    local_anchors = anchors[0, mine]
+_, rewards = terms_over_processes(
+    config, local_anchors, samples[mine], hit_cap[mine], True, accelerator
+)
+torch.save(rewards, f"{sys.argv[2]}/rank{accelerator.process_index}.pt")
+"""
+
+
+@pytest.mark.parametrize("setting", ["supervised", "unsupervised"])
+def test_two_processes_reward_their_groups_as_one_process_would(tmp_path, setting):
+    """Under `accelerate launch`/torchrun (gloo, 2 CPU processes) each process scores its own
+    slice of the batch; the cross-group term must still compare all groups."""
+    import subprocess
+    import sys
+
+    from grace.train import terms_over_processes
+
+    (tmp_path / "worker.py").write_text(WORKER)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    done = subprocess.run(
+        [*launch, str(tmp_path / "worker.py"), setting, str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    together = torch.cat([torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)])
+
+    torch.manual_seed(0)
+    samples = torch.nn.functional.normalize(torch.randn(4, 3, 8), dim=-1)
+    anchors = torch.nn.functional.normalize(torch.randn(2, 4, 8), dim=-1)
+    hit_cap = torch.zeros(4, 3, dtype=torch.bool)
+    hit_cap[3, 1] = True
+    config = load_config("tiny", {"run.setting": setting})
+    anchors = anchors.reshape(-1, 8) if setting == "supervised" else anchors[0]
+    _, alone = terms_over_processes(config, anchors, samples, hit_cap, True)
+    torch.testing.assert_close(together, alone)
+    halves = [terms_over_processes(config, *part, True)[1] for part in (
+        (anchors.view(-1, 4, 8)[:, :2].reshape(-1, 8), samples[:2], hit_cap[:2]),
+        (anchors.view(-1, 4, 8)[:, 2:].reshape(-1, 8), samples[2:], hit_cap[2:]),
+    )]  # fmt: skip
+    assert not torch.allclose(torch.cat(halves), alone)  # scored apart, the cross term differs
+
+
+def test_a_two_process_job_trains_one_run(tmp_path):
+    """`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m grace.cli train` (what
+    `accelerate launch --cpu` does): one lock, one folder, one validation curve, and each step
+    learns from both processes' prompts."""
+    import os
+    import subprocess
+    import sys
+
+    from grace.validation import DETAILS, prompts_per_step
+
+    run = tmp_path / "run"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command = ["-m", "grace.cli", "train", "--config", "tiny", "--set", f"output_dir={run}"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [*launch, *command, "--set", "max_steps=2"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert is_finished(run, load_config("tiny", {"run.output_dir": str(run), "max_steps": 2}))
+    points = [json.loads(line) for line in (run / DETAILS).read_text().splitlines()]
+    assert [p["step"] for p in points] == [0, 1, 2]
+    assert points[1]["prompts_seen"] == 2 * prompts_per_step(load_config("tiny"))

@@ -19,8 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]  # the checkout: grace/book/reproduce.py
-NOTEBOOK_DIR = ROOT / "notebooks"
+ROOT = Path(__file__).resolve().parents[2]  # the checkout, when grace runs from one
+IN_CHECKOUT = (ROOT / "notebooks").is_dir() and (ROOT / "pyproject.toml").is_file()
+#: The checkout's notebooks, or the copies an installed wheel ships as package data
+#: (``pyproject.toml`` maps ``notebooks/`` to ``grace.book.ipynb``).
+NOTEBOOK_DIR = ROOT / "notebooks" if IN_CHECKOUT else Path(__file__).with_name("ipynb")
 SUMMARY = "reproduce.json"
 
 
@@ -80,7 +83,7 @@ def reproduce(
     import papermill
 
     selected = notebooks(only, folder)  # before anything is written: refuses an empty folder
-    output = Path(output or ROOT / "runs" / profile).resolve()
+    output = Path(output or workdir() / "runs" / profile).resolve()
     executed = output / "notebooks"
     executed.mkdir(parents=True, exist_ok=True)
     summary = read_summary(output)
@@ -106,7 +109,7 @@ def reproduce(
                 str(executed / source.name),
                 parameters={"profile": profile, "output_dir": shown_path(output)},
                 kernel_name=kernel,
-                cwd=str(ROOT),
+                cwd=str(workdir()),
                 progress_bar=False,
             )
         except papermill.PapermillExecutionError as error:
@@ -131,10 +134,16 @@ def reproduce(
     return summary
 
 
+def workdir() -> Path:
+    """Where the notebooks run and relative paths start: the checkout, or (grace installed
+    from a wheel) the current folder."""
+    return ROOT if IN_CHECKOUT else Path.cwd()
+
+
 def shown_path(path: Path) -> str:
-    """``path`` relative to the repository (papermill runs there), also when it lies outside
+    """``path`` relative to where papermill runs the notebooks, also when it lies outside
     (``../../data/run``), so executed notebooks never print the machine's absolute folders."""
-    return os.path.relpath(path, ROOT)
+    return os.path.relpath(path, workdir())
 
 
 def is_progress(output: dict) -> bool:
@@ -252,6 +261,11 @@ def build_book(executed: str | Path | None = None, output: str | Path | None = N
     ``executed`` (default: the committed ``book/executed``), so a CI run can build the book
     from freshly executed tiny-profile notebooks without touching the committed ones.
     """
+    if not IN_CHECKOUT:
+        raise ReproduceError(
+            "grace book builds the book from a checkout of the repository (its book/ pages and "
+            "_config.yml are not in the wheel): git clone it and run `make book` there."
+        )
     output = Path(output or ROOT).resolve()  # the HTML lands in output/_build/html
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
     with tempfile.TemporaryDirectory() as staging:

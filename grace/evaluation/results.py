@@ -444,12 +444,24 @@ def headline_figure(rows: list[dict], curves: dict[str, dict], task: str, chance
     scores = [row["tasks"][task] for row in rows]
     for y, entry in enumerate(scores):
         low, high = entry["ci95"] or (entry["score"], entry["score"])
-        right.errorbar(entry["score"], y, xerr=[[entry["score"] - low], [high - entry["score"]]],
-                       fmt="o", capsize=4, color="tab:blue")
+        right.errorbar(
+            entry["score"],
+            y,
+            xerr=[[entry["score"] - low], [high - entry["score"]]],
+            fmt="o",
+            capsize=4,
+            color="tab:blue",
+        )
     if chance is not None:
         right.axvline(100 * chance, linestyle="--", color="gray")
-        right.annotate(" chance", (100 * chance, 1.0), xycoords=("data", "axes fraction"),
-                       va="top", fontsize=8, color="gray")
+        right.annotate(
+            " chance",
+            (100 * chance, 1.0),
+            xycoords=("data", "axes fraction"),
+            va="top",
+            fontsize=8,
+            color="gray",
+        )
     right.set_yticks(range(len(labels)), labels)
     right.invert_yaxis()
     right.set_xlabel(f"{task} × 100 (95 % interval over queries)")
