@@ -6,7 +6,9 @@ an EOS (they are penalised), and the encoder can take the last-layer hidden stat
 from generation instead of paying for a second forward pass.
 
 Each row samples from its own random stream (``RowSampler``), seeded from its prompt, the
-seed and its draw number, so a rationale never depends on the rows batched beside it.
+seed and its draw number, so a rationale never depends on the rows batched beside it. This
+module is the package's only token sampler: the GRPO trainer's rollouts (``grace.rollouts``)
+draw through ``next_tokens`` with the same streams.
 """
 
 from __future__ import annotations
@@ -106,8 +108,14 @@ def completion_mask(completion_ids: torch.Tensor, eos_ids: list[int]) -> torch.T
     return eos_before == 0
 
 
-def row_seeds(prompts: list[str], seed: int | None, draws: list[int] | None = None) -> list[int]:
+def row_seeds(
+    prompts: list[str] | list[list[int]],
+    seed: int | list[int] | None,
+    draws: list[int] | None = None,
+) -> list[int]:
     """One sampling seed per row: a hash of (seed, prompt, draw), or random if ``seed`` is None.
+
+    A prompt is its rendered text or its token ids; the trainer's seed is (run seed, step).
 
     Hashing makes a row's rationale independent of its batch, its position and of which other
     rows were cached. Temperature, top-p and the token cap stay out of the hash on purpose: the
@@ -152,15 +160,17 @@ def row_generators(seeds: list[int], device: torch.device) -> list[torch.Generat
 def gumbel_choice(
     scores: torch.Tensor,
     generators: list[torch.Generator],
-    temperature: float,
+    temperature: float | torch.Tensor,
     top_p: TopPLogitsWarper | None = None,
 ) -> torch.Tensor:
-    """(B,) tokens, row i sampled from softmax(scores[i] / T) (top-p cut) with generator i.
+    """(B,) tokens, row i sampled from softmax(scores[i] / T) (top-p cut) with generator i;
+    ``temperature`` is one value or one per row (all > 0).
 
     Each call takes one uniform vector from every generator: a row's k-th token uses the
     k-th draw of its own stream, whatever rows share the batch.
     """
-    scores = scores.float() / temperature
+    temperature = torch.as_tensor(temperature, dtype=torch.float32, device=scores.device)
+    scores = scores.float() / temperature.reshape(-1, 1)
     if top_p is not None:
         scores = top_p(None, scores)
     noise = torch.empty_like(scores)  # log(-log(uniform)), built in place: the same values
@@ -168,6 +178,22 @@ def gumbel_choice(
         torch.rand(row.shape, generator=generator, device=scores.device, out=row)
     noise.clamp_(min=torch.finfo(torch.float32).tiny).log_().neg_().log_()
     return scores.sub_(noise).argmax(dim=1)
+
+
+def next_tokens(
+    logits: torch.Tensor,
+    generators: list[torch.Generator | None],
+    temperatures: torch.Tensor,
+    top_p: TopPLogitsWarper | None = None,
+) -> torch.Tensor:
+    """(B,) next tokens of rows at their own temperatures: the argmax where it is 0, else a
+    sample drawn with the row's own generator (``gumbel_choice``)."""
+    tokens = logits.argmax(dim=-1)
+    sampled = (temperatures > 0).nonzero().squeeze(1)
+    if len(sampled):
+        streams = [generators[i] for i in sampled.tolist()]
+        tokens[sampled] = gumbel_choice(logits[sampled], streams, temperatures[sampled], top_p)
+    return tokens
 
 
 @torch.no_grad()

@@ -35,6 +35,7 @@ from transformers.generation.logits_process import TopPLogitsWarper
 from trl import GRPOTrainer
 
 from grace.pooling import l2_normalize, pooling_mask
+from grace.rationale import next_tokens, row_generators, row_seeds
 
 
 @dataclass
@@ -70,20 +71,6 @@ def decoder_of(model) -> torch.nn.Module:
     return model.get_decoder()
 
 
-def sample_tokens(logits: torch.Tensor, temperatures: torch.Tensor, top_p: float) -> torch.Tensor:
-    """One token per row from softmax(logits / T_row), top-p filtered; T = 0 rows are greedy.
-
-    The same distribution as ``generate(do_sample=True, temperature=T, top_p=top_p, top_k=0)``.
-    """
-    logits = logits.float()
-    greedy = temperatures <= 0
-    scaled = logits / torch.where(greedy, 1.0, temperatures).unsqueeze(1)
-    if top_p < 1.0:
-        scaled = TopPLogitsWarper(top_p)(None, scaled)
-    tokens = torch.multinomial(torch.softmax(scaled, dim=-1), 1).squeeze(1)
-    return torch.where(greedy, logits.argmax(dim=-1), tokens)
-
-
 class _LastStates:
     """Forward hook on the decoder: keeps the last-layer (post-norm) states of each call."""
 
@@ -109,9 +96,13 @@ def sample_rollouts(
     eos_ids: list[int],
     pad_id: int,
     prefix_length: int,
+    seeds: list[int],
     top_p: float = 1.0,
 ) -> SampledRollouts:
     """Sample one completion per prompt row and pool its states, in one pass.
+
+    Row i draws its tokens from its own random stream, seeded by ``seeds[i]`` (see
+    ``grace.rationale.row_seeds``), so its rollout does not depend on the rows beside it.
 
     Rows with equal prompts (a GRPO group, an unsupervised anchor) share one prefill: the
     distinct prompts run once, minus their last token, and the key/value cache is copied to
@@ -151,6 +142,8 @@ def sample_rollouts(
     prefilled = time.perf_counter()
 
     temperature = torch.tensor(temperatures, dtype=torch.float32, device=device)
+    generators = row_generators(seeds, device)
+    top_p_cut = TopPLogitsWarper(top_p) if top_p < 1.0 else None
     eos = torch.tensor(eos_ids, device=device)
     attention = mask[inverse]
     token = ids[inverse, -1]  # the last prompt token is fed at the first decode step
@@ -171,7 +164,7 @@ def sample_rollouts(
             ).logits[:, -1]
             total += hook.states[:, -1].float() * weight[:, None]
             count += weight
-            token = sample_tokens(logits, temperature, top_p)
+            token = next_tokens(logits, generators, temperature, top_p_cut)
             token = torch.where(done, torch.full_like(token, pad_id), token)
             weight = (~done).float()  # the state of this token counts if no EOS came before it
             generated.append(token)
@@ -249,6 +242,18 @@ def shared_prefix_logps(
     )
     entropy = out.entropy[:, -completion:] if compute_entropy else None
     return out.log_probs[:, -completion:], entropy
+
+
+def rollout_seeds(prompt_ids: list[list[int]], seed: int, step: int) -> list[int]:
+    """Each row's sampling seed in a training step: a hash of (run seed, step, prompt, how
+    many rows of this prompt came before it), so a rollout depends on nothing else in the
+    batch, and a prompt seen again at a later step gets new draws."""
+    seen: dict[tuple[int, ...], int] = defaultdict(int)
+    draws = []
+    for row in prompt_ids:
+        draws.append(seen[tuple(row)])
+        seen[tuple(row)] += 1
+    return row_seeds(prompt_ids, [seed, step], draws)
 
 
 @dataclass
@@ -345,6 +350,7 @@ class GraceGRPOTrainer(GRPOTrainer):
         temperatures = [self.temperature] * len(prompt_ids) + [policy.query_temperature] * len(
             anchor_ids
         )
+        all_ids = [list(p) for p in prompt_ids] + anchor_ids
         with unwrap_model_for_generation(
             self.model_wrapped,
             self.accelerator,
@@ -352,12 +358,13 @@ class GraceGRPOTrainer(GRPOTrainer):
         ) as model:
             sampled = sample_rollouts(
                 model,
-                [list(p) for p in prompt_ids] + anchor_ids,
+                all_ids,
                 temperatures,
                 max_new_tokens=self.max_completion_length,
                 eos_ids=self.eos_token_ids,
                 pad_id=self._tokenizer.pad_token_id,
                 prefix_length=reward.prefix_length,
+                seeds=rollout_seeds(all_ids, self.args.seed, self.state.global_step),
                 top_p=self.top_p,
             )
             rows = len(prompt_ids)

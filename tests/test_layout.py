@@ -2,6 +2,7 @@
 count too), and the library below the book's machinery."""
 
 import ast
+import re
 from pathlib import Path
 
 import grace
@@ -57,3 +58,16 @@ def test_only_the_cli_imports_the_book_machinery():
         if not module.startswith("grace.book") and any(t.startswith("grace.book") for t in targets)
     }
     assert users == {"grace.cli"}
+
+
+def test_one_module_draws_tokens():
+    """Encoding and training sample through one seeded sampler (grace.rationale): no other
+    module calls ``multinomial``, ``generate`` or draws random numbers of its own."""
+    draws = re.compile(r"multinomial\(|\.generate\(|torch\.rand(n|int|_like)?\(|exponential_\(")
+    drawing = {
+        module_name(path)
+        for path in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and draws.search(ast.unparse(node.func) + "(")
+    }
+    assert drawing == {"grace.rationale"}

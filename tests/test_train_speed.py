@@ -4,14 +4,22 @@ import json
 
 import pytest
 import torch
+from conftest import eos_biased
 from trl.trainer.utils import add_fused_lm_head
 
 from grace.config import load_config
 from grace.models import build_tiny_random
 from grace.prompts import SYSTEM_PROMPT, build_prompts, prompt_token_ids, system_prefix_length
-from grace.rationale import embed_rollouts, eos_token_ids, rollouts_from_completions
+from grace.rationale import (
+    SamplingConfig,
+    embed_rollouts,
+    eos_token_ids,
+    generate_rationales,
+    rollouts_from_completions,
+    row_seeds,
+)
 from grace.rewards import RewardConfig, group_advantages, supervised_rewards, supervised_terms
-from grace.rollouts import sample_rollouts, shared_prefix_logps
+from grace.rollouts import rollout_seeds, sample_rollouts, shared_prefix_logps
 from grace.train import build_grpo_trainer
 
 TEXTS = [
@@ -28,7 +36,6 @@ def sampled_and_second_pass(model, tokenizer, max_new_tokens: int):
     ids = [prompt_token_ids(tokenizer, p) for p in prompts]
     rows = [0, 0, 0, 1, 1, 1, 2]
     prefix = system_prefix_length(tokenizer, SYSTEM_PROMPT)
-    torch.manual_seed(0)
     sampled = sample_rollouts(
         model,
         [ids[r] for r in rows],
@@ -37,6 +44,7 @@ def sampled_and_second_pass(model, tokenizer, max_new_tokens: int):
         eos_token_ids(model, tokenizer),
         tokenizer.pad_token_id,
         prefix,
+        seeds=rollout_seeds([ids[r] for r in rows], seed=0, step=0),
     )
     rollouts = rollouts_from_completions(
         tokenizer, [prompts[r] for r in rows], sampled.completion_ids, model.device
@@ -71,9 +79,8 @@ def test_greedy_rows_match_generate(tiny):
     prompts = build_prompts(tokenizer, TEXTS, SYSTEM_PROMPT, 256)
     ids = [prompt_token_ids(tokenizer, p) for p in prompts]
     rows = [ids[0], ids[0], ids[1], ids[2]]
-    sampled = sample_rollouts(
-        model, rows, [0.0] * 4, 10, eos_token_ids(model, tokenizer), tokenizer.pad_token_id, 0
-    )
+    eos, pad = eos_token_ids(model, tokenizer), tokenizer.pad_token_id
+    sampled = sample_rollouts(model, rows, [0.0] * 4, 10, eos, pad, 0, seeds=[0] * 4)
     for row, completion in zip(rows, sampled.completion_ids, strict=True):
         out = model.generate(
             input_ids=torch.tensor([row]),
@@ -82,6 +89,48 @@ def test_greedy_rows_match_generate(tiny):
             pad_token_id=tokenizer.pad_token_id,
         )
         assert out[0, len(row) :].tolist()[: len(completion)] == completion
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.7])
+def test_a_training_rollout_depends_on_its_prompt_seed_and_draw_only(tiny, top_p):
+    """The trainer's sampler draws each row from its own stream: a rollout is the same alone
+    or among other rows, and it is the rationale the encoder samples with that seed."""
+    model, tokenizer = tiny
+    model = eos_biased(model, tokenizer, 4.0)  # rows end at different steps
+    prompts = build_prompts(tokenizer, TEXTS, SYSTEM_PROMPT, 256)
+    ids = [prompt_token_ids(tokenizer, p) for p in prompts]
+    eos, pad = eos_token_ids(model, tokenizer), tokenizer.pad_token_id
+    prefix = system_prefix_length(tokenizer, SYSTEM_PROMPT)
+
+    def rollouts(rows: list[int], draws: list[int], temperature: float = 0.8) -> list[list[int]]:
+        seeds = row_seeds([prompts[r] for r in rows], 7, draws)
+        batch = [ids[r] for r in rows]
+        temperatures = [temperature] * len(rows)
+        return sample_rollouts(
+            model, batch, temperatures, 10, eos, pad, prefix, seeds=seeds, top_p=top_p
+        ).completion_ids
+
+    together = rollouts([0, 0, 1, 2], [0, 1, 0, 0])
+    assert together[0] != together[1]  # two draws of one prompt differ
+    assert [rollouts([r], [d])[0] for r, d in [(0, 0), (0, 1), (1, 0), (2, 0)]] == together
+    assert rollouts([2, 1, 0, 0], [0, 0, 1, 0])[::-1] == together  # other order, neighbours
+    encoder = generate_rationales(
+        model, tokenizer, [prompts[0], prompts[0], prompts[1], prompts[2]],
+        SamplingConfig(temperature=0.8, top_p=top_p, max_new_tokens=10, seed=7),
+        draws=[0, 1, 0, 0],
+    )  # fmt: skip
+    assert together == [
+        row[mask].tolist()
+        for row, mask in zip(encoder.completion_ids, encoder.completion_mask, strict=True)
+    ]
+
+
+def test_a_training_step_seeds_rows_by_run_seed_step_prompt_and_repeat():
+    first = rollout_seeds([[1, 2], [1, 2], [3]], seed=0, step=5)
+    assert first[0] != first[1]  # the second rollout of a group is another draw
+    assert rollout_seeds([[3], [1, 2]], seed=0, step=5) == [first[2], first[0]]
+    assert rollout_seeds([[1, 2]], seed=0, step=6) != first[:1]  # a new step, new draws
+    assert rollout_seeds([[1, 2]], seed=1, step=5) != first[:1]
 
 
 def test_shared_prefix_logps_equal_the_full_forward_pass(tiny):
