@@ -1,11 +1,12 @@
-"""Refresh the book's generated blocks and the study figure from the committed results.
+"""Refresh the book's generated blocks, the study figure and the notebooks' install cells.
 
     python scripts/refresh_book.py
 
 Each block sits between ``<!-- name -->`` and ``<!-- /name -->`` in a page and is made from
 committed files only (profiles, ``results/cpu/table.json``, ``results/sweep/``); nothing is
-trained or evaluated here. Tests keep each page equal to what this script writes, so a stale
-number fails CI.
+trained or evaluated here. The notebooks' install cell is written from
+``grace.book.notebooks.install_cell`` (one source for all of them). Tests keep each page and
+notebook equal to what this script writes, so a stale number or cell fails CI.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
+from grace.book.notebooks import install_cell
 from grace.book.study import describe_study, study_figure, study_markdown, study_records
 from grace.config import settings_table
 from grace.evaluation.results import headline_answer, table_json_markdown
@@ -51,7 +55,22 @@ def block(page: str, name: str) -> str:
     return split_block((ROOT / page).read_text(), name)[1]
 
 
+def repository_url() -> str:
+    return yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+
+
+def with_install_cell(notebook: dict) -> dict:
+    """``notebook`` with its install cell (the one that checks for Colab) written anew."""
+    (cell,) = [c for c in notebook["cells"] if "google.colab" in "".join(c["source"])]
+    cell["source"] = install_cell(repository_url()).splitlines(keepends=True)
+    return notebook
+
+
 def main() -> None:
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        notebook = with_install_cell(json.loads(path.read_text()))
+        path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
+    print("notebooks: install cells")
     for name, (page, make) in BLOCKS.items():
         path = ROOT / page
         head, _, tail = split_block(path.read_text(), name)

