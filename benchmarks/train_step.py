@@ -74,7 +74,6 @@ def measure(config, single_pass: bool) -> dict:
     clock = StepClock()
     trainer.add_callback(clock)
     trainer.train()
-    reward = trainer.reward_funcs[0]
     measured = range(1, len(clock.steps))  # step 0 warms up
     rows = []
     for step in measured:
@@ -85,8 +84,8 @@ def measure(config, single_pass: bool) -> dict:
             anchors = embedding = 0.0
         else:
             rollouts = profiled["generate"][step]
-            anchors = reward.seconds["anchor_rollouts"][step]
-            embedding = reward.seconds["embed_rollouts"][step]
+            anchors = trainer.grace_seconds["anchor_rollouts"][step]
+            embedding = trainer.grace_seconds["embed_rollouts"][step]
         row = {
             "rollouts": rollouts,
             "anchor rollouts": anchors,

@@ -20,7 +20,8 @@ Here (``GraceGRPOTrainer``, a ``GRPOTrainer`` whose loss is trl's own):
 
 Both are exact up to float rounding (tests compare them with the plain computations). Where
 they do not apply (vLLM, multimodal inputs, several processes, gradient checkpointing) the
-trainer falls back to trl's path and the reward to its second pass.
+trainer falls back to trl's sampling and embeds the rollouts with a second pass. Either way the
+trainer hands the reward a ``RolloutBatch``: the reward holds no model and only scores.
 """
 
 from __future__ import annotations
@@ -35,7 +36,16 @@ from transformers.generation.logits_process import TopPLogitsWarper
 from trl import GRPOTrainer
 
 from grace.pooling import l2_normalize, pooling_mask
-from grace.rationale import next_tokens, row_generators, row_seeds
+from grace.prompts import build_prompts, chat_prompt
+from grace.rationale import (
+    SamplingConfig,
+    embed_rollouts,
+    generate_rationales,
+    next_tokens,
+    rollouts_from_completions,
+    row_generators,
+    row_seeds,
+)
 
 
 @dataclass
@@ -258,7 +268,7 @@ def rollout_seeds(prompt_ids: list[list[int]], seed: int, step: int) -> list[int
 
 @dataclass
 class RolloutBatch:
-    """One generation batch from ``GraceGRPOTrainer``: the policy rows first, then anchors."""
+    """What ``GraceGRPOTrainer`` hands the reward for one generation batch (this process's)."""
 
     completion_ids: list[list[int]]  # the policy's rows, as handed to trl
     embeddings: torch.Tensor  # (B, H)
@@ -266,20 +276,36 @@ class RolloutBatch:
     anchors: torch.Tensor  # (A, H): queries, then negatives if sampled (supervised), or sentences
     anchor_texts: list[str]
     has_negatives: bool
+    seconds: dict[str, float] = field(default_factory=dict)  # second-pass timings, logged
+    accelerator: object = None  # with several processes, the reward gathers every one's groups
+
+
+def capped_rows(
+    completion_ids: list[list[int]], eos_ids: list[int], cap: int, device
+) -> torch.Tensor:
+    """(B,) bool on ``device``: rollouts that reached the token cap without an EOS."""
+    eos = set(eos_ids)
+    capped = [len(ids) >= cap and not eos & set(ids) for ids in completion_ids]
+    return torch.tensor(capped, device=device)
 
 
 class GraceGRPOTrainer(GRPOTrainer):
     """trl's ``GRPOTrainer`` with GRACE's single-pass rollouts and shared-prefix log-probs.
 
     ``grace_reward`` is the ``GraceReward`` among ``reward_funcs``; it says which anchor texts a
-    batch needs and reads the embeddings this trainer leaves in ``grace_rollouts``. With
-    ``single_pass=False`` every step runs trl's own path (the reward then embeds with a second
-    pass): the reference for tests and ``benchmarks/train_step.py --compare``.
+    batch needs. The trainer samples and embeds the rollouts and the anchors (``frozen_anchors``,
+    a ``grace.train.FrozenAnchors``, writes the anchors' rationales once, by the starting model)
+    and hands them to the reward as a ``RolloutBatch``. With ``single_pass=False`` every step
+    runs trl's own sampling and log-probabilities and the trainer embeds with a second pass:
+    the reference for tests and ``benchmarks/train_step.py --compare``.
     """
 
-    def __init__(self, *args, grace_reward, single_pass: bool = True, **kwargs) -> None:
+    def __init__(
+        self, *args, grace_reward, frozen_anchors=None, single_pass: bool = True, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.grace_reward = grace_reward
+        self.frozen_anchors = frozen_anchors
         self.single_pass = single_pass
         self.grace_rollouts: RolloutBatch | None = None
         self.grace_seconds: dict[str, list[float]] = defaultdict(list)
@@ -325,37 +351,63 @@ class GraceGRPOTrainer(GRPOTrainer):
         self._grace_rows = None
         return output
 
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # trl 1.16 hands reward functions the dataset's columns only; the batch's embeddings
+        # and anchors go along as one more column (the same object in every row).
+        inputs = [{**row, "grace_batch": self.grace_rollouts} for row in inputs]
+        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+
+    def needs_negative(self, step: int) -> bool:
+        """Whether the supervised negative is rolled out for optimizer step ``step`` (0-based):
+        always where it changes advantages, else on steps that log or write samples."""
+        config = self.grace_reward.config
+        if config.reward.negative_every_step:
+            return True
+        args = self.args
+        every = max(1, int(self.state.logging_steps or args.logging_steps))
+        steps = max(1, args.steps_per_generation // args.gradient_accumulation_steps)
+        covered = range(step + 1, step + steps + 1)  # global steps this generation batch feeds
+        logs = any(s % every == 0 for s in covered) or (step == 0 and args.logging_first_step)
+        sample = config.logging.sample_every
+        return logs or (sample > 0 and step % sample == 0)
+
     def _generate_single_turn(
         self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
     ):
-        if not self._can_sample_here(images, multimodal_fields) or len(prompt_ids) != len(
-            self._grace_rows
-        ):
+        rows = self._grace_rows
+        if rows is None or len(prompt_ids) != len(rows):  # not one of GRACE's batches
             return super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images
             )
-        from trl.models import unwrap_model_for_generation
-
         reward = self.grace_reward
-        rows = self._grace_rows
+        texts = [row["text"] for row in rows]
         anchor_texts, has_negatives = reward.anchor_sources(
-            [row["text"] for row in rows],
+            texts,
             [row.get("query") for row in rows],
             [row.get("negative") for row in rows],
-            self.state.global_step,
+            self.needs_negative(self.state.global_step),
         )
+        if not self._can_sample_here(images, multimodal_fields):
+            completion_ids, logprobs = super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+            with self._generation_model() as model:
+                self.grace_rollouts = self._second_pass(
+                    model, texts, completion_ids, anchor_texts, has_negatives
+                )
+            for name, value in self.grace_rollouts.seconds.items():
+                self.grace_seconds[name].append(value)
+            return completion_ids, logprobs
+
         # Frozen anchors are written already: only the policy's rows are sampled here.
-        anchor_ids = [] if reward.frozen else reward.anchor_prompt_ids(anchor_texts)
+        frozen = self.frozen_anchors
+        anchor_ids = [] if frozen else reward.anchor_prompt_ids(anchor_texts)
         policy = reward.policy
         temperatures = [self.temperature] * len(prompt_ids) + [policy.query_temperature] * len(
             anchor_ids
         )
         all_ids = [list(p) for p in prompt_ids] + anchor_ids
-        with unwrap_model_for_generation(
-            self.model_wrapped,
-            self.accelerator,
-            gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
-        ) as model:
+        with self._generation_model() as model:
             sampled = sample_rollouts(
                 model,
                 all_ids,
@@ -367,25 +419,86 @@ class GraceGRPOTrainer(GRPOTrainer):
                 seeds=rollout_seeds(all_ids, self.args.seed, self.state.global_step),
                 top_p=self.top_p,
             )
-            rows = len(prompt_ids)
-            if reward.frozen:
-                anchors, texts = reward.frozen.embed(model, anchor_texts, reward.prefix_length)
+            policy_rows = len(prompt_ids)
+            if frozen:
+                anchors, texts = frozen.embed(model, anchor_texts, reward.prefix_length)
             else:
-                anchors = sampled.embeddings[rows:]
+                anchors = sampled.embeddings[policy_rows:]
                 texts = self._tokenizer.batch_decode(
-                    sampled.completion_ids[rows:], skip_special_tokens=True
+                    sampled.completion_ids[policy_rows:], skip_special_tokens=True
                 )
         for name, value in sampled.seconds.items():
             self.grace_seconds[name].append(value)
         self.grace_rollouts = RolloutBatch(
-            completion_ids=sampled.completion_ids[:rows],
-            embeddings=sampled.embeddings[:rows],
-            hit_cap=sampled.hit_cap[:rows],
+            completion_ids=sampled.completion_ids[:policy_rows],
+            embeddings=sampled.embeddings[:policy_rows],
+            hit_cap=sampled.hit_cap[:policy_rows],
             anchors=anchors,
             anchor_texts=texts,
             has_negatives=has_negatives,
         )
-        return sampled.completion_ids[:rows], None
+        return sampled.completion_ids[:policy_rows], None
+
+    def _generation_model(self):
+        from trl.models import unwrap_model_for_generation
+
+        return unwrap_model_for_generation(
+            self.model_wrapped,
+            self.accelerator,
+            gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+        )
+
+    # --- the reference path: trl samples, a second pass embeds -------------------------------
+
+    def _second_pass(self, model, texts, completion_ids, anchor_texts, has_negatives):
+        """The batch for rollouts trl sampled: each embedded by a second forward pass over
+        prompt + completion, the anchors sampled in a batch of their own."""
+        start = time.perf_counter()
+        completion_ids = [list(ids) for ids in completion_ids]
+        embeddings = self.embed_completions(model, texts, completion_ids)
+        hit_cap = capped_rows(
+            completion_ids, self.eos_token_ids, self.max_completion_length, embeddings.device
+        )
+        embedded = time.perf_counter()
+        anchors, anchor_rationales = self.anchor_embeddings(model, anchor_texts)
+        return RolloutBatch(
+            completion_ids=completion_ids,
+            embeddings=embeddings,
+            hit_cap=hit_cap,
+            anchors=anchors,
+            anchor_texts=anchor_rationales,
+            has_negatives=has_negatives,
+            seconds={
+                "embed_rollouts": embedded - start,
+                "anchor_rollouts": time.perf_counter() - embedded,
+            },
+            accelerator=self.accelerator if self.accelerator.num_processes > 1 else None,
+        )
+
+    def embed_completions(self, model, texts: list[str], completion_ids) -> torch.Tensor:
+        """(B, H) unit embeddings of each text's prompt with its completion, one forward pass."""
+        reward = self.grace_reward
+        prompts = [chat_prompt(self._tokenizer, t, reward.policy.system_prompt) for t in texts]
+        rollouts = rollouts_from_completions(self._tokenizer, prompts, completion_ids, model.device)
+        return embed_rollouts(model, rollouts, reward.prefix_length)
+
+    def anchor_embeddings(self, model, texts: list[str]) -> tuple[torch.Tensor, list[str]]:
+        """The anchors' embeddings and rationales: the frozen ones, or fresh policy rollouts
+        (one per text at the query temperature, embedded in the same pass)."""
+        reward = self.grace_reward
+        if self.frozen_anchors is not None:
+            return self.frozen_anchors.embed(model, texts, reward.prefix_length)
+        policy = reward.policy
+        sampling = SamplingConfig(
+            temperature=policy.query_temperature,
+            top_p=policy.top_p,
+            max_new_tokens=policy.max_completion_length,
+        )
+        prompts = build_prompts(
+            self._tokenizer, texts, policy.system_prompt, policy.max_prompt_tokens
+        )
+        rollouts = generate_rationales(model, self._tokenizer, prompts, sampling, keep_hidden=True)
+        return embed_rollouts(model, rollouts, reward.prefix_length), rollouts.texts
 
     # --- the loss's log-probabilities ---------------------------------------------------------
 

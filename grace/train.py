@@ -4,18 +4,16 @@ trl samples ``num_generations`` rollouts per prompt and computes the clipped pol
 loss; GRACE supplies the reward. The reward embeds each rollout with the live policy (LoRA
 weights included) and compares it with one rollout of the query and of the negative,
 sampled from the same policy at a lower temperature. Only the prompt's rollouts receive
-gradient, as in the paper. By default the trainer is ``grace.rollouts.GraceGRPOTrainer``: the
-anchors are sampled in the policy's batch and every embedding is pooled during sampling; with
-``build_grpo_trainer(config, single_pass=False)`` trl samples, and the reward embeds with a
-second pass and samples the anchors itself.
+gradient, as in the paper. The trainer is ``grace.rollouts.GraceGRPOTrainer``: it samples the
+rollouts and the anchors and embeds them (by default in one batch, every embedding pooled
+during sampling; with ``build_grpo_trainer(config, single_pass=False)`` trl samples and the
+trainer embeds with a second pass), and hands them to the reward, which only scores.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import time
-from collections import defaultdict
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -28,11 +26,10 @@ from grace.baselines import build_contrastive_trainer
 from grace.config import ConfigError, TrainConfig
 from grace.encoder import EncoderConfig, save_encoder_settings
 from grace.models import load_model
-from grace.prompts import build_prompts, chat_prompt, prompt_token_ids, system_prefix_length
+from grace.prompts import build_prompts, prompt_token_ids, system_prefix_length
 from grace.rationale import (
     SamplingConfig,
     embed_rollouts,
-    eos_token_ids,
     generate_rationales,
     rollouts_from_completions,
 )
@@ -129,28 +126,22 @@ class FrozenAnchors:
 
 
 class GraceReward:
-    """A trl reward function computing GRACE rewards with the live policy.
+    """A trl reward function computing GRACE rewards from what the trainer hands it.
 
     trl calls it once per generation batch with each prompt repeated ``num_generations`` times
     in a row; the clustering and cross-group terms need those groups whole, which is checked.
+    ``GraceGRPOTrainer`` samples the rollouts and the anchors and embeds them (the reward holds
+    no model); it passes them as the ``grace_batch`` column, so the reward only scores.
     """
 
-    def __init__(
-        self,
-        config: TrainConfig,
-        tokenizer: PreTrainedTokenizerBase,
-        frozen: FrozenAnchors | None = None,
-    ) -> None:
+    def __init__(self, config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> None:
         self.config = config
-        self.frozen = frozen  # anchors from the starting model (reward.anchors = "frozen")
         self.policy = config.policy
         self.tokenizer = tokenizer
         self.prefix_length = system_prefix_length(tokenizer, config.policy.system_prompt)
-        self.trainer = None  # set by build_grpo_trainer: the reward needs the live model
         self.__name__ = f"grace_{config.run.setting}"
         self.last_terms = None
         self.partial = False  # the last call scored without the negative rollout
-        self.seconds: dict[str, list[float]] = defaultdict(list)  # timings of every call
         self.sampled_steps: set[int] = set()
 
     def __call__(
@@ -159,8 +150,7 @@ class GraceReward:
         completions: list,
         completion_ids: list[list[int]],
         text: list[str],
-        query: list[str] | None = None,
-        negative: list[str] | None = None,
+        grace_batch: list | None = None,
         trainer_state=None,
         log_metric=None,
         **_,
@@ -168,66 +158,47 @@ class GraceReward:
         n = self.policy.num_generations
         groups = check_whole_groups(text, n)
         step = trainer_state.global_step if trainer_state is not None else 0
-        batch = getattr(self.trainer, "grace_rollouts", None)
-        if batch is not None and batch.completion_ids == [list(c) for c in completion_ids]:
-            # Sampled by GraceGRPOTrainer: pooled during sampling, anchors in the same batch.
-            samples = batch.embeddings.view(groups, n, -1)
-            hit_cap = batch.hit_cap.to(samples.device).view(groups, n)
-            anchors, anchor_texts, has_negatives = (
-                batch.anchors,
-                batch.anchor_texts,
-                batch.has_negatives,
+        batch = grace_batch[0] if grace_batch else None
+        if batch is None or batch.completion_ids != [list(c) for c in completion_ids]:
+            raise RuntimeError(
+                "GraceReward scores the rollouts and anchors that GraceGRPOTrainer hands it "
+                "(the grace_batch column); build the trainer with grace.train.build_grpo_trainer."
             )
-            seconds = {}
-        else:
-            anchor_sources, has_negatives = self.anchor_sources(text, query, negative, step)
-            samples, hit_cap, anchors, anchor_texts, seconds = self._second_pass(
-                text, completion_ids, anchor_sources, groups
-            )
-        accelerator = self.trainer.accelerator if self.trainer is not None else None
+        samples = batch.embeddings.view(groups, n, -1)
+        hit_cap = batch.hit_cap.to(samples.device).view(groups, n)
         terms, rewards = terms_over_processes(
-            self.config, anchors, samples, hit_cap, has_negatives, accelerator
+            self.config, batch.anchors, samples, hit_cap, batch.has_negatives, batch.accelerator
         )
         # Without the negative rollout the rewards lack a group-constant term: the advantages
         # are exact, but neither the negative nor the total is logged (nor trl's reward means).
-        self.partial = self.config.run.setting == "supervised" and not has_negatives
+        self.partial = self.config.run.setting == "supervised" and not batch.has_negatives
 
         self.last_terms = terms
-        for name, value in seconds.items():
-            self.seconds[name].append(value)
         if log_metric is not None:
             for name, value in terms.means().items():
                 if not (self.partial and name in ("negative", "total")):
                     log_metric(f"grace/{name}", value)
             log_metric("grace/hit_cap", float(hit_cap.float().mean()))
-            for name, value in seconds.items():
+            for name, value in batch.seconds.items():
                 log_metric(f"grace/seconds_{name}", value)
-        if accelerator is None or accelerator.is_main_process:  # one writer
-            self._write_samples(step, text, completions, anchor_texts, rewards)
+        if batch.accelerator is None or batch.accelerator.is_main_process:  # one writer
+            self._write_samples(step, text, completions, batch.anchor_texts, rewards)
         return rewards.flatten().tolist()
 
-    def needs_negative(self, step: int) -> bool:
-        """Whether the supervised negative is rolled out for optimizer step ``step`` (0-based):
-        always where it changes advantages, else on steps that log or write samples."""
-        if self.config.reward.negative_every_step or self.trainer is None:
-            return True
-        args = self.trainer.args
-        every = max(1, int(self.trainer.state.logging_steps or args.logging_steps))
-        steps = max(1, args.steps_per_generation // args.gradient_accumulation_steps)
-        covered = range(step + 1, step + steps + 1)  # global steps this generation batch feeds
-        logs = any(s % every == 0 for s in covered) or (step == 0 and args.logging_first_step)
-        sample = self.config.logging.sample_every
-        return logs or (sample > 0 and step % sample == 0)
-
     def anchor_sources(
-        self, text: list[str], query: list[str] | None, negative: list[str] | None, step: int
+        self,
+        text: list[str],
+        query: list[str] | None,
+        negative: list[str] | None,
+        with_negatives: bool,
     ) -> tuple[list[str], bool]:
         """Texts of the anchor rollouts of a batch (one per group) and whether the negatives are
-        among them: queries (+ negatives) when supervised, the sentences again when not."""
+        among them: queries (+ negatives, when asked for) when supervised, the sentences again
+        when not."""
         n = self.policy.num_generations
         if self.config.run.setting != "supervised":
             return text[::n], False
-        if self.needs_negative(step):
+        if with_negatives:
             return query[::n] + negative[::n], True
         return query[::n], False
 
@@ -238,61 +209,6 @@ class GraceReward:
             self.tokenizer, texts, policy.system_prompt, policy.max_prompt_tokens
         )
         return [prompt_token_ids(self.tokenizer, prompt) for prompt in prompts]
-
-    def _second_pass(self, text, completion_ids, anchor_sources, groups):
-        """The reference path: embed trl's rollouts with a second forward pass and sample the
-        anchors in a batch of their own."""
-        n = self.policy.num_generations
-        trainer = self.trainer
-        from trl.models import unwrap_model_for_generation
-
-        with unwrap_model_for_generation(
-            trainer.model_wrapped,
-            trainer.accelerator,
-            gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
-        ) as model:
-            start = time.perf_counter()
-            samples = self._embed_completions(model, text, completion_ids).view(groups, n, -1)
-            hit_cap = self._hit_cap(model, completion_ids, samples.device).view(groups, n)
-            embedded = time.perf_counter()
-            anchors, anchor_texts = self.anchor_embeddings(model, anchor_sources)
-            seconds = {
-                "embed_rollouts": embedded - start,
-                "anchor_rollouts": time.perf_counter() - embedded,
-            }
-        return samples, hit_cap, anchors, anchor_texts, seconds
-
-    def _embed_completions(self, model, text: list[str], completion_ids) -> torch.Tensor:
-        prompts = [chat_prompt(self.tokenizer, t, self.policy.system_prompt) for t in text]
-        rollouts = rollouts_from_completions(self.tokenizer, prompts, completion_ids, model.device)
-        return embed_rollouts(model, rollouts, self.prefix_length)
-
-    def _hit_cap(self, model, completion_ids: list[list[int]], device) -> torch.Tensor:
-        """Rollouts that ran to the token cap without EOS, on the embeddings' device."""
-        eos = set(eos_token_ids(model, self.tokenizer))
-        cap = self.policy.max_completion_length
-        capped = [len(ids) >= cap and not eos & set(ids) for ids in completion_ids]
-        return torch.tensor(capped, device=device)
-
-    def anchor_embeddings(self, model, texts: list[str]) -> tuple[torch.Tensor, list[str]]:
-        """The anchors' embeddings and rationales: the frozen ones, or fresh policy rollouts."""
-        if self.frozen is not None:
-            return self.frozen.embed(model, texts, self.prefix_length)
-        return self._rollout_embeddings(model, texts)
-
-    def _rollout_embeddings(self, model, texts: list[str]) -> tuple[torch.Tensor, list[str]]:
-        """One rollout per text at the query temperature, embedded in the same pass."""
-        policy = self.policy
-        sampling = SamplingConfig(
-            temperature=policy.query_temperature,
-            top_p=policy.top_p,
-            max_new_tokens=policy.max_completion_length,
-        )
-        prompts = build_prompts(
-            self.tokenizer, texts, policy.system_prompt, policy.max_prompt_tokens
-        )
-        rollouts = generate_rationales(model, self.tokenizer, prompts, sampling, keep_hidden=True)
-        return embed_rollouts(model, rollouts, self.prefix_length), rollouts.texts
 
     def _write_samples(self, step, text, completions, anchor_texts, rewards) -> None:
         """Every ``sample_every`` steps, the first group's rollouts go to rationales.jsonl."""
@@ -425,8 +341,8 @@ def build_grpo_trainer(config: TrainConfig, single_pass: bool = True):
     frozen = None
     if config.reward.anchors == "frozen":  # copied before any training or adapter changes it
         frozen = FrozenAnchors(config, tokenizer, copy.deepcopy(model))
-    reward = GraceReward(config, tokenizer, frozen)
-    trainer = GraceGRPOTrainer(
+    reward = GraceReward(config, tokenizer)
+    return GraceGRPOTrainer(
         model=model,
         reward_funcs=[reward],
         args=grpo_arguments(config),
@@ -434,10 +350,9 @@ def build_grpo_trainer(config: TrainConfig, single_pass: bool = True):
         processing_class=tokenizer,
         peft_config=peft_config,
         grace_reward=reward,
+        frozen_anchors=frozen,
         single_pass=single_pass,
     )
-    reward.trainer = trainer
-    return trainer
 
 
 def train_top_layers(model: PreTrainedModel, top: int, lora: bool = False) -> list[int]:

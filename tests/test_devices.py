@@ -19,7 +19,8 @@ from grace.pooling import pool
 from grace.prompts import SYSTEM_PROMPT, build_prompts
 from grace.rationale import rollouts_from_completions
 from grace.rewards import RewardConfig, supervised_rewards, unsupervised_rewards
-from grace.train import GraceReward, train
+from grace.rollouts import capped_rows
+from grace.train import train
 
 META = torch.device("meta")
 PACKAGE = str(Path(grace.__file__).parent)
@@ -34,12 +35,11 @@ def test_rewards_follow_the_embeddings_device_whatever_the_mask_device():
     assert unsupervised_rewards(query, samples, hit_cap, config).total.device == META
 
 
-def test_the_length_penalty_mask_is_built_on_the_requested_device(tiny):
-    model, tokenizer = tiny
-    reward = GraceReward(load_config("tiny", ["max_completion_length=3"]), tokenizer)
-    mask = reward._hit_cap(model, [[5, 6, 7], [5]], META)
+def test_the_length_penalty_mask_is_built_on_the_requested_device():
+    mask = capped_rows([[5, 6, 7], [5]], [2], 3, META)
     assert mask.device == META and mask.shape == (2,)
-    assert reward._hit_cap(model, [[5, 6, 7], [5]], torch.device("cpu")).tolist() == [True, False]
+    assert capped_rows([[5, 6, 7], [5]], [2], 3, torch.device("cpu")).tolist() == [True, False]
+    assert capped_rows([[5, 2, 7]], [2], 3, torch.device("cpu")).tolist() == [False]  # an EOS
 
 
 def test_pooling_and_rebuilt_rollouts_stay_on_the_model_device(tiny):

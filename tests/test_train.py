@@ -209,12 +209,12 @@ def test_a_trained_folder_embeds_as_it_was_trained(tmp_path):
 @pytest.mark.parametrize("setting", ["supervised", "unsupervised"])
 def test_frozen_anchors_are_written_once_by_the_starting_model(tmp_path, setting):
     trainer = run(tmp_path, f"setting={setting}", "reward.anchors=frozen", "max_steps=3")
-    reward = trainer.reward_funcs[0]
+    reward, frozen_anchors = trainer.reward_funcs[0], trainer.frozen_anchors
     stored = [json.loads(line) for line in (tmp_path / "anchors.jsonl").open()]
     assert len(stored) == len({s["text"] for s in stored}) > 0  # one rationale per text
     # The frozen copy kept the starting weights while the policy trained.
     base, _ = build_tiny_random()
-    frozen = reward.frozen.model.state_dict()
+    frozen = frozen_anchors.model.state_dict()
     assert all(torch.equal(frozen[k], v) for k, v in base.state_dict().items())
     assert changed(tmp_path)
     # Every logged anchor rationale is a stored one, the same text at every step.
@@ -224,10 +224,10 @@ def test_frozen_anchors_are_written_once_by_the_starting_model(tmp_path, setting
     assert {s["anchor_rationale"] for s in logged} <= written
     # The live policy embeds them: equal to embedding the stored rationale by hand.
     texts = [s["text"] for s in stored[:2]]
-    embedded, _ = reward.anchor_embeddings(trainer.model, texts)
-    again, _ = reward.frozen.embed(trainer.model, texts, reward.prefix_length)
+    embedded, _ = trainer.anchor_embeddings(trainer.model, texts)
+    again, _ = frozen_anchors.embed(trainer.model, texts, reward.prefix_length)
     assert torch.allclose(embedded, again)
-    by_frozen, _ = reward.frozen.embed(reward.frozen.model, texts, reward.prefix_length)
+    by_frozen, _ = frozen_anchors.embed(frozen_anchors.model, texts, reward.prefix_length)
     assert not torch.allclose(embedded, by_frozen)
 
 

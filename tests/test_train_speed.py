@@ -19,7 +19,7 @@ from grace.rationale import (
     row_seeds,
 )
 from grace.rewards import RewardConfig, group_advantages, supervised_rewards, supervised_terms
-from grace.rollouts import rollout_seeds, sample_rollouts, shared_prefix_logps
+from grace.rollouts import capped_rows, rollout_seeds, sample_rollouts, shared_prefix_logps
 from grace.train import build_grpo_trainer
 
 TEXTS = [
@@ -265,8 +265,9 @@ def test_fast_and_reference_paths_score_the_same_rollouts_alike(tmp_path):
 
     def spy(*args, **kwargs):
         batch = trainer.grace_rollouts
-        second = reward._embed_completions(trainer.model, kwargs["text"], kwargs["completion_ids"])
-        cap = reward._hit_cap(trainer.model, kwargs["completion_ids"], second.device)
+        second = trainer.embed_completions(trainer.model, kwargs["text"], kwargs["completion_ids"])
+        eos, cap_length = trainer.eos_token_ids, trainer.max_completion_length
+        cap = capped_rows(kwargs["completion_ids"], eos, cap_length, second.device)
         checked.append(((batch.embeddings * second).sum(dim=-1).min(), cap, batch.hit_cap))
         return original(*args, **kwargs)
 
@@ -280,7 +281,7 @@ def test_fast_and_reference_paths_score_the_same_rollouts_alike(tmp_path):
 def test_the_old_path_still_trains(tmp_path):
     trainer = build_grpo_trainer(short_config(tmp_path, "max_steps=1"), single_pass=False)
     trainer.train()
-    assert trainer.grace_rollouts is None and trainer.grace_reward.seconds["embed_rollouts"]
+    assert trainer.grace_seconds["embed_rollouts"] and not trainer.grace_seconds["decode"]
     samples = [
         json.loads(line) for line in (tmp_path / "rationales.jsonl").read_text().splitlines()
     ]
