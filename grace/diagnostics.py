@@ -88,8 +88,15 @@ def logged_rollout_diagnostics(path: str | Path) -> list[dict]:
     return rows
 
 
+#: How a diagnostic a point does not have is written: distinct-2 has none when no rationale
+#: holds two words (each one unbroken string, as a collapsed policy can write).
+MISSING = "none"
+
+
+def formatted(value: float | None, style: str) -> str:
+    return MISSING if value is None else format(value, style)
+
+
 def first_to_last(points: tuple[dict, dict], key: str, style: str) -> str:
-    """``first → last`` of one diagnostic of two points ("n/a" where a point has none, e.g. a
-    rationale without two words)."""
-    values = [point.get(key) for point in points]
-    return " → ".join("n/a" if value is None else format(value, style) for value in values)
+    """``first → last`` of one diagnostic of two points (``MISSING`` where a point has none)."""
+    return " → ".join(formatted(point.get(key), style) for point in points)

@@ -64,6 +64,11 @@ VARIANTS = {
         "cpu-long",
         {"run.method": "contrastive", "baselines.steps": 150, "validation.every": 10},
     ),
+    # Neither frozen anchors nor dropping the cluster term stopped the collapse alone: both.
+    "study-frozen-nocluster": (
+        "cpu-long",
+        STUDY | {"reward.anchors": "frozen", "reward.cluster_weight": 0.0},
+    ),
     "study-kl": ("cpu-long", STUDY | {"grpo.beta": 0.04}),
     "study-group-std": ("cpu-long", STUDY | {"grpo.scale_rewards": "group"}),
     "study-unsupervised": ("cpu-long", STUDY | {"run.setting": "unsupervised"}),

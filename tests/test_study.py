@@ -89,4 +89,7 @@ def test_describe_study_survives_a_run_whose_rationales_lost_their_words():
 
     collapsed = record("study-frozen", "grace", [0.0, -0.01])
     collapsed["curve"]["diagnostics"][-1]["distinct_2"] = None  # bare fences: no word pairs
-    assert "distinct-2 0.50 → n/a" in describe_study([collapsed])
+    assert "distinct-2 0.50 → none" in describe_study([collapsed])
+    from grace.book.study import study_markdown
+
+    assert "| 0.50 → none |" in study_markdown([collapsed])  # the table keeps the first value

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grace.diagnostics import first_to_last
+from grace.diagnostics import first_to_last, formatted
 from grace.validation import verdict
 
 PREFIX = "study-"
@@ -101,7 +101,7 @@ def study_rows(records: list[dict]) -> list[dict]:
         diagnostics = curve.get("diagnostics")
         for key, name in DIAGNOSTICS.items():
             pair = [diagnostics[0].get(key), diagnostics[last].get(key)] if diagnostics else []
-            row[name] = pair if pair and None not in pair else None
+            row[name] = pair if pair and pair[0] is not None else None  # baselines write none
         rows.append(row)
     return rows
 
@@ -165,7 +165,7 @@ def study_markdown(records: list[dict]) -> str:
         if isinstance(value, tuple):
             return f"{value[0]:+.3f} ± {value[1]:.3f}"
         if isinstance(value, list):
-            return f"{value[0]:.2f} → {value[1]:.2f}"
+            return " → ".join(formatted(v, ".2f") for v in value)
         if isinstance(value, float):
             return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
         return str(value)
@@ -207,8 +207,10 @@ def study_figure(records: list[dict], path: str | Path | None = None):
         prompts = curve["prompts_seen"]
         for ax, key in ((axes[1, 0], "distinct_2"), (axes[1, 1], "mean_cosine")):
             values = [d.get(key) for d in diagnostics]
-            if values and None not in values:  # distinct-2: GRACE only (the baselines write none)
-                ax.plot(prompts, values, label=label(record), **style)
+            if values and values[0] is not None:  # distinct-2: GRACE only (baselines write none)
+                # A point without word pairs (every rationale one unbroken string) is a gap.
+                shown = [np.nan if v is None else v for v in values]
+                ax.plot(prompts, shown, label=label(record), **style)
     axes[0, 0].set(xlabel="training prompts (GRACE) or pairs (+CL) seen", ylabel="paired change")
     axes[0, 1].set(xlabel="training CPU hours (validation excluded)", ylabel="paired change")
     axes[1, 0].set(xlabel="training prompts seen", ylabel="distinct-2 of validation rationales")
