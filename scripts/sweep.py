@@ -70,6 +70,9 @@ VARIANTS = {
         STUDY | {"reward.anchors": "frozen", "reward.cluster_weight": 0.0},
     ),
     "study-kl": ("cpu-long", STUDY | {"grpo.beta": 0.04}),
+    # The long run (issue 20, item 3): the first variant whose rationales kept their words
+    # and whose validation rose over its first 40 steps; the profile's 400 steps.
+    "study-kl-400": ("cpu-long", {"grpo.beta": 0.04, "validation.every": 20}),
     "study-group-std": ("cpu-long", STUDY | {"grpo.scale_rewards": "group"}),
     "study-unsupervised": ("cpu-long", STUDY | {"run.setting": "unsupervised"}),
     "study-paper": ("cpu-long", STUDY | {"reward.variant": "paper"}),
