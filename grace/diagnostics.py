@@ -88,7 +88,7 @@ def logged_rollout_diagnostics(path: str | Path) -> list[dict]:
     return rows
 
 
-#: How a diagnostic a point does not have is written: distinct-2 has none when no rationale
+#: The text written for a diagnostic a point lacks. Distinct-2 is missing when no rationale
 #: holds two words (each one unbroken string, as a collapsed policy can write).
 MISSING = "none"
 
