@@ -36,7 +36,7 @@ from transformers.generation.logits_process import TopPLogitsWarper
 from trl import GRPOTrainer
 
 from grace.pooling import l2_normalize, pooling_mask
-from grace.prompts import build_prompts, chat_prompt
+from grace.prompts import chat_prompt
 from grace.rationale import (
     SamplingConfig,
     embed_rollouts,
@@ -277,7 +277,7 @@ class RolloutBatch:
     anchor_texts: list[str]
     has_negatives: bool
     seconds: dict[str, float] = field(default_factory=dict)  # second-pass timings, logged
-    accelerator: object = None  # with several processes, the reward gathers every one's groups
+    accelerator: object = None  # the trainer's: with several processes the reward gathers groups
 
 
 def capped_rows(
@@ -325,7 +325,6 @@ class GraceGRPOTrainer(GRPOTrainer):
             and not self.tools
             and images is None
             and not multimodal_fields
-            and self._grace_rows is not None
             and (self.top_k or 0) == 0
             and self.min_p is None
             and self.repetition_penalty == 1.0
@@ -436,6 +435,7 @@ class GraceGRPOTrainer(GRPOTrainer):
             anchors=anchors,
             anchor_texts=texts,
             has_negatives=has_negatives,
+            accelerator=self.accelerator,
         )
         return sampled.completion_ids[:policy_rows], None
 
@@ -472,7 +472,7 @@ class GraceGRPOTrainer(GRPOTrainer):
                 "embed_rollouts": embedded - start,
                 "anchor_rollouts": time.perf_counter() - embedded,
             },
-            accelerator=self.accelerator if self.accelerator.num_processes > 1 else None,
+            accelerator=self.accelerator,
         )
 
     def embed_completions(self, model, texts: list[str], completion_ids) -> torch.Tensor:
@@ -494,9 +494,7 @@ class GraceGRPOTrainer(GRPOTrainer):
             top_p=policy.top_p,
             max_new_tokens=policy.max_completion_length,
         )
-        prompts = build_prompts(
-            self._tokenizer, texts, policy.system_prompt, policy.max_prompt_tokens
-        )
+        prompts = reward.anchor_prompts(texts)
         rollouts = generate_rationales(model, self._tokenizer, prompts, sampling, keep_hidden=True)
         return embed_rollouts(model, rollouts, reward.prefix_length), rollouts.texts
 

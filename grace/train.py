@@ -202,13 +202,13 @@ class GraceReward:
             return query[::n] + negative[::n], True
         return query[::n], False
 
-    def anchor_prompt_ids(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of the anchors' prompts, built as for the policy's own prompts."""
+    def anchor_prompts(self, texts: list[str]) -> list[str]:
+        """The anchors' prompts, built as for the policy's own prompts."""
         policy = self.policy
-        prompts = build_prompts(
-            self.tokenizer, texts, policy.system_prompt, policy.max_prompt_tokens
-        )
-        return [prompt_token_ids(self.tokenizer, prompt) for prompt in prompts]
+        return build_prompts(self.tokenizer, texts, policy.system_prompt, policy.max_prompt_tokens)
+
+    def anchor_prompt_ids(self, texts: list[str]) -> list[list[int]]:
+        return [prompt_token_ids(self.tokenizer, p) for p in self.anchor_prompts(texts)]
 
     def _write_samples(self, step, text, completions, anchor_texts, rewards) -> None:
         """Every ``sample_every`` steps, the first group's rollouts go to rationales.jsonl."""

@@ -68,8 +68,10 @@ def with_install_cell(notebook: dict) -> dict:
 
 def main() -> None:
     for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
-        notebook = with_install_cell(json.loads(path.read_text()))
-        path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
+        text = path.read_text()
+        written = json.dumps(with_install_cell(json.loads(text)), indent=1, ensure_ascii=False)
+        if written + "\n" != text:  # unchanged notebooks keep their files (and mtimes)
+            path.write_text(written + "\n")
     print("notebooks: install cells")
     for name, (page, make) in BLOCKS.items():
         path = ROOT / page
