@@ -327,5 +327,8 @@ def test_one_micro_batch_or_two_train_the_same_weights(tmp_path):
     first, second = weights
     untrained = dict(build_tiny_random()[0].named_parameters())
     assert any(not torch.allclose(value, untrained[name]) for name, value in first.items())
+    # Two micro-batches sum the loss in another order. Adam's first step divides each gradient by
+    # its own size, so where a gradient is near zero a 1e-7 reordering difference moves the weight
+    # by ~1e-6 (seen once in a full-suite run: 1.1e-6); 1e-5 is 1 % of one step at lr 1e-3.
     for name, value in first.items():
-        torch.testing.assert_close(value, second[name], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(value, second[name], atol=1e-5, rtol=1e-5)
