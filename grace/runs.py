@@ -157,6 +157,30 @@ def check_checkpoint(checkpoint: str | Path | None) -> None:
         )
 
 
+#: A GRACE run's sampled rollouts, one JSON line per sampled step (``GraceReward``).
+SAMPLES_FILE = "rationales.jsonl"
+
+
+def forget_samples_from(folder: str | Path, step: int) -> None:
+    """Drop the rollout samples logged at ``step`` or later (and a line cut by a stop).
+
+    A run resumed from its checkpoint of ``step`` trains the steps after it again and logs
+    their samples anew; without this each of them would appear twice.
+    """
+    path = Path(folder) / SAMPLES_FILE
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record["step"] < step:
+            kept.append(line)
+    path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+
 def mark_finished(folder: str | Path, log_history: list[dict]) -> None:
     """The last thing a run writes: its logged metrics, which also mean "finished"."""
     (Path(folder) / HISTORY_FILE).write_text(json.dumps(log_history, indent=1))

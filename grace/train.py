@@ -35,7 +35,9 @@ from grace.rationale import (
 )
 from grace.rewards import RewardTerms, supervised_terms, unsupervised_rewards
 from grace.runs import (
+    SAMPLES_FILE,
     check_checkpoint,
+    forget_samples_from,
     is_finished,
     is_main_process,
     mark_finished,
@@ -224,7 +226,7 @@ class GraceReward:
             "rationales": [completion_text(c) for c in completions[:n]],
             "rewards": [round(float(r), 4) for r in rewards[0]],
         }
-        path = Path(self.config.run.output_dir) / "rationales.jsonl"
+        path = Path(self.config.run.output_dir) / SAMPLES_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -460,6 +462,8 @@ def _train(config: TrainConfig, callbacks: list | None, main: bool):
         trainer.add_callback(callback)
     checkpoint = get_last_checkpoint(str(output))
     check_checkpoint(checkpoint)
+    if checkpoint and main:
+        forget_samples_from(output, int(Path(checkpoint).name.removeprefix("checkpoint-")))
     trainer.train(resume_from_checkpoint=checkpoint)
     if main:
         save_final_model(trainer.model, trainer.processing_class, str(output))

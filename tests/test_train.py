@@ -68,6 +68,34 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     assert [h["step"] for h in history if "loss" in h] == [1, 2, 3]
 
 
+class CrashAfterStep(TrainerCallback):
+    """Stops a run after step ``at`` has logged its samples, before its checkpoint is saved."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at:
+            raise KeyboardInterrupt
+
+
+def test_a_resumed_run_logs_each_sampled_step_once(tmp_path):
+    config = load_config(
+        "tiny", [f"output_dir={tmp_path}", "max_steps=4", "save_steps=2", "sample_every=1"]
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[CrashAfterStep(at=3)])
+    samples = tmp_path / "rationales.jsonl"
+    # Step 3 sampled with the weights of step 2 (label 2); the last checkpoint is step 2's.
+    assert [json.loads(line)["step"] for line in samples.read_text().splitlines()] == [0, 1, 2]
+    assert not (tmp_path / "checkpoint-3").exists()
+    with samples.open("a") as handle:
+        handle.write('{"step": 2, "te')  # and a line cut by the stop
+    trained_model(config)
+    steps = [json.loads(line)["step"] for line in samples.read_text().splitlines()]
+    assert steps == [0, 1, 2, 3]
+
+
 def test_a_finished_run_is_reused_only_under_equal_settings(tmp_path, monkeypatch):
     first = load_config("tiny", [f"output_dir={tmp_path}", "learning_rate=1e-3"])
     trained_model(first)
