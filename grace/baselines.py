@@ -18,9 +18,8 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from grace.config import TrainConfig
 from grace.models import load_model
-from grace.pooling import pool
 from grace.prompts import build_prompts, system_prefix_length
-from grace.rationale import last_hidden_states, tokenize_prompts
+from grace.rationale import pooled_states, tokenize_prompts
 
 
 def info_nce(
@@ -80,10 +79,13 @@ class ContrastiveTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.grace_config = grace_config
         self.prefix_length = prefix_length
+        # The system prefix runs once per batch, except for SimCSE: its noise is dropout, and
+        # a shared prefix would give every row of the batch the same draw there.
+        self.share_prefix = grace_config.run.method != "simcse"
 
     def embed(self, model, inputs: dict, field: str) -> torch.Tensor:
         ids, mask = inputs[f"{field}_ids"], inputs[f"{field}_mask"]
-        return pool(last_hidden_states(model, ids, mask), mask, self.prefix_length)
+        return pooled_states(model, ids, mask, self.prefix_length, share_prefix=self.share_prefix)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         temperature = self.grace_config.baselines.temperature

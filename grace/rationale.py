@@ -666,6 +666,50 @@ def last_hidden_states(
     return out.last_hidden_state
 
 
+def pooled_states(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prefix_length: int,
+    pooling: str = "mean",
+    share_prefix: bool = True,
+) -> torch.Tensor:
+    """(B, H) unit embeddings of left-padded prompts, pooled after the system prefix.
+
+    With ``share_prefix``, when every row starts with the same ``prefix_length`` tokens (one
+    system prompt), the prefix runs once and its keys and values serve every row: the same
+    embeddings for less work (the prefix is about a third of a short text's prompt). Keeps the
+    graph when gradients are on (the baselines train through it); under activation
+    checkpointing, which keeps no cache, every row runs whole.
+    """
+    checkpointing = model.training and getattr(model, "is_activation_checkpointing", False)
+    shared = None
+    if share_prefix and not checkpointing:
+        shared = _split_prefix(input_ids, attention_mask, prefix_length)
+    if shared is None:
+        hidden = last_hidden_states(model, input_ids, attention_mask)
+        return pool(hidden, attention_mask, prefix_length, pooling)
+    prefix, suffix_ids, suffix_mask = shared
+    decoder = model.get_decoder()
+    head = decoder(
+        input_ids=prefix[None],
+        position_ids=torch.arange(len(prefix), device=prefix.device)[None],
+        use_cache=True,
+    )
+    cache = head.cache
+    cache.batch_repeat_interleave(input_ids.shape[0])
+    mask = torch.cat([torch.ones_like(suffix_mask[:, :1]).expand(-1, len(prefix)), suffix_mask], 1)
+    positions = (mask.long().cumsum(dim=1) - 1)[:, len(prefix) :]
+    out = decoder(
+        input_ids=suffix_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        cache=cache,
+        use_cache=True,
+    )
+    return pool(out.last_hidden_state, suffix_mask, 0, pooling)
+
+
 @torch.no_grad()
 def embed_rollouts(
     model: PreTrainedModel, rollouts: Rollouts, prefix_length: int, pooling: str = "mean"

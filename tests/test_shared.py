@@ -19,7 +19,9 @@ from grace.rationale import (
     embed_rollouts,
     generate_rationales,
     generate_shared,
+    pooled_states,
     rollouts_from_completions,
+    tokenize_prompts,
 )
 from grace.runs import report_key
 
@@ -162,6 +164,39 @@ def separate(tiny, variant, **settings):
     encoder = GraceEncoder(*tiny, **(settings | changes))
     encoder.share_work = False
     return encoder
+
+
+def test_a_shared_prefix_gives_the_same_embeddings_and_gradients_for_less_work(tiny, texts):
+    model, tokenizer = tiny
+    model.train()  # the baselines train through it: the gradients must agree too
+    prefix = system_prefix_length(tokenizer, SYSTEM_PROMPT)
+    prompts = build_prompts(tokenizer, texts, SYSTEM_PROMPT, 1024)
+    ids, mask = tokenize_prompts(tokenizer, prompts, torch.device("cpu"))
+    direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    tokens_seen = []
+    hook = model.get_input_embeddings().register_forward_hook(
+        lambda module, args, out: tokens_seen.append(args[0].numel())
+    )
+    found = {}
+    try:
+        for share in (False, True):
+            model.zero_grad()
+            tokens_seen.clear()
+            embeddings = pooled_states(model, ids, mask, prefix, share_prefix=share)
+            (embeddings @ direction).sum().backward()
+            grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+            found[share] = embeddings.detach(), grads, sum(tokens_seen)
+    finally:
+        hook.remove()
+        model.zero_grad()
+        model.eval()
+    (alone, grads_alone, work_alone), (shared, grads_shared, work_shared) = found[0], found[1]
+    torch.testing.assert_close(shared, alone, atol=1e-5, rtol=1e-4)
+    for a, b in zip(grads_shared, grads_alone, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    rows, width = ids.shape
+    assert work_alone == rows * width
+    assert work_shared == prefix + rows * (width - prefix)
 
 
 def test_encode_variants_equal_separate_encoders_and_fill_the_cache(tiny, texts, tmp_path):
