@@ -47,13 +47,18 @@ def test_grpo_steps_change_weights_and_log_reward_terms(tmp_path, setting, lora)
 
 
 class Interrupt(TrainerCallback):
-    """Stops a run as a crash would, at the start of step ``at + 1`` (checkpoint ``at`` saved)."""
+    """Stops a run as a crash would, at the start of step ``at + 1`` (checkpoint ``at`` saved),
+    or with ``before_save`` at the end of step ``at``: after its samples, before its checkpoint."""
 
-    def __init__(self, at: int) -> None:
-        self.at = at
+    def __init__(self, at: int, before_save: bool = False) -> None:
+        self.at, self.before_save = at, before_save
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step == self.at:
+        if not self.before_save and state.global_step == self.at:
+            raise KeyboardInterrupt
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.before_save and state.global_step == self.at:
             raise KeyboardInterrupt
 
 
@@ -68,23 +73,12 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     assert [h["step"] for h in history if "loss" in h] == [1, 2, 3]
 
 
-class CrashAfterStep(TrainerCallback):
-    """Stops a run after step ``at`` has logged its samples, before its checkpoint is saved."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.at:
-            raise KeyboardInterrupt
-
-
 def test_a_resumed_run_logs_each_sampled_step_once(tmp_path):
     config = load_config(
         "tiny", [f"output_dir={tmp_path}", "max_steps=4", "save_steps=2", "sample_every=1"]
     )
     with pytest.raises(KeyboardInterrupt):
-        train(config, callbacks=[CrashAfterStep(at=3)])
+        train(config, callbacks=[Interrupt(at=3, before_save=True)])
     samples = tmp_path / "rationales.jsonl"
     # Step 3 sampled with the weights of step 2 (label 2); the last checkpoint is step 2's.
     assert [json.loads(line)["step"] for line in samples.read_text().splitlines()] == [0, 1, 2]
