@@ -13,6 +13,7 @@ draw through ``next_tokens`` with the same streams.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -430,17 +431,9 @@ def _prefill_rows(
         out = _forward(model, ids, mask, positions, cache=None)
         keep = pooling_mask(mask, prefix_length)
     else:
-        prefix, suffix_ids, suffix_mask = shared
-        at = torch.arange(len(prefix), device=ids.device)[None]
-        head = _forward(model, prefix[None], None, at, cache=None)
-        cache = head.cache
-        cache.batch_repeat_interleave(ids.shape[0])
-        mask = torch.cat(
-            [torch.ones_like(suffix_mask[:, :1]).expand(-1, len(prefix)), suffix_mask], 1
-        )
-        positions = (mask.long().cumsum(dim=1) - 1)[:, len(prefix) :]
-        out = _forward(model, suffix_ids, mask, positions, cache=cache)
-        keep = suffix_mask.bool()
+        forward = functools.partial(_forward, model)
+        out, mask = _after_shared_prefix(forward, *shared)
+        keep = shared[2].bool()
     hidden = out.hidden_states[-1].float()
     weights = keep.unsqueeze(-1).float()
     pooled = _Pooled((hidden * weights).sum(dim=1), keep.sum(dim=1), hidden[:, -1])
@@ -462,6 +455,18 @@ def _split_prefix(ids: torch.Tensor, mask: torch.Tensor, length: int):
     suffix_mask = (columns[None] >= starts[:, None]).to(mask.dtype)
     suffix_ids = ids[:, length:].masked_fill(suffix_mask == 0, 0)
     return heads[0], suffix_ids, suffix_mask
+
+
+def _after_shared_prefix(forward, prefix, suffix_ids, suffix_mask) -> tuple:
+    """Run the shared ``prefix`` once, then every row's suffix against its keys and values:
+    (the suffix pass's output, the attention mask over prefix + suffix columns).
+    ``forward(ids, mask, positions, cache)`` is one forward pass returning ``.cache``."""
+    at = torch.arange(len(prefix), device=prefix.device)[None]
+    cache = forward(prefix[None], None, at, None).cache
+    cache.batch_repeat_interleave(suffix_ids.shape[0])
+    mask = torch.cat([torch.ones_like(suffix_mask[:, :1]).expand(-1, len(prefix)), suffix_mask], 1)
+    positions = (mask.long().cumsum(dim=1) - 1)[:, len(prefix) :]
+    return forward(suffix_ids, mask, positions, cache), mask
 
 
 def _forward(model, ids, mask, positions, cache):
@@ -689,25 +694,15 @@ def pooled_states(
     if shared is None:
         hidden = last_hidden_states(model, input_ids, attention_mask)
         return pool(hidden, attention_mask, prefix_length, pooling)
-    prefix, suffix_ids, suffix_mask = shared
     decoder = model.get_decoder()
-    head = decoder(
-        input_ids=prefix[None],
-        position_ids=torch.arange(len(prefix), device=prefix.device)[None],
-        use_cache=True,
-    )
-    cache = head.cache
-    cache.batch_repeat_interleave(input_ids.shape[0])
-    mask = torch.cat([torch.ones_like(suffix_mask[:, :1]).expand(-1, len(prefix)), suffix_mask], 1)
-    positions = (mask.long().cumsum(dim=1) - 1)[:, len(prefix) :]
-    out = decoder(
-        input_ids=suffix_ids,
-        attention_mask=mask,
-        position_ids=positions,
-        cache=cache,
-        use_cache=True,
-    )
-    return pool(out.last_hidden_state, suffix_mask, 0, pooling)
+
+    def forward(ids, mask, positions, cache):
+        return decoder(
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+        )
+
+    out, _ = _after_shared_prefix(forward, *shared)
+    return pool(out.last_hidden_state, shared[2], 0, pooling)
 
 
 @torch.no_grad()
