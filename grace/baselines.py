@@ -118,8 +118,11 @@ def contrastive_arguments(config: TrainConfig) -> TrainingArguments:
     """The shared arguments, with the baselines' own steps and rate where the profile sets them."""
     arguments = config.trainer_arguments()
     baselines = config.baselines
-    if baselines.steps is not None:
-        arguments["max_steps"] = baselines.steps
+    steps = baselines.steps
+    if config.run.method == "simcse" and baselines.simcse_steps is not None:
+        steps = baselines.simcse_steps
+    if steps is not None:
+        arguments["max_steps"] = steps
     if baselines.lr is not None:
         arguments["learning_rate"] = baselines.lr
     return TrainingArguments(

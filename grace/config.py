@@ -237,11 +237,17 @@ class BaselineConfig:
     # rate) than GRACE; None keeps the optim section's value.
     lr: float | None = None
     steps: int | None = None
+    # SimCSE's curve can flatten long before +CL's does; None gives it ``steps``.
+    simcse_steps: int | None = None
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 2, "baselines.batch_size must be >= 2 (in-batch negatives).")
         check(self.lr is None or self.lr > 0, "baselines.lr must be > 0 (or null).")
         check(self.steps is None or self.steps >= 1, "baselines.steps must be >= 1 (or null).")
+        check(
+            self.simcse_steps is None or self.simcse_steps >= 1,
+            "baselines.simcse_steps must be >= 1 (or null).",
+        )
         check(self.temperature > 0, "baselines.temperature must be > 0.")
         check(0 <= self.simcse_dropout < 1, "simcse_dropout must be in [0, 1).")
 
@@ -616,6 +622,15 @@ def steps_label(optim: OptimConfig) -> str:
     return str(optim.max_steps) if optim.max_steps > 0 else f"{optim.num_train_epochs:g} epochs"
 
 
+def baseline_label(config: TrainConfig) -> str:
+    """'+CL steps[ / SimCSE steps], rate' for the settings table."""
+    baselines = config.baselines
+    steps = str(baselines.steps) if baselines.steps else steps_label(config.optim)
+    if baselines.simcse_steps and str(baselines.simcse_steps) != steps:
+        steps += f" / {baselines.simcse_steps}"
+    return f"{steps}, {baselines.lr or config.optim.learning_rate:g}"
+
+
 # Rows of the settings table in the book's method chapter: (label, how to read it).
 SETTINGS_ROWS = {
     "rollouts per prompt": lambda c: c.policy.num_generations,
@@ -625,9 +640,7 @@ SETTINGS_ROWS = {
         f"{c.policy.max_prompt_tokens} / {c.policy.max_completion_length}"
     ),
     "steps": lambda c: steps_label(c.optim),
-    "+CL / SimCSE steps, learning rate": lambda c: (
-        f"{c.baselines.steps or steps_label(c.optim)}, {c.baselines.lr or c.optim.learning_rate:g}"
-    ),
+    "+CL / SimCSE steps, learning rate": lambda c: baseline_label(c),
     "length penalty": lambda c: (
         "off" if c.reward.length_penalty is None else (f"{c.reward.length_penalty:g}")
     ),

@@ -69,6 +69,18 @@ def test_baselines_train_their_own_steps_and_rate_where_set():
     assert shared.with_changes(["baselines.steps=9"]).settings_hash() != shared.settings_hash()
 
 
+def test_simcse_steps_change_simcse_alone():
+    from grace.baselines import contrastive_arguments
+
+    both = ["max_steps=3", "baselines.steps=9", "baselines.simcse_steps=4"]
+    plus_cl = load_config("tiny", ["method=contrastive", *both])
+    simcse = load_config("tiny", ["method=simcse", *both])
+    assert contrastive_arguments(plus_cl).max_steps == 9
+    assert contrastive_arguments(simcse).max_steps == 4
+    with pytest.raises(ConfigError, match="simcse_steps must be >= 1"):
+        load_config("tiny", ["baselines.simcse_steps=0"])
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
