@@ -361,6 +361,9 @@ class TrainConfig:
         left_out = NOT_TRAINING + UNREAD_BY[self.run.method]
         settings = {k: v for k, v in self.to_dict().items() if k not in left_out}
         settings["run"] = {k: v for k, v in settings["run"].items() if k != "output_dir"}
+        if self.run.method == "contrastive":  # SimCSE's own knobs never touch +CL's weights
+            baselines = settings["baselines"].items()
+            settings["baselines"] = {k: v for k, v in baselines if not k.startswith("simcse_")}
         return settings
 
     def settings_hash(self) -> str:

@@ -77,6 +77,9 @@ def test_simcse_steps_change_simcse_alone():
     simcse = load_config("tiny", ["method=simcse", *both])
     assert contrastive_arguments(plus_cl).max_steps == 9
     assert contrastive_arguments(simcse).max_steps == 4
+    fewer = ["baselines.simcse_steps=5", "baselines.simcse_dropout=0.2"]
+    assert plus_cl.with_changes(fewer).settings_hash() == plus_cl.settings_hash()
+    assert simcse.with_changes(fewer).settings_hash() != simcse.settings_hash()
     with pytest.raises(ConfigError, match="simcse_steps must be >= 1"):
         load_config("tiny", ["baselines.simcse_steps=0"])
 
