@@ -36,24 +36,45 @@ RESULTS = Path("results/sweep")
 # The study of issue 20 on the `cpu-long` profile (268 validation queries, a point every 10
 # steps): 80 steps per variant, one change at a time from the `cpu` profile's GRACE.
 STUDY = {"optim.max_steps": 80, "validation.every": 10}
-# name -> (profile, overrides). The first sweep's GRACE variants trained 40 steps on the `cpu`
-# profile (48 validation queries), its baselines 80 or 150.
+# The first sweep (issue 12) on the `cpu` profile as it then was (48 validation queries): GRACE
+# 40 steps, the baselines 80 or 150 at their own rate. Pinned here, since the profile has since
+# been cut to the hour (16 GRACE steps, +CL 80 at 5e-5).
+SWEEP = {"optim.max_steps": 40, "validation.every": 4}
+# name -> (profile, overrides).
 VARIANTS = {
-    "grace-paper-lr1e-5": ("cpu", {"reward.variant": "paper", "optim.learning_rate": 1e-5}),
+    "grace-paper-lr1e-5": ("cpu", SWEEP | {"reward.variant": "paper", "optim.learning_rate": 1e-5}),
     "grace-paper-lr1e-5-top6": (
         "cpu",
-        {"reward.variant": "paper", "optim.learning_rate": 1e-5, "adaptation.train_top_layers": 6},
+        SWEEP
+        | {
+            "reward.variant": "paper",
+            "optim.learning_rate": 1e-5,
+            "adaptation.train_top_layers": 6,
+        },
     ),
-    "grace-contrastive-lr3e-5": ("cpu", {}),
-    "grace-contrastive-lr1e-4": ("cpu", {"optim.learning_rate": 1e-4}),
+    "grace-contrastive-lr3e-5": ("cpu", SWEEP),
+    "grace-contrastive-lr1e-4": ("cpu", SWEEP | {"optim.learning_rate": 1e-4}),
     "grace-contrastive-lr3e-5-group8": (
         "cpu",
-        {"policy.num_generations": 8, "grpo.prompts_per_generation": 2},
+        SWEEP | {"policy.num_generations": 8, "grpo.prompts_per_generation": 2},
     ),
-    "cl-lr2e-5-150": ("cpu", {"run.method": "contrastive", "baselines.steps": 150}),
+    "cl-lr2e-5-150": (
+        "cpu",
+        {
+            "run.method": "contrastive",
+            "baselines.steps": 150,
+            "baselines.lr": 2e-5,
+            "validation.every": 4,
+        },
+    ),
     "cl-lr5e-5-80": (
         "cpu",
-        {"run.method": "contrastive", "baselines.steps": 80, "baselines.lr": 5e-5},
+        {
+            "run.method": "contrastive",
+            "baselines.steps": 80,
+            "baselines.lr": 5e-5,
+            "validation.every": 4,
+        },
     ),
     "study-frozen": ("cpu-long", STUDY | {"reward.anchors": "frozen"}),
     # The frozen run's rationales fell to one template (distinct-2 0.53 -> 0.05 by step 30): the
