@@ -118,9 +118,7 @@ def contrastive_arguments(config: TrainConfig) -> TrainingArguments:
     """The shared arguments, with the baselines' own steps and rate where the profile sets them."""
     arguments = config.trainer_arguments()
     baselines = config.baselines
-    steps = baselines.steps
-    if config.run.method == "simcse" and baselines.simcse_steps is not None:
-        steps = baselines.simcse_steps
+    steps = baselines.steps_for(config.run.method)
     if steps is not None:
         arguments["max_steps"] = steps
     if baselines.lr is not None:

@@ -251,6 +251,12 @@ class BaselineConfig:
         check(self.temperature > 0, "baselines.temperature must be > 0.")
         check(0 <= self.simcse_dropout < 1, "simcse_dropout must be in [0, 1).")
 
+    def steps_for(self, method: str) -> int | None:
+        """The steps ``method`` trains (None: the optim section's)."""
+        if method == "simcse" and self.simcse_steps is not None:
+            return self.simcse_steps
+        return self.steps
+
 
 @dataclass(kw_only=True)
 class LoggingConfig:
@@ -319,10 +325,11 @@ SECTIONS: dict[str, type] = {
 }
 # Sections that never change the trained weights: excluded from a run's identity.
 NOT_TRAINING = ("logging", "validation", "evaluation")
-# Sections a method never reads: a change there must not retrain that method's runs.
+# Sections (or ``section.field``s) a method never reads: a change there must not retrain that
+# method's runs.
 UNREAD_BY = {
     "grace": ("baselines",),
-    "contrastive": ("grpo", "reward"),
+    "contrastive": ("grpo", "reward", "baselines.simcse_steps", "baselines.simcse_dropout"),
     "simcse": ("grpo", "reward"),
 }
 
@@ -358,13 +365,12 @@ class TrainConfig:
     def training_settings(self) -> dict:
         """What makes two runs train the same weights: all but logging, evaluation, folder and
         the sections this run's method never reads."""
-        left_out = NOT_TRAINING + UNREAD_BY[self.run.method]
-        settings = {k: v for k, v in self.to_dict().items() if k not in left_out}
-        settings["run"] = {k: v for k, v in settings["run"].items() if k != "output_dir"}
-        if self.run.method == "contrastive":  # SimCSE's own knobs never touch +CL's weights
-            baselines = settings["baselines"].items()
-            settings["baselines"] = {k: v for k, v in baselines if not k.startswith("simcse_")}
-        return settings
+        left_out = {*NOT_TRAINING, *UNREAD_BY[self.run.method], "run.output_dir"}
+        return {
+            section: {k: v for k, v in values.items() if f"{section}.{k}" not in left_out}
+            for section, values in self.to_dict().items()
+            if section not in left_out
+        }
 
     def settings_hash(self) -> str:
         """A short hash of ``training_settings()``: a run folder's identity."""
@@ -628,9 +634,11 @@ def steps_label(optim: OptimConfig) -> str:
 def baseline_label(config: TrainConfig) -> str:
     """'+CL steps[ / SimCSE steps], rate' for the settings table."""
     baselines = config.baselines
-    steps = str(baselines.steps) if baselines.steps else steps_label(config.optim)
-    if baselines.simcse_steps and str(baselines.simcse_steps) != steps:
-        steps += f" / {baselines.simcse_steps}"
+    plus_cl, simcse = (
+        str(baselines.steps_for(method) or steps_label(config.optim))
+        for method in ("contrastive", "simcse")
+    )
+    steps = plus_cl if simcse == plus_cl else f"{plus_cl} / {simcse}"
     return f"{steps}, {baselines.lr or config.optim.learning_rate:g}"
 
 
@@ -643,7 +651,7 @@ SETTINGS_ROWS = {
         f"{c.policy.max_prompt_tokens} / {c.policy.max_completion_length}"
     ),
     "steps": lambda c: steps_label(c.optim),
-    "+CL / SimCSE steps, learning rate": lambda c: baseline_label(c),
+    "+CL / SimCSE steps, learning rate": baseline_label,
     "length penalty": lambda c: (
         "off" if c.reward.length_penalty is None else (f"{c.reward.length_penalty:g}")
     ),
