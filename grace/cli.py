@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from grace.constants import MAX_NEW_TOKENS, known_profiles
+from grace.constants import MAX_NEW_TOKENS, MODES, known_profiles
 
 
 class Parser(argparse.ArgumentParser):
@@ -237,9 +237,7 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
     Unset options take the model folder's ``encoder_config.json`` (written by ``grace train``)
     and otherwise the paper's inference settings (``EncoderConfig``).
     """
-    parser.add_argument(
-        "--mode", choices=("rationale", "direct"), help="default: the folder's, else rationale"
-    )
+    parser.add_argument("--mode", choices=MODES, help="default: the folder's, else rationale")
     parser.add_argument(
         "--max-new-tokens", type=count, help=f"rationale length cap (paper: {MAX_NEW_TOKENS})"
     )

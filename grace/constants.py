@@ -9,6 +9,10 @@ from pathlib import Path
 #: The paper's longest rationale (and policy completion), in tokens.
 MAX_NEW_TOKENS = 2048
 
+#: How ``GraceEncoder`` embeds a text: with a sampled rationale (the paper), the prompt alone,
+#: or the text itself written as the rationale (``grace.encoder``).
+MODES = ("rationale", "direct", "echo")
+
 #: What makes a folder a run folder: its settings and their hash (``grace.runs``).
 RUN_CONFIG_FILE = "grace_config.json"
 

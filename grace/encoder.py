@@ -2,7 +2,10 @@
 
 ``rationale`` mode (the paper): the policy writes a rationale for each text, and the chat
 prompt plus rationale is mean-pooled. ``direct`` mode pools the chat prompt alone, the
-no-reasoning baseline. The interface follows sentence-transformers' ``encode``.
+no-reasoning baseline. ``echo`` mode writes the text itself as the rationale (cut to
+``max_new_tokens``), the control for a policy that has learned to copy its input: repeating a
+text lets every token of the copy attend to the whole text (echo embeddings, Springer et al.
+2024). The interface follows sentence-transformers' ``encode``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from grace.constants import MAX_NEW_TOKENS
+from grace.constants import MAX_NEW_TOKENS, MODES
 from grace.models import ModelLoadError, load_model, model_fingerprint, quantize_int8
 from grace.prompts import SYSTEM_PROMPT, build_prompts, system_prefix_length
 from grace.rationale import (
@@ -29,12 +32,11 @@ from grace.rationale import (
     Rollouts,
     SamplingConfig,
     embed_rollouts,
+    eos_token_ids,
     generate_rationales,
     generate_shared,
     rollouts_from_completions,
 )
-
-MODES = ("rationale", "direct")
 
 
 @dataclass(kw_only=True)
@@ -67,9 +69,10 @@ class EncoderConfig:
 
     @property
     def draws(self) -> int:
-        """How many rationales are sampled per text (1 in direct mode and for greedy decoding)."""
+        """How many rationales are sampled per text (1 in direct and echo mode and for greedy
+        decoding)."""
         greedy = self.temperature == 0
-        return 1 if self.mode == "direct" or greedy else self.num_rationales
+        return 1 if self.mode != "rationale" or greedy else self.num_rationales
 
     @property
     def sampling(self) -> SamplingConfig:
@@ -293,7 +296,8 @@ class GraceEncoder:
         k = self.config.draws
         if not texts:
             return np.zeros((0, k, self.model.config.hidden_size), dtype=np.float32), []
-        if not (self.share_work and self.config.single_pass):
+        # An echo is fed, never sampled: it has no reference sampling path to compare with.
+        if self.config.mode != "echo" and not (self.share_work and self.config.single_pass):
             return self._encode_draws_per_row(texts, batch_size, show_progress_bar)
         variants = self.draw_variants()
         encoded = self.encode_variants(texts, variants, batch_size, show_progress_bar)
@@ -354,7 +358,10 @@ class GraceEncoder:
         prefill_total = 0.0
         for batch in tqdm(batches, desc=f"encode ({len(variants)} variants)", disable=not show):
             rows = [prompts[i] for i in batch]
-            known = [[self._lookup(prompt, branch) for prompt in rows] for branch in branches]
+            if config.mode == "echo":
+                known = [[self._echo(texts[i], branch) for i in batch] for branch in branches]
+            else:
+                known = [[self._lookup(prompt, branch) for prompt in rows] for branch in branches]
             out = generate_shared(
                 self.model,
                 self.tokenizer,
@@ -362,7 +369,7 @@ class GraceEncoder:
                 branches,
                 self.prefix_length,
                 config.pooling,
-                known if self.cache else None,
+                known,
                 self.share_prefix,
             )
             fresh = [(b, r) for b, column in enumerate(known) for r, ids in enumerate(column)]
@@ -423,6 +430,13 @@ class GraceEncoder:
         longest = max(branch.sampling.max_new_tokens for branch in branches)
         tail = sum(branch.sampling.max_new_tokens == longest for branch in branches)
         return max(1, batch_size // tail)
+
+    def _echo(self, text: str, branch: Branch) -> list[int]:
+        """The text's own ids as a completion, cut to the branch's cap; a copy that fits ends
+        with EOS, as a sampled copy would."""
+        cap = branch.sampling.max_new_tokens
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids[:cap] if len(ids) >= cap else ids + eos_token_ids(self.model, self.tokenizer)[:1]
 
     def _lookup(self, prompt: str, branch: Branch) -> list[int] | None:
         """A branch's cached completion (to its cap), or None unless every length is stored

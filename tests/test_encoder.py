@@ -7,6 +7,7 @@ import pytest
 
 import grace.rationale as generation
 from grace.encoder import EncoderConfig, GraceEncoder
+from grace.prompts import build_prompts
 
 
 def test_direct_mode_gives_unit_float32_rows(tiny, texts):
@@ -132,6 +133,24 @@ def test_greedy_and_direct_modes_make_a_single_draw(tiny, texts):
     assert EncoderConfig(num_rationales=4).draws == 4
     with pytest.raises(ValueError, match="num_rationales"):
         EncoderConfig(num_rationales=0)
+
+
+def test_echo_mode_pools_the_text_written_as_its_rationale(tiny, texts):
+    model, tokenizer = tiny
+    encoder = GraceEncoder(model, tokenizer, mode="echo", max_new_tokens=6, batch_size=2)
+    embeddings, rationales = encoder.encode_with_rationales(texts)
+    assert encoder.generated == 0  # nothing sampled
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    for text, written, text_ids in zip(texts, rationales, ids, strict=True):
+        assert written == (text if len(text_ids) < 6 else tokenizer.decode(text_ids[:6]))
+    # The reference: the same completions pooled by a second forward pass, one row at a time.
+    eos = generation.eos_token_ids(model, tokenizer)[0]
+    copies = [i[:6] if len(i) >= 6 else [*i, eos] for i in ids]
+    prompts = build_prompts(tokenizer, texts, encoder.config.system_prompt, 1024)
+    rollouts = generation.rollouts_from_completions(tokenizer, prompts, copies, model.device)
+    reference = generation.embed_rollouts(model, rollouts, encoder.prefix_length, "mean")
+    assert np.allclose(embeddings, reference.numpy(), atol=1e-5)
+    assert EncoderConfig(mode="echo", num_rationales=4).draws == 1
 
 
 def test_cached_draws_stay_distinct(tiny, texts, tmp_path):
