@@ -205,9 +205,12 @@ SAMPLING = ("max_new_tokens", "temperature", "top_p", "seed", "num_rationales", 
 def report_key(model: str, suite: str, **settings) -> dict:
     """What an evaluation report depends on: model identity, encoder settings, suite.
 
-    A direct-mode key ignores the sampling settings, so every direct row of a model is one.
+    A direct-mode key ignores the sampling settings, so every direct row of a model is one;
+    an echo-mode key keeps only ``max_new_tokens``, where the copied text is cut.
     """
-    ignored = NOT_SCORING + (SAMPLING if settings.get("mode") == "direct" else ())
+    mode = settings.get("mode")
+    unused = SAMPLING if mode == "direct" else SAMPLING[1:] if mode == "echo" else ()
+    ignored = NOT_SCORING + unused
     settings = {k: v for k, v in settings.items() if k not in ignored}
     return json.loads(
         json.dumps({"model": model_identity(model), "suite": suite, "settings": settings})

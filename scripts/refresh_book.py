@@ -3,10 +3,10 @@
     python scripts/refresh_book.py
 
 Each block sits between ``<!-- name -->`` and ``<!-- /name -->`` in a page and is made from
-committed files only (profiles, ``results/cpu/table.json``, ``results/sweep/``); nothing is
-trained or evaluated here. The notebooks' install cell is written from
-``grace.book.notebooks.install_cell`` (one source for all of them). Tests keep each page and
-notebook equal to what this script writes, so a stale number or cell fails CI.
+committed files only (profiles, ``results/cpu/table.json``, ``results/sweep/``,
+``results/echo/``); nothing is trained or evaluated here. The notebooks' install cell is
+written from ``grace.book.notebooks.install_cell`` (one source for all of them). Tests keep
+each page and notebook equal to what this script writes, so a stale number or cell fails CI.
 """
 
 from __future__ import annotations
@@ -17,7 +17,13 @@ from pathlib import Path
 import yaml
 
 from grace.book.notebooks import install_cell
-from grace.book.study import describe_study, study_figure, study_markdown, study_records
+from grace.book.study import (
+    describe_study,
+    echo_control,
+    study_figure,
+    study_markdown,
+    study_records,
+)
 from grace.config import settings_table
 from grace.evaluation.results import headline_answer, table_json_markdown
 
@@ -33,6 +39,15 @@ def study() -> list[dict]:
     return study_records(ROOT / "results" / "sweep")
 
 
+ECHO_FILES = ("base_echo.json", "validation.json")  # written by scripts/echo_control.py
+
+
+def echo() -> str:
+    folder = ROOT / "results" / "echo"
+    report, validation = (json.loads((folder / n).read_text()) for n in ECHO_FILES)
+    return echo_control(table_rows(), report, validation)
+
+
 # block name -> (page, what to write there)
 BLOCKS = {
     "settings-table": ("book/method.md", lambda: settings_table(BOOK_PROFILES)),
@@ -40,6 +55,7 @@ BLOCKS = {
     "answer": ("book/intro.md", lambda: headline_answer(table_rows())),
     "study-table": ("book/study.md", lambda: study_markdown(study())),
     "study-reading": ("book/study.md", lambda: describe_study(study())),
+    "echo-control": ("book/study.md", echo),
 }
 
 

@@ -189,6 +189,25 @@ def test_report_keys_name_a_run_by_its_settings(tmp_path):
     assert report_key("smollm2-135m-instruct", "offline")["model"] == "smollm2-135m-instruct"
 
 
+def test_report_keys_keep_only_the_settings_a_mode_reads():
+    from grace.runs import report_key
+
+    sampled = {"max_new_tokens": 32, "temperature": 1.0, "seed": 0, "num_rationales": 2}
+    other = {"max_new_tokens": 16, "temperature": 0.0, "seed": 3, "num_rationales": 1}
+
+    def same(mode: str, change: dict) -> bool:
+        return report_key("m", "s", mode=mode, **sampled) == report_key(
+            "m", "s", mode=mode, **(sampled | change)
+        )
+
+    # A rationale is sampled: every knob names another report.
+    assert not any(same("rationale", {k: v}) for k, v in other.items())
+    # Echo samples nothing; only the cap, where the copied text is cut, changes its scores.
+    assert all(same("echo", {k: v}) for k, v in other.items() if k != "max_new_tokens")
+    assert not same("echo", {"max_new_tokens": 16})
+    assert same("direct", other)
+
+
 def test_every_offline_score_gets_a_bootstrap_interval(random_report):
     scores = {r["task"]: r["score"] for r in random_report["tasks"]}
     intervals = random_report["intervals"]

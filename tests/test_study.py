@@ -2,6 +2,7 @@ import json
 
 from grace.book.study import (
     budget_to_match,
+    echo_control,
     study_figure,
     study_markdown,
     study_records,
@@ -93,3 +94,45 @@ def test_describe_study_survives_a_run_whose_rationales_lost_their_words():
     from grace.book.study import study_markdown
 
     assert "| 0.50 → none |" in study_markdown([collapsed])  # the table keeps the first value
+
+
+def test_echo_control_sets_the_copy_beside_the_rows_it_explains():
+    from grace.evaluation.results import table_row
+
+    def report(retrieval: float, half: float) -> dict:
+        scores = {"RTA": retrieval, "STSA": 0.5}
+        return {
+            "tasks": [
+                {"task": "RTA", "type": "Retrieval", "score": retrieval},
+                {"task": "STSA", "type": "STS", "score": 0.5},
+            ],
+            "intervals": {n: {"ci95": [s - half, s + half]} for n, s in scores.items()},
+        }
+
+    table = [
+        table_row("base, direct", [report(0.03, 0.01)]),
+        table_row("base + rationale", [report(0.03, 0.01), report(0.04, 0.01)]),
+        table_row("GRACE unsupervised", [report(0.08, 0.02), report(0.08, 0.02)]),
+        table_row("+CL", [report(0.23, 0.03)]),
+    ]
+    validation = {
+        "profile": "cpu-long",
+        "queries": 268,
+        "mrr": {"step 0 (greedy rationale)": [0.066, 0.01], "echo": [0.07, 0.01]},
+        "change": [0.004, 0.002],
+    }
+    text = echo_control(table, report(0.07, 0.02), validation, task="RTA")
+    lines = text.splitlines()
+    # The four rows in the order of the argument, +CL left out; scores x 100.
+    assert [line.split(" | ")[0] for line in lines[2:6]] == [
+        "| base, direct",
+        "| base + rationale",
+        "| base, echo",
+        "| GRACE unsupervised",
+    ]
+    trained, copy = "GRACE unsupervised 8.00 [6.0, 10.0]", "base, echo 7.00 [5.0, 9.0]"
+    assert f"{trained} against {copy}: overlapping" in text
+    assert "against base + rationale 3.50 [2.5, 4.5]: above; against base, direct" in text
+    assert "paired change +0.0040 ± 0.0020: no difference at three standard errors" in text
+    validation["change"] = [0.01, 0.002]
+    assert "higher at three" in echo_control(table, report(0.07, 0.02), validation, task="RTA")

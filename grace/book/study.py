@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from grace.diagnostics import first_to_last, formatted
-from grace.validation import verdict
+from grace.evaluation.results import (
+    interval_cell,
+    interval_relation,
+    table_json_markdown,
+    table_row,
+)
+from grace.validation import falls, rises, verdict
 
 PREFIX = "study-"
 DIAGNOSTICS = {
@@ -154,6 +160,38 @@ def describe_study(records: list[dict]) -> str:
                 )
             )
     return "\n".join(lines)
+
+
+ECHO_ROWS = ["base, direct", "base + rationale", "base, echo", "GRACE unsupervised"]
+
+
+def echo_control(
+    table: list[dict], echo: dict, validation: dict, task: str = "RTReviewPlotRetrieval"
+) -> str:
+    """The echo control in the book's words: the untrained model handed its input as the
+    rationale (``echo``, one report) beside the ``table.json`` rows it explains, on the test
+    suite; then its paired change on the study's validation (``scripts/echo_control.py``)."""
+    by_label = {row["label"]: row for row in table}
+    by_label["base, echo"] = table_row("base, echo", [echo])
+    rows = [by_label[name] for name in ECHO_ROWS]
+    direct, rationale, copy, trained = rows
+    test = (
+        f"Test {task} (95 % intervals over queries): {interval_cell(trained, task)} against "
+        f"{interval_cell(copy, task)}: {interval_relation(trained, copy, task)}. base, echo "
+        f"against {interval_cell(rationale, task)}: {interval_relation(copy, rationale, task)}; "
+        f"against {interval_cell(direct, task)}: {interval_relation(copy, direct, task)}."
+    )
+    (step0, (mean0, error0)), (_, (mean, error)) = validation["mrr"].items()
+    change, change_error = validation["change"]
+    curve = {"values": [mean0, mean], "stderr": [error0, error]}
+    curve |= {"change": [0.0, change], "change_stderr": [0.0, change_error]}
+    word = "higher" if rises(curve) else "lower" if falls(curve) else "no difference"
+    held_out = (
+        f"Validation ({validation['profile']}, {validation['queries']} queries): echo MRR "
+        f"{mean:.4f} ± {error:.4f} against {mean0:.4f} ± {error0:.4f} at {step0}, paired "
+        f"change {change:+.4f} ± {change_error:.4f}: {word} at three standard errors."
+    )
+    return f"{table_json_markdown(rows)}\n\n{test}\n\n{held_out}"
 
 
 def study_markdown(records: list[dict]) -> str:

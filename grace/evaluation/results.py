@@ -397,27 +397,35 @@ def table_json_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def interval_cell(row: dict, task: str) -> str:
+    """``"label 8.08 [6.1, 10.2]"``: a ``table.json`` row's score on ``task`` and its interval."""
+    entry = row["tasks"][task]
+    return f"{row['label']} {entry['score']:.2f} [{entry['ci95'][0]:.1f}, {entry['ci95'][1]:.1f}]"
+
+
+def interval_relation(row: dict, reference: dict, task: str) -> str:
+    """``"above"``, ``"below"`` or ``"overlapping"``: ``row``'s 95 % interval on ``task``
+    against ``reference``'s (``table.json`` rows)."""
+    low, high = row["tasks"][task]["ci95"]
+    base_low, base_high = reference["tasks"][task]["ci95"]
+    return "above" if low > base_high else "below" if high < base_low else "overlapping"
+
+
 def headline_answer(rows: list[dict], task: str = "RTReviewPlotRetrieval") -> str:
     """The landing page's answer, from ``table.json``'s rows: each GRACE row's test retrieval
     against the untrained model with a rationale, interval against interval."""
-    by_label = {row["label"]: row["tasks"][task] for row in rows}
-
-    def cell(label: str) -> str:
-        entry = by_label[label]
-        return f"{label} {entry['score']:.2f} [{entry['ci95'][0]:.1f}, {entry['ci95'][1]:.1f}]"
-
-    base = by_label["base + rationale"]["ci95"]
-
-    def against_base(label: str) -> str:
-        low, high = by_label[label]["ci95"]
-        return "above" if low > base[1] else "below" if high < base[0] else "overlapping"
-
-    grace = [label for label in ("GRACE supervised", "GRACE unsupervised") if label in by_label]
-    verdicts = "; ".join(f"{cell(label)}, {against_base(label)} it" for label in grace)
-    others = ", ".join(cell(label) for label in ("+CL", "MiniLM (reference)") if label in by_label)
+    by_label = {row["label"]: row for row in rows}
+    base = by_label["base + rationale"]
+    grace = [by_label[x] for x in ("GRACE supervised", "GRACE unsupervised") if x in by_label]
+    verdicts = "; ".join(
+        f"{interval_cell(row, task)}, {interval_relation(row, base, task)} it" for row in grace
+    )
+    others = ", ".join(
+        interval_cell(by_label[x], task) for x in ("+CL", "MiniLM (reference)") if x in by_label
+    )
     return (
         f"Test review → plot retrieval (nDCG@10, 95 % interval over queries) against "
-        f"{cell('base + rationale')}: {verdicts}. For comparison, {others}."
+        f"{interval_cell(base, task)}: {verdicts}. For comparison, {others}."
     )
 
 

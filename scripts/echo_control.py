@@ -1,0 +1,77 @@
+"""The echo control: is a policy that copies its input better than the untrained model that is
+simply handed its input as the rationale?
+
+    python scripts/echo_control.py
+
+Unsupervised GRACE learns to copy its input (``book/study.md``). This scores the untrained
+model in ``echo`` mode, which needs no training and samples nothing, twice:
+
+- on the test suite, with the ``cpu`` profile's encoder settings, as notebook 08 scores every
+  row: ``results/echo/base_echo.json`` (reused when its key matches);
+- on the study's validation split (``cpu-long``), paired with the study's step-0 point (greedy
+  rationales), per query: ``results/echo/validation.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from grace.config import load_config  # noqa: E402
+from grace.encoder import GraceEncoder  # noqa: E402
+from grace.evaluation import evaluate_cached  # noqa: E402
+from grace.validation import (  # noqa: E402
+    mean_and_stderr,
+    per_query,
+    validation_encoder,
+    validation_set,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+FOLDER = ROOT / "results" / "echo"
+
+
+def test_report() -> dict:
+    config = load_config("cpu")
+    settings = config.evaluation.encoder_settings() | {"mode": "echo"}
+    suite = config.evaluation.suite
+    return evaluate_cached(config.run.model, "base, echo", suite, FOLDER, **settings)
+
+
+def validation_record() -> dict:
+    """Per-query MRR of the step-0 greedy rationales and of echo, and their paired change."""
+    config = load_config("cpu-long")
+    data = validation_set(config.validation.movies, config.validation.reviews_per_movie)
+    step0 = vars(validation_encoder(config))
+    mrr = {}
+    echo = step0 | {"mode": "echo"}
+    for name, settings in (("step 0 (greedy rationale)", step0), ("echo", echo)):
+        encode = GraceEncoder.from_pretrained(config.run.model, **settings).encode
+        mrr[name] = per_query(lambda t, e=encode: e(t, show_progress_bar=False), data)["mrr"]
+    before, after = mrr.values()
+    return {
+        "profile": "cpu-long",
+        "model": config.run.model,
+        "metric": "validation mrr (review -> plot, held-out reviews of training movies)",
+        "queries": len(data.queries),
+        "mrr": {name: mean_and_stderr(values) for name, values in mrr.items()},
+        "change": mean_and_stderr(after - before),
+        "recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def main() -> None:
+    FOLDER.mkdir(parents=True, exist_ok=True)
+    report = test_report()
+    print(f"test suite: {report['summary']}")
+    record = validation_record()
+    (FOLDER / "validation.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(f"validation: {record['mrr']}, paired change {record['change']}")
+
+
+if __name__ == "__main__":
+    main()
