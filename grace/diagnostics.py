@@ -88,6 +88,28 @@ def logged_rollout_diagnostics(path: str | Path) -> list[dict]:
     return rows
 
 
+def logged_rollouts(
+    path: str | Path, steps: list[int], keep: int = 2, chars: int = 160
+) -> list[dict]:
+    """For each of ``steps``, the logged step of ``rationales.jsonl`` nearest to it and its
+    first ``keep`` rollouts cut to ``chars`` characters: what a record quotes of the policy's
+    writing, kept with the numbers once the run folder is gone."""
+    logged = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    if not logged:
+        return []
+    quoted = []
+    for step in steps:
+        sample = min(logged, key=lambda s: (abs(s["step"] - step), s["step"]))
+        quoted.append(
+            {
+                "step": step,
+                "logged_step": sample["step"],
+                "rollouts": [text[:chars] for text in sample["rationales"][:keep]],
+            }
+        )
+    return quoted
+
+
 #: The text written for a diagnostic a point lacks. Distinct-2 is missing when no rationale
 #: holds two words (each one unbroken string, as a collapsed policy can write).
 MISSING = "none"

@@ -28,6 +28,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from grace.config import load_config  # noqa: E402
+from grace.diagnostics import logged_rollouts  # noqa: E402
 from grace.runs import HISTORY_FILE, log_history  # noqa: E402
 from grace.train import trained_model  # noqa: E402
 from grace.validation import details_curve, verdict  # noqa: E402
@@ -107,6 +108,7 @@ def record(name: str, folder: Path, profile: str, overrides: dict, note: str = "
     finished = (folder / HISTORY_FILE).exists()  # a stopped run has only validation.jsonl
     history = log_history(folder) if finished else []
     step_times = [h["step_time"] for h in history if "step_time" in h]
+    logged = folder / "rationales.jsonl"
     return {
         "variant": name,
         "overrides": overrides,
@@ -116,6 +118,8 @@ def record(name: str, folder: Path, profile: str, overrides: dict, note: str = "
         "verdict": verdict(curve),  # last point against step 0, 3 standard errors (paired)
         "median_step_seconds": round(statistics.median(step_times), 2) if step_times else None,
         "finished": finished,
+        # What the policy wrote near each point, so the book can quote it from the record.
+        "rollouts": logged_rollouts(logged, curve["steps"]) if logged.exists() else [],
         "note": note,
         "recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }

@@ -41,3 +41,20 @@ def test_collapse_diagnostics_of_rationales_and_of_direct_embeddings():
     direct = collapse_diagnostics(texts, None, np.eye(3))
     assert direct["distinct_2"] is None and direct["copy_share"] is None
     assert direct["mean_cosine"] == pytest.approx(0.0)
+
+
+def test_logged_rollouts_quote_the_logged_step_nearest_each_point(tmp_path):
+    import json
+
+    from grace.diagnostics import logged_rollouts
+
+    path = tmp_path / "rationales.jsonl"
+    logged = [
+        {"step": s, "text": "t", "rationales": [f"a{s}" * 100, f"b{s}", f"c{s}"]} for s in (0, 4, 8)
+    ]
+    path.write_text("".join(json.dumps(sample) + "\n" for sample in logged))
+    quoted = logged_rollouts(path, [0, 5, 10], keep=2, chars=6)
+    assert [(q["step"], q["logged_step"]) for q in quoted] == [(0, 0), (5, 4), (10, 8)]
+    assert quoted[1]["rollouts"] == ["a4a4a4", "b4"]
+    # A tie goes to the earlier logged step.
+    assert logged_rollouts(path, [6])[0]["logged_step"] == 4
