@@ -123,7 +123,8 @@ def test_echo_control_sets_the_copy_beside_the_rows_it_explains():
     }
     text = echo_control(table, report(0.07, 0.02), validation, task="RTA")
     lines = text.splitlines()
-    # The four rows in the order of the argument, +CL left out; scores x 100.
+    # The task's column and the mean; the four rows in their order, +CL left out.
+    assert lines[0] == "| row | RTA | Mean (Task) |"
     assert [line.split(" | ")[0] for line in lines[2:6]] == [
         "| base, direct",
         "| base + rationale",

@@ -191,7 +191,7 @@ def echo_control(
         f"{mean:.4f} ± {error:.4f} against {mean0:.4f} ± {error0:.4f} at {step0}, paired "
         f"change {change:+.4f} ± {change_error:.4f}: {word} at three standard errors."
     )
-    return f"{table_json_markdown(rows)}\n\n{test}\n\n{held_out}"
+    return f"{table_json_markdown(rows, [task])}\n\n{test}\n\n{held_out}"
 
 
 def study_markdown(records: list[dict]) -> str:

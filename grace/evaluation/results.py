@@ -376,10 +376,11 @@ def means_note(records: list[dict]) -> str:
     )
 
 
-def table_json_markdown(rows: list[dict]) -> str:
+def table_json_markdown(rows: list[dict], tasks: list[str] | None = None) -> str:
     """``table.json``'s rows as the markdown table the book's pages carry (a test keeps the
     committed page equal to it): each cell the score, ``± std`` over draws where the row has
-    draws, and the 95 % interval over queries in brackets."""
+    draws, and the 95 % interval over queries in brackets; ``tasks`` (default all) and
+    ``Mean (Task)`` as columns."""
 
     def cell(entry: dict) -> str:
         text = f"{entry['score']:.2f}"
@@ -389,7 +390,7 @@ def table_json_markdown(rows: list[dict]) -> str:
             text += f" [{entry['ci95'][0]:.1f}, {entry['ci95'][1]:.1f}]"
         return text
 
-    tasks = list(rows[0]["tasks"])
+    tasks = tasks or list(rows[0]["tasks"])
     lines = ["| row | " + " | ".join([*tasks, MEAN_TASK]) + " |", "|" + "---|" * (len(tasks) + 2)]
     for row in rows:
         cells = [cell(row["tasks"][task]) for task in tasks] + [cell(row["mean_task"])]
