@@ -239,7 +239,9 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
     """
     parser.add_argument("--mode", choices=MODES, help="default: the folder's, else rationale")
     parser.add_argument(
-        "--max-new-tokens", type=count, help=f"rationale length cap (paper: {MAX_NEW_TOKENS})"
+        "--max-new-tokens",
+        type=count,
+        help=f"rationale length cap (paper: {MAX_NEW_TOKENS}); echo mode cuts its copy here",
     )
     parser.add_argument("--temperature", type=temperature, help=">= 0; 0 = greedy (paper: 1)")
     parser.add_argument(
