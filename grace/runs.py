@@ -209,8 +209,8 @@ def report_key(model: str, suite: str, **settings) -> dict:
     an echo-mode key keeps only ``max_new_tokens``, where the copied text is cut.
     """
     mode = settings.get("mode")
-    unused = SAMPLING if mode == "direct" else SAMPLING[1:] if mode == "echo" else ()
-    ignored = NOT_SCORING + unused
+    unused = {"direct": SAMPLING, "echo": tuple(k for k in SAMPLING if k != "max_new_tokens")}
+    ignored = NOT_SCORING + unused.get(mode, ())
     settings = {k: v for k, v in settings.items() if k not in ignored}
     return json.loads(
         json.dumps({"model": model_identity(model), "suite": suite, "settings": settings})

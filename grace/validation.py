@@ -271,16 +271,22 @@ def validation_callback(config, trainer: Trainer) -> ValidationCallback:
     )
 
 
-def paired_change(config, before: str, after: str, metric: str = "mrr") -> dict:
-    """Validate two saved models (e.g. the base model and a run folder) on the same queries:
-    their scores and the paired change, each with its standard error."""
+def paired_change(
+    config, before: str, after: str, metric: str = "mrr", after_changes: dict | None = None
+) -> dict:
+    """Validate two saved models (e.g. the base model and a run folder) on the same queries,
+    each as the run validates it (``after_changes``: encoder settings changed for ``after``,
+    e.g. ``{"mode": "echo"}``): their scores and the paired change, each with its standard
+    error."""
     data = validation_set(config.validation.movies, config.validation.reviews_per_movie)
     settings = vars(validation_encoder(config))
+    sides = (("before", before, settings), ("after", after, settings | (after_changes or {})))
     values = {}
-    for name, model in (("before", before), ("after", after)):
-        encode = GraceEncoder.from_pretrained(model, **settings).encode
+    for name, model, encoder_settings in sides:
+        encode = GraceEncoder.from_pretrained(model, **encoder_settings).encode
         values[name] = per_query(lambda t, e=encode: e(t, show_progress_bar=False), data)[metric]
     return {
+        "queries": len(data.queries),
         "before": mean_and_stderr(values["before"]),
         "after": mean_and_stderr(values["after"]),
         "change": mean_and_stderr(values["after"] - values["before"]),

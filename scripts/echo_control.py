@@ -22,20 +22,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from grace.config import load_config  # noqa: E402
-from grace.encoder import GraceEncoder  # noqa: E402
 from grace.evaluation import evaluate_cached  # noqa: E402
-from grace.validation import (  # noqa: E402
-    mean_and_stderr,
-    per_query,
-    validation_encoder,
-    validation_set,
-)
+from grace.validation import paired_change  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDER = ROOT / "results" / "echo"
 
 
-def test_report() -> dict:
+def suite_report() -> dict:
     config = load_config("cpu")
     settings = config.evaluation.encoder_settings() | {"mode": "echo"}
     suite = config.evaluation.suite
@@ -43,30 +37,24 @@ def test_report() -> dict:
 
 
 def validation_record() -> dict:
-    """Per-query MRR of the step-0 greedy rationales and of echo, and their paired change."""
+    """Step 0 of the study (greedy rationales) and echo on the same queries, paired."""
     config = load_config("cpu-long")
-    data = validation_set(config.validation.movies, config.validation.reviews_per_movie)
-    step0 = vars(validation_encoder(config))
-    mrr = {}
-    echo = step0 | {"mode": "echo"}
-    for name, settings in (("step 0 (greedy rationale)", step0), ("echo", echo)):
-        encode = GraceEncoder.from_pretrained(config.run.model, **settings).encode
-        mrr[name] = per_query(lambda t, e=encode: e(t, show_progress_bar=False), data)["mrr"]
-    before, after = mrr.values()
+    model = config.run.model
+    result = paired_change(config, model, model, after_changes={"mode": "echo"})
     return {
         "profile": "cpu-long",
-        "model": config.run.model,
+        "model": model,
         "metric": "validation mrr (review -> plot, held-out reviews of training movies)",
-        "queries": len(data.queries),
-        "mrr": {name: mean_and_stderr(values) for name, values in mrr.items()},
-        "change": mean_and_stderr(after - before),
+        "queries": result["queries"],
+        "mrr": {"step 0 (greedy rationale)": result["before"], "echo": result["after"]},
+        "change": result["change"],
         "recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
 
 def main() -> None:
     FOLDER.mkdir(parents=True, exist_ok=True)
-    report = test_report()
+    report = suite_report()
     print(f"test suite: {report['summary']}")
     record = validation_record()
     (FOLDER / "validation.json").write_text(json.dumps(record, indent=1) + "\n")

@@ -112,10 +112,17 @@ def test_describe_terms_compares_the_first_and_last_quarter():
 
 
 def test_paired_change_of_a_model_with_itself_is_zero():
-    from grace.validation import paired_change
+    from grace.validation import paired_change, validation_set
 
-    result = paired_change(load_config("tiny"), "tiny-random", "tiny-random")
+    config = load_config("tiny")
+    result = paired_change(config, "tiny-random", "tiny-random")
     assert result["before"] == result["after"] and result["change"] == (0.0, 0.0)
+    assert result["queries"] == len(
+        validation_set(config.validation.movies, config.validation.reviews_per_movie).queries
+    )
+    # Other settings for the after side only: the before side is the same measurement.
+    echo = paired_change(config, "tiny-random", "tiny-random", after_changes={"mode": "echo"})
+    assert echo["before"] == result["before"] and echo["after"] != result["after"]
 
 
 def test_sweep_table_reads_each_record_as_its_validation_verdict(tmp_path):

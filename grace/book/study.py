@@ -15,12 +15,13 @@ import numpy as np
 
 from grace.diagnostics import first_to_last, formatted
 from grace.evaluation.results import (
+    Difference,
     interval_cell,
     interval_relation,
     table_json_markdown,
     table_row,
 )
-from grace.validation import falls, rises, verdict
+from grace.validation import verdict
 
 PREFIX = "study-"
 DIAGNOSTICS = {
@@ -183,9 +184,7 @@ def echo_control(
     )
     (step0, (mean0, error0)), (_, (mean, error)) = validation["mrr"].items()
     change, change_error = validation["change"]
-    curve = {"values": [mean0, mean], "stderr": [error0, error]}
-    curve |= {"change": [0.0, change], "change_stderr": [0.0, change_error]}
-    word = "higher" if rises(curve) else "lower" if falls(curve) else "no difference"
+    word = Difference(change, 3 * change_error).verdict
     held_out = (
         f"Validation ({validation['profile']}, {validation['queries']} queries): echo MRR "
         f"{mean:.4f} ± {error:.4f} against {mean0:.4f} ± {error0:.4f} at {step0}, paired "
