@@ -1,7 +1,8 @@
 """The policy's prompt: the paper's system message, the chat template, and the prefix to skip.
 
-The embedding pools every token of the chat except the system-message prefix, which is the
-same for every text and would pull all embeddings towards one point.
+The embedding pools every token of the chat from the user's text on; what comes before it (the
+system turn and the user turn's header) is the same for every text and would pull all
+embeddings towards one point.
 """
 
 from __future__ import annotations
@@ -35,35 +36,27 @@ def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[in
     return tokenizer(prompt, add_special_tokens=tokenizer.chat_template is None)["input_ids"]
 
 
-def system_prefix_length(tokenizer: PreTrainedTokenizerBase, system_prompt: str) -> int:
-    """How many leading tokens of every prompt belong to the system message.
+#: The user text the prefix is measured with; any text works, it only has to be found.
+SENTINEL = "GRACE-SENTINEL-USER-TEXT"
 
-    Where the template renders the system turn on its own, and that rendering is the start
-    of every full prompt (ChatML, Llama 3), its token count is the answer: 37 for SmolLM2 with
-    the paper's prompt, as in the reference. Otherwise (no template, or a template that folds
-    the system text into the user turn) everything before the user's text is skipped: two
-    prompts that differ only in their user text share exactly those tokens. A template that
-    drops the system message gives 0.
+
+def system_prefix_length(tokenizer: PreTrainedTokenizerBase, system_prompt: str) -> int:
+    """How many leading tokens of every prompt come before the user's text.
+
+    As in the reference, the prompt is rendered around a sentinel user string and every token
+    before the sentinel is excluded from pooling: the system turn *and* the user turn's header,
+    which are the same for every text (40 tokens for SmolLM2 under ChatML with the paper's
+    prompt: the 37-token system turn plus ``<|im_start|>user\\n``). A token that straddles the
+    sentinel's first character counts as the text's.
     """
-    first = prompt_token_ids(tokenizer, chat_prompt(tokenizer, "Alpha sentinel", system_prompt))
-    second = prompt_token_ids(tokenizer, chat_prompt(tokenizer, "Zulu sentinel", system_prompt))
-    before_text = 0
-    for a, b in zip(first, second, strict=False):
-        if a != b:
-            break
-        before_text += 1
-    if tokenizer.chat_template is None or not system_prompt:
-        return before_text
-    try:
-        system_turn = tokenizer.apply_chat_template(
-            [{"role": "system", "content": system_prompt}], tokenize=False
-        )
-    except Exception:  # some templates refuse a conversation without a user turn
-        return before_text
-    system_ids = prompt_token_ids(tokenizer, system_turn)
-    if len(system_ids) <= before_text and first[: len(system_ids)] == system_ids:
-        return len(system_ids)
-    return before_text
+    prompt = chat_prompt(tokenizer, SENTINEL, system_prompt)
+    start = prompt.index(SENTINEL)
+    ids = prompt_token_ids(tokenizer, prompt[:start])
+    whole = prompt_token_ids(tokenizer, prompt)
+    length = len(ids)
+    while length and whole[:length] != ids[:length]:  # the boundary merged into a token
+        length -= 1
+    return length
 
 
 def truncate_text(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int) -> str:

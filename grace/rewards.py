@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-VARIANTS = ("paper", "contrastive")
+VARIANTS = ("paper", "contrastive", "infonce")
 NEGATIVE_ROLLOUTS = ("always", "logging_steps")
 ANCHORS = ("policy", "frozen")
 
@@ -27,8 +27,10 @@ class RewardConfig:
     # Reward of a rollout that hit the token cap without EOS; None switches the penalty off
     # (useful for a random test model, which practically never ends a rationale).
     length_penalty: float | None = -1.0
-    # Supervised formula: "paper" as published, or "contrastive", which keeps the negative and
-    # the other groups inside each rollout's reward (see ``contrastive_rewards``).
+    # Supervised formula: "paper" as published; "contrastive", which keeps the negative and
+    # the other groups inside each rollout's reward (see ``contrastive_rewards``); or
+    # "infonce", a log-softmax over the batch's anchors that crowding cannot raise (see
+    # ``infonce_rewards``; it reads neither weight).
     variant: str = "paper"
     # When the supervised negative is rolled out. In the paper's formula cos(q_g, d-_g) is the
     # same for every rollout of a group, so it cancels in the group-mean advantage: the rollout
@@ -182,6 +184,41 @@ def contrastive_rewards(
     return RewardTerms(positive, negative_sim, cluster, cross, total)
 
 
+def infonce_rewards(
+    query: torch.Tensor,
+    positives: torch.Tensor,
+    negative: torch.Tensor,
+    hit_cap: torch.Tensor,
+    config: RewardConfig | None = None,
+) -> RewardTerms:
+    """A supervised variant that a rationale cannot win by moving towards everything.
+
+    Each rollout picks its own query out of all the batch's anchors, the G queries and the G
+    negatives; its reward is the log-probability of the right pick::
+
+        s(q_g, d+_gi) / tau - log sum_{a in {q_k} + {d-_k}} exp(s(a, d+_gi) / tau)
+
+    A rationale that raises every cosine by the same amount leaves it unchanged. Logged as
+    terms: ``positive`` is s(q_g, d+_gi), ``negative`` the soft maximum over the anchors
+    (tau times the log-sum-exp, a cosine); there is no cluster or cross-group term.
+    """
+    config = config or RewardConfig()
+    anchors = torch.cat([query, negative])  # (2G, H)
+    scaled = torch.einsum("gnh,ah->gna", positives, anchors) / config.tau
+    positive = torch.einsum("gh,gnh->gn", query, positives)
+    soft_max = config.tau * torch.logsumexp(scaled, dim=2)
+    total = apply_length_penalty((positive - soft_max) / config.tau, hit_cap, config)
+    zero = torch.zeros_like(positive)
+    return RewardTerms(positive, soft_max, zero, zero, total)
+
+
+FORMULAS = {
+    "paper": supervised_rewards,
+    "contrastive": contrastive_rewards,
+    "infonce": infonce_rewards,
+}
+
+
 def supervised_terms(
     query: torch.Tensor,
     positives: torch.Tensor,
@@ -189,14 +226,13 @@ def supervised_terms(
     hit_cap: torch.Tensor,
     config: RewardConfig,
 ) -> RewardTerms:
-    """The supervised reward of ``config.variant``: the paper's, or the contrastive variant."""
+    """The supervised reward of ``config.variant`` (``FORMULAS``)."""
     if negative is None and config.variant != "paper":
         raise ValueError(
             f"The {config.variant!r} reward compares each rollout with the negative: it needs "
             "the negative rollout at every step."
         )
-    formula = supervised_rewards if config.variant == "paper" else contrastive_rewards
-    return formula(query, positives, negative, hit_cap, config)
+    return FORMULAS[config.variant](query, positives, negative, hit_cap, config)
 
 
 def unsupervised_rewards(

@@ -46,6 +46,11 @@ class ValidationSet:
     positive: list[int]
     negative: list[int]
 
+    @property
+    def clusters(self) -> list[int]:
+        """Each query's cluster for standard errors: its movie, named by its plot."""
+        return self.positive
+
 
 def validation_set(movies: int | None, reviews_per_movie: int) -> ValidationSet:
     """``reviews_per_movie`` validation reviews of each of ``movies`` training movies that have
@@ -73,6 +78,20 @@ def validation_set(movies: int | None, reviews_per_movie: int) -> ValidationSet:
 
 def mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
+
+
+def clustered_stderr(
+    values: np.ndarray, clusters: list[int] | np.ndarray, draws: int = 2000, seed: int = 0
+) -> float:
+    """Standard error of ``values.mean()`` bootstrapped over clusters (whole clusters drawn
+    with replacement): the queries of one movie share its plot, so they are not independent
+    and the plain standard error understates the noise."""
+    values = np.asarray(values, dtype=float)
+    _, cluster = np.unique(np.asarray(clusters), return_inverse=True)
+    sums = np.bincount(cluster, weights=values)
+    counts = np.bincount(cluster).astype(float)
+    picks = np.random.default_rng(seed).integers(0, len(sums), size=(draws, len(sums)))
+    return float((sums[picks].sum(axis=1) / counts[picks].sum(axis=1)).std(ddof=1))
 
 
 def per_query(embed: Callable[[list[str]], np.ndarray], data: ValidationSet) -> dict:

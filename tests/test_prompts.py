@@ -20,10 +20,11 @@ def test_prompt_holds_system_user_and_assistant_cue(tiny):
     )
 
 
-def test_prefix_is_the_system_turn_on_chatml(tiny):
+def test_prefix_is_everything_before_the_user_text_on_chatml(tiny):
     _, tokenizer = tiny
-    # Byte-level: <|im_start|>, a token per byte of "system\n" + prompt, <|im_end|>, "\n".
-    expected = 1 + len(("system\n" + SYSTEM_PROMPT).encode()) + 1 + 1
+    # Byte-level: <|im_start|>, a token per byte of "system\n" + prompt, <|im_end|>, "\n",
+    # then the user turn's header: <|im_start|> and a token per byte of "user\n".
+    expected = 1 + len(("system\n" + SYSTEM_PROMPT).encode()) + 1 + 1 + 1 + len(b"user\n")
     assert system_prefix_length(tokenizer, SYSTEM_PROMPT) == expected
     # ... and every prompt starts with exactly those tokens.
     a = prompt_token_ids(tokenizer, chat_prompt(tokenizer, "one", SYSTEM_PROMPT))
@@ -67,6 +68,14 @@ def test_long_texts_are_truncated_with_one_warning(tiny):
 
 
 @pytest.mark.smollm2
-def test_smollm2_system_prefix_is_37_tokens(smollm2):
+def test_smollm2_prefix_is_40_tokens_found_by_a_sentinel_as_the_reference_does(smollm2):
     _, tokenizer = smollm2
-    assert system_prefix_length(tokenizer, SYSTEM_PROMPT) == 37
+    # The reference's way, written out: render a sentinel user text, tokenize the prompt, and
+    # find where the sentinel's tokens begin.
+    sentinel = "Sentinel user string"
+    ids = prompt_token_ids(tokenizer, chat_prompt(tokenizer, sentinel, SYSTEM_PROMPT))
+    own = tokenizer(sentinel, add_special_tokens=False)["input_ids"]
+    start = next(i for i in range(len(ids)) if ids[i : i + len(own)] == own)
+    assert start == 40
+    assert system_prefix_length(tokenizer, SYSTEM_PROMPT) == 40
+    assert tokenizer.decode(ids[37:40]) == "<|im_start|>user\n"

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,7 +8,9 @@ from grace.rewards import (
     RewardConfig,
     contrastive_rewards,
     group_advantages,
+    infonce_rewards,
     supervised_rewards,
+    supervised_terms,
     unsupervised_rewards,
 )
 
@@ -130,6 +134,34 @@ def test_under_the_papers_formula_the_generic_rollout_wins():
 def test_the_contrastive_variant_prefers_the_discriminative_rollout():
     advantages = group_advantages(contrastive_rewards(QUERIES, GROUPS, NEGATIVES, NO_CAP_4).total)
     assert advantages[0, 3] > advantages[0, 0]
+
+
+def test_infonce_matches_a_loop_over_the_formula():
+    torch.manual_seed(2)
+    q, d, neg = random_unit(3, 6), random_unit(3, 4, 6), random_unit(3, 6)
+    config = RewardConfig(tau=0.05, variant="infonce")
+    terms = supervised_terms(q, d, neg, torch.zeros(3, 4, dtype=torch.bool), config)
+    anchors = [*q, *neg]
+    for g in range(3):
+        for i in range(4):
+            logits = [float(a @ d[g, i]) / config.tau for a in anchors]
+            expected = logits[g] - math.log(sum(math.exp(x) for x in logits))
+            assert terms.total[g, i] == pytest.approx(expected, abs=1e-4)
+            assert terms.positive[g, i] == pytest.approx(float(q[g] @ d[g, i]), abs=1e-6)
+    assert torch.equal(terms.cluster, torch.zeros(3, 4))
+
+
+def test_infonce_gives_nothing_for_being_close_to_every_anchor():
+    # Orthonormal anchors (2 queries, 2 negatives): a rollout equally close to all four earns
+    # log(1/4) whether it is close (the normalised sum) or far (orthogonal to all), while the
+    # paper's positive term pays the close one more.
+    q, neg = torch.eye(5)[:2], torch.eye(5)[2:4]
+    close = F.normalize(torch.ones(5) - torch.eye(5)[4], dim=0)
+    far = torch.eye(5)[4]
+    rollouts = torch.stack([torch.stack([close, far])] * 2)
+    terms = infonce_rewards(q, rollouts, neg, NO_CAP)
+    assert torch.allclose(terms.total, torch.full((2, 2), math.log(0.25)), atol=1e-5)
+    assert (terms.positive[:, 0] > terms.positive[:, 1]).all()
 
 
 @pytest.mark.parametrize(

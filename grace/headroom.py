@@ -1,0 +1,403 @@
+"""Headroom before training: could *any* choice among the policy's own rationales help?
+
+GRPO can only re-weight rationales the policy already samples. So before training, sample K
+rationales for every training document, let each reward pick its favourite draw (scored
+against the document's training queries and negatives, as in training), embed the document
+with that draw, and measure what the held-out queries gain against the greedy rationale. If
+even the reward's best-of-K buys nothing on held-out queries, GRPO on that reward has nothing
+to amplify on that task; if it does, the gain is an upper bound of what training can learn
+by re-weighting (training may also move the weights, which this does not measure).
+
+A task (``HeadroomTask``) is documents (the policy's prompts), training triples that point at
+them, and held-out queries scored against them: by the reciprocal rank of their document
+(retrieval), or by a vote of their nearest documents' labels (classification). Builders for
+three offline tasks are below; ``scripts/headroom.py`` runs them and writes
+``results/headroom/``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from grace.data import (
+    held_out,
+    lee_documents,
+    movie_triples,
+    rank_by_word_overlap,
+    rotten_tomatoes,
+    sentences,
+    stable_fraction,
+)
+from grace.encoder import GraceEncoder, Variant, mean_of_draws
+from grace.prompts import build_prompts, prompt_token_ids
+from grace.rewards import FORMULAS, RewardConfig
+from grace.validation import clustered_stderr, mean_and_stderr
+
+REWARDS = tuple(FORMULAS)
+NEIGHBOURS = 5  # documents that vote on a held-out query's label
+
+
+@dataclass
+class HeadroomTask:
+    """Documents, training triples pointing at them, and held-out queries.
+
+    ``train`` rows are ``(query, document index, negative text)``. ``held_out`` rows are
+    ``(query, target, cluster)``: the target is a document index (retrieval) or, when
+    ``labels`` is set, a label that the query's ``NEIGHBOURS`` nearest documents vote on.
+    """
+
+    name: str
+    description: str
+    documents: list[str]
+    train: list[tuple[str, int, str]]
+    held_out: list[tuple[str, int, str]]
+    labels: list[int] | None = None
+    cluster_name: str = "movie"
+
+    @property
+    def metric(self) -> str:
+        return "knn-accuracy" if self.labels else "mrr"
+
+    @property
+    def chance(self) -> float:
+        """The score of random embeddings: H_N / N for MRR over N documents; the share of the
+        most common held-out label for the vote."""
+        if self.labels:
+            counts = Counter(target for _, target, _ in self.held_out)
+            return max(counts.values()) / len(self.held_out)
+        n = len(self.documents)
+        return sum(1 / r for r in range(1, n + 1)) / n
+
+    def training_triples(self) -> list[dict]:
+        """The training triples as ``grace train`` reads them (``run.triples``)."""
+        return [
+            {"query": q, "positive": self.documents[d], "negative": neg} for q, d, neg in self.train
+        ]
+
+    def scores(self, queries: np.ndarray, documents: np.ndarray) -> np.ndarray:
+        """Per held-out query: reciprocal rank of its document (ties counted against it), or
+        1 / 0 for a right / wrong vote of its nearest documents."""
+        similarity = queries @ documents.T
+        targets = np.array([target for _, target, _ in self.held_out])
+        if self.labels:
+            labels = np.array(self.labels)
+            nearest = np.argsort(-similarity, axis=1)[:, :NEIGHBOURS]
+            votes = labels[nearest].mean(axis=1)
+            return ((votes > 0.5).astype(int) == targets).astype(float)
+        right = similarity[np.arange(len(targets)), targets]
+        return 1.0 / (similarity >= right[:, None]).sum(axis=1)  # itself, and every tie
+
+
+# --- the offline tasks -------------------------------------------------------------------
+
+
+def review_plot_task(movies: int = 104, reviews_per_movie: int = 6) -> HeadroomTask:
+    """The study's task: reviews -> their movie's plot. Documents are the plots of the
+    training movies with validation reviews; training queries are up to ``reviews_per_movie``
+    training reviews each; held out are their validation reviews."""
+    validation = movie_triples("validation")
+    by_plot: dict[str, list[dict]] = {}
+    for triple in movie_triples("train"):
+        by_plot.setdefault(triple["positive"], []).append(triple)
+    plots = sorted({t["positive"] for t in validation if t["positive"] in by_plot})
+    plots = sorted(plots, key=lambda p: stable_fraction(p, "headroom"))[:movies]
+    index = {plot: i for i, plot in enumerate(plots)}
+    train = []
+    for plot in plots:
+        rows = sorted(by_plot[plot], key=lambda t: stable_fraction(t["query"]))
+        train += [(t["query"], index[plot], t["negative"]) for t in rows[:reviews_per_movie]]
+    held = [
+        (t["query"], index[t["positive"]], t["movie"]) for t in validation if t["positive"] in index
+    ]
+    return HeadroomTask(
+        "review-plot",
+        "Rotten Tomatoes review -> the plot of its movie (the study's task)",
+        plots,
+        train,
+        sorted(held, key=lambda row: stable_fraction(row[0])),
+    )
+
+
+def sentiment_task(
+    documents: int = 100, queries_per_document: int = 3, held_out_reviews: int = 240
+) -> HeadroomTask:
+    """Fresh / rotten: documents are reviews of training movies, half of each label; each has
+    training queries of its label and an opposite-label negative; held out are validation
+    reviews of the training movies (never documents or queries), labelled by a vote of their
+    nearest documents."""
+    rows = [
+        r
+        for r in rotten_tomatoes()
+        if r["category"] in ("fresh", "rotten") and not held_out(r["movie"])
+    ]
+    validation = [r for r in rows if stable_fraction(r["text"], "grace-validation") < 0.1]
+    train_rows = [r for r in rows if stable_fraction(r["text"], "grace-validation") >= 0.1]
+    by_label = {
+        label: sorted(
+            (r for r in train_rows if r["category"] == label),
+            key=lambda r: stable_fraction(r["text"], "headroom-sentiment"),
+        )
+        for label in ("fresh", "rotten")
+    }
+    half = documents // 2
+    docs, labels, train = [], [], []
+    for label, other in (("fresh", "rotten"), ("rotten", "fresh")):
+        pool, opposite = by_label[label], by_label[other]
+        queries = pool[half:]
+        for i, doc in enumerate(pool[:half]):
+            for j in range(queries_per_document):
+                query = queries[i * queries_per_document + j]["text"]
+                negative = opposite[half + i * queries_per_document + j]["text"]
+                train.append((query, len(docs), negative))
+            docs.append(doc["text"])
+            labels.append(int(label == "fresh"))
+    validation = sorted(validation, key=lambda r: stable_fraction(r["text"], "headroom"))
+    held = [(r["text"], int(r["category"] == "fresh"), r["movie"]) for r in validation]
+    return HeadroomTask(
+        "sentiment",
+        "Rotten Tomatoes review -> fresh or rotten, by a vote of its 5 nearest labelled reviews",
+        docs,
+        train,
+        held[:held_out_reviews],
+        labels=labels,
+    )
+
+
+def lee_topic_task(
+    documents: int = 100, lead: int = 2, train_sentences: int = 3, held_sentences: int = 2
+) -> HeadroomTask:
+    """News topic: documents are the first ``lead`` sentences of Lee background articles;
+    training queries are later sentences of the same article (negative: the lead of the
+    article sharing the most words); held out are sentences after those."""
+    needed = lead + train_sentences + held_sentences
+    articles = [
+        s for s in (sentences([d]) for d in lee_documents(background=True)) if len(s) >= needed
+    ]
+    articles = sorted(articles, key=lambda s: stable_fraction(s[0], "headroom-lee"))[:documents]
+    leads = [" ".join(s[:lead]) for s in articles]
+    nearest = rank_by_word_overlap(leads)
+    train, held = [], []
+    for i, article in enumerate(articles):
+        body = article[lead:]
+        train += [(s, i, leads[nearest[i][0]]) for s in body[:train_sentences]]
+        held += [(s, i, str(i)) for s in body[train_sentences : train_sentences + held_sentences]]
+    return HeadroomTask(
+        "lee-topic",
+        "Lee news sentence -> the lead (first two sentences) of its article",
+        leads,
+        train,
+        held,
+        cluster_name="article",
+    )
+
+
+TASKS = {"review-plot": review_plot_task, "sentiment": sentiment_task, "lee-topic": lee_topic_task}
+
+
+# --- the measurement ---------------------------------------------------------------------
+
+
+@dataclass
+class Embedded:
+    """One length's embeddings: documents greedy (N, H) and sampled (N, K, H), the anchors and
+    held-out queries greedy, all as the encoder writes them; and the direct-mode rows."""
+
+    documents: np.ndarray
+    draws: np.ndarray
+    queries: np.ndarray
+    negatives: np.ndarray
+    held_out: np.ndarray
+    rationale_share: float
+    direct: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def embed_task(
+    encoder: GraceEncoder, task: HeadroomTask, lengths: tuple[int, ...], draws: int
+) -> dict[int, Embedded]:
+    """Two passes: the documents (greedy and ``draws`` sampled rationales at every length,
+    from one prefill), then every other text (greedy, every length). Longer lengths continue
+    the shorter ones, so one generation serves them all."""
+    greedy = {length: Variant(length, 0.0) for length in lengths}
+    sampled = {(length, j): Variant(length, 1.0, j) for length in lengths for j in range(draws)}
+    direct = Variant(0)
+    docs = encoder.encode_variants(task.documents, [direct, *greedy.values(), *sampled.values()])
+    others = sorted(
+        {t for q, _, n in task.train for t in (q, n)} | {q for q, _, _ in task.held_out}
+    )
+    rest = encoder.encode_variants(others, [direct, *greedy.values()])
+    row = {text: i for i, text in enumerate(others)}
+    doc_row = {text: i for i, text in enumerate(task.documents)}
+    config = encoder.config
+    prompts = build_prompts(
+        encoder.tokenizer, task.documents, config.system_prompt, config.max_input_tokens
+    )
+    pooled_prompt = np.mean([len(prompt_token_ids(encoder.tokenizer, p)) for p in prompts])
+    pooled_prompt -= encoder.prefix_length
+
+    def lookup(encodings, variant, texts):
+        return np.stack([encodings.embeddings[variant][row[t]] for t in texts])
+
+    def anchors(variant, texts):  # a negative that is also a document takes the document's
+        return np.stack(
+            [
+                docs.embeddings[variant][doc_row[t]]
+                if t in doc_row
+                else rest.embeddings[variant][row[t]]
+                for t in texts
+            ]
+        )
+
+    queries = [q for q, _, _ in task.train]
+    negatives = [n for _, _, n in task.train]
+    held = [q for q, _, _ in task.held_out]
+    out = {}
+    for length in lengths:
+        written = [
+            len(encoder.tokenizer(text, add_special_tokens=False)["input_ids"])
+            for j in range(draws)
+            for text in docs.rationales[sampled[length, j]]
+        ]
+        pooled = np.mean(written) + pooled_prompt
+        out[length] = Embedded(
+            documents=docs.embeddings[greedy[length]],
+            draws=np.stack([docs.embeddings[sampled[length, j]] for j in range(draws)], axis=1),
+            queries=lookup(rest, greedy[length], queries),
+            negatives=anchors(greedy[length], negatives),
+            held_out=lookup(rest, greedy[length], held),
+            rationale_share=float(np.mean(written) / pooled),  # of the documents' pooled tokens
+            direct={
+                "documents": docs.embeddings[direct],
+                "held_out": lookup(rest, direct, held),
+            },
+        )
+    return out
+
+
+def draw_rewards(task: HeadroomTask, embedded: Embedded, reward: str, tau: float) -> np.ndarray:
+    """(documents, K): each draw's reward averaged over its document's training triples, as
+    ``grace.rewards`` computes it with all the triples in one batch (no length penalty)."""
+    config = RewardConfig(tau=tau, variant=reward, length_penalty=None)
+    doc_of = np.array([d for _, d, _ in task.train])
+    positives = torch.from_numpy(embedded.draws[doc_of])
+    terms = FORMULAS[reward](
+        torch.from_numpy(embedded.queries),
+        positives,
+        torch.from_numpy(embedded.negatives),
+        torch.zeros(positives.shape[:2], dtype=torch.bool),
+        config,
+    )
+    total = terms.total.numpy()
+    sums = np.zeros((len(task.documents), total.shape[1]))
+    np.add.at(sums, doc_of, total)
+    counts = np.bincount(doc_of, minlength=len(task.documents))[:, None]
+    return sums / np.maximum(counts, 1)
+
+
+def change_row(task: HeadroomTask, values: np.ndarray, baseline: np.ndarray) -> dict:
+    """A score with its standard error, and its paired change from the baseline with the
+    plain and the cluster-bootstrapped standard error."""
+    clusters = [cluster for _, _, cluster in task.held_out]
+    change = values - baseline
+    return {
+        "score": mean_and_stderr(values),
+        "change": float(change.mean()),
+        "change_stderr": mean_and_stderr(change)[1],
+        "change_stderr_clustered": clustered_stderr(change, clusters),
+    }
+
+
+def headroom_record(
+    task: HeadroomTask, embedded: Embedded, length: int, rewards: tuple[str, ...], tau: float = 0.1
+) -> dict:
+    """What each way of choosing a document's rationale scores on the held-out queries."""
+    count, draws = embedded.draws.shape[:2]
+    every = np.arange(count)
+
+    def score(documents: np.ndarray, queries: np.ndarray | None = None) -> np.ndarray:
+        return task.scores(embedded.held_out if queries is None else queries, documents)
+
+    baseline = score(embedded.documents)
+    choices = {
+        "greedy rationale": embedded.documents,
+        "one sampled draw": embedded.draws[:, 0],
+        f"mean of {draws} draws": mean_of_draws(embedded.draws),
+    }
+    spread = {}
+    for reward in rewards:
+        values = draw_rewards(task, embedded, reward, tau)
+        choices[f"best of {draws} by {reward}"] = embedded.draws[every, values.argmax(axis=1)]
+        choices[f"worst of {draws} by {reward}"] = embedded.draws[every, values.argmin(axis=1)]
+        within = values.std(axis=1, ddof=1).mean()
+        spread[reward] = {"reward": float(within), "cosine": float(within * tau)}
+    # A probe, not a result: each document's draw chosen by its own held-out queries' cosine.
+    targets = np.array([t for _, t, _ in task.held_out])
+    if not task.labels:
+        near = np.einsum("qh,qkh->qk", embedded.held_out, embedded.draws[targets])
+        liked = np.zeros((count, draws))
+        np.add.at(liked, targets, near)
+        oracle = embedded.draws[every, liked.argmax(axis=1)]
+        choices[f"oracle: best of {draws} by the held-out queries (upper bound)"] = oracle
+    rows = {name: change_row(task, score(docs), baseline) for name, docs in choices.items()}
+    direct = score(embedded.direct["documents"], embedded.direct["held_out"])
+    rows["direct (no rationale, queries direct too)"] = change_row(task, direct, baseline)
+    return {
+        "task": task.name,
+        "description": task.description,
+        "metric": task.metric,
+        "chance": task.chance,
+        "rationale_tokens": length,
+        "draws": draws,
+        "documents": count,
+        "training_queries": len(task.train),
+        "held_out_queries": len(task.held_out),
+        "clusters": len({c for _, _, c in task.held_out}),
+        "cluster": task.cluster_name,
+        "rationale_share": embedded.rationale_share,
+        "tau": tau,
+        "rows": rows,
+        "reward_spread": spread,
+    }
+
+
+def measure_headroom(
+    encoder: GraceEncoder,
+    task: HeadroomTask,
+    lengths: tuple[int, ...] = (32, 64),
+    draws: int = 8,
+    rewards: tuple[str, ...] = REWARDS,
+) -> list[dict]:
+    """One record per length (``headroom_record``), with the seconds the embedding took."""
+    started = time.perf_counter()
+    embedded = embed_task(encoder, task, lengths, draws)
+    seconds = round(time.perf_counter() - started, 1)
+    return [
+        headroom_record(task, embedded[length], length, rewards) | {"seconds": seconds}
+        for length in lengths
+    ]
+
+
+def headroom_table(records: list[dict]) -> str:
+    """A markdown table: per task and length, the greedy score and each row's change with
+    its clustered standard error (scores x 100 for MRR and accuracy alike)."""
+    lines = []
+    for record in records:
+        base = record["rows"]["greedy rationale"]["score"][0]
+        lines.append(
+            f"\n**{record['task']}**, {record['rationale_tokens']}-token rationales "
+            f"({record['held_out_queries']} held-out queries in {record['clusters']} "
+            f"{record['cluster']}s; greedy {100 * base:.2f}, chance {100 * record['chance']:.2f}; "
+            f"rationale {100 * record['rationale_share']:.0f} % of the pooled tokens)\n"
+        )
+        lines.append("| documents embedded with | score | change ± clustered SE |")
+        lines.append("|---|---|---|")
+        for name, row in record["rows"].items():
+            if name == "greedy rationale":
+                continue
+            change, error = 100 * row["change"], 100 * row["change_stderr_clustered"]
+            lines.append(f"| {name} | {100 * row['score'][0]:.2f} | {change:+.2f} ± {error:.2f} |")
+    return "\n".join(lines)
