@@ -381,23 +381,39 @@ def measure_headroom(
     ]
 
 
-def headroom_table(records: list[dict]) -> str:
-    """A markdown table: per task and length, the greedy score and each row's change with
-    its clustered standard error (scores x 100 for MRR and accuracy alike)."""
-    lines = []
+def change_cell(row: dict | None, sigmas: float) -> tuple[str, bool]:
+    """``+1.23 ± 0.45`` (x 100, clustered error), and whether it is beyond ``sigmas`` errors."""
+    if row is None:
+        return "–", False
+    change, error = row["change"], row["change_stderr_clustered"]
+    return f"{100 * change:+.2f} ± {100 * error:.2f}", change > sigmas * error
+
+
+def headroom_markdown(records: list[dict], sigmas: float = 3.0) -> str:
+    """One row per task and length: the greedy score beside chance, and what each reward's
+    best-of-K (and the oracle) changes on the held-out queries, x 100 with its clustered
+    standard error; a change beyond ``sigmas`` of them is headroom."""
+    rewards = list(records[0]["reward_spread"]) if records else []
+    head = ["task", "tokens", "rationale share", "greedy (chance)"]
+    head += [f"best by {r}" for r in rewards] + ["oracle", "spread (cosine)", "headroom"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for record in records:
-        base = record["rows"]["greedy rationale"]["score"][0]
-        lines.append(
-            f"\n**{record['task']}**, {record['rationale_tokens']}-token rationales "
-            f"({record['held_out_queries']} held-out queries in {record['clusters']} "
-            f"{record['cluster']}s; greedy {100 * base:.2f}, chance {100 * record['chance']:.2f}; "
-            f"rationale {100 * record['rationale_share']:.0f} % of the pooled tokens)\n"
-        )
-        lines.append("| documents embedded with | score | change ± clustered SE |")
-        lines.append("|---|---|---|")
-        for name, row in record["rows"].items():
-            if name == "greedy rationale":
-                continue
-            change, error = 100 * row["change"], 100 * row["change_stderr_clustered"]
-            lines.append(f"| {name} | {100 * row['score'][0]:.2f} | {change:+.2f} ± {error:.2f} |")
+        rows, draws = record["rows"], record["draws"]
+        best = [change_cell(rows.get(f"best of {draws} by {r}"), sigmas) for r in rewards]
+        oracle = [change_cell(row, sigmas) for n, row in rows.items() if n.startswith("oracle")]
+        oracle = oracle[0] if oracle else change_cell(None, sigmas)
+        greedy = rows["greedy rationale"]["score"][0]
+        spread = " / ".join(f"{record['reward_spread'][r]['cosine']:.3f}" for r in rewards)
+        found = [r for r, (_, beyond) in zip(rewards, best, strict=True) if beyond]
+        cells = [
+            record["task"],
+            str(record["rationale_tokens"]),
+            f"{100 * record['rationale_share']:.0f} %",
+            f"{100 * greedy:.2f} ({100 * record['chance']:.2f})",
+            *[text for text, _ in best],
+            oracle[0],
+            spread,
+            ", ".join(found) or "none",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -195,6 +195,7 @@ class ValidationCallback(TrainerCallback):
         record = {
             "step": step,
             "queries": self.queries,
+            "clusters": self.data.clusters,
             "prompts_seen": step * self.prompts_per_step,
             **budget,
             "diagnostics": diagnostics,
@@ -207,6 +208,8 @@ class ValidationCallback(TrainerCallback):
             logs[f"validation/{name}"], logs[f"validation/{name}_stderr"] = mean_and_stderr(value)
             change = mean_and_stderr(value - self.baseline[name])
             logs[f"validation/{name}_change"], logs[f"validation/{name}_change_stderr"] = change
+            clustered = clustered_stderr(value - self.baseline[name], self.data.clusters)
+            logs[f"validation/{name}_change_stderr_clustered"] = clustered
         logs |= {f"validation/{k}": v for k, v in diagnostics.items() if v is not None}
         if self.clock is not None:  # validation's own time is not training time
             cpu, wall = self.clock
@@ -309,6 +312,9 @@ def paired_change(
         "before": mean_and_stderr(values["before"]),
         "after": mean_and_stderr(values["after"]),
         "change": mean_and_stderr(values["after"] - values["before"]),
+        "change_stderr_clustered": clustered_stderr(
+            values["after"] - values["before"], data.clusters
+        ),
     }
 
 
@@ -350,13 +356,26 @@ def details_curve(folder: str | Path, metric: str = "mrr") -> dict:
     for key in ("prompts_seen", "seconds", "wall_seconds", "diagnostics"):
         if all(key in records[step] for step in steps):  # runs before 2026-11-30 lack them
             curve[key] = [records[step][key] for step in steps]
+    clusters = records[steps[0]].get("clusters")  # runs before 2026-12-03 lack them
+    if clusters is not None:
+        curve["change_stderr_clustered"] = [
+            clustered_stderr(by_step[step] - first, clusters) for step in steps
+        ]
     return curve
+
+
+def change_error(curve: dict) -> float:
+    """The last point's standard error of the paired change: bootstrapped over movies where
+    the record has it, else over queries (records before the clusters were kept); 0 if none."""
+    errors = curve.get("change_stderr_clustered") or curve.get("change_stderr") or [0]
+    return errors[-1] or 0
 
 
 def rises(curve: dict, sigmas: float = 3.0) -> bool:
     """Whether the last point is above the first by more than ``sigmas`` standard errors:
-    of the paired change where it was logged, else of the two points combined."""
-    change, error = (curve.get("change") or [None])[-1], (curve.get("change_stderr") or [0])[-1]
+    of the paired change where it was logged (``change_error``), else of the two points
+    combined."""
+    change, error = (curve.get("change") or [None])[-1], change_error(curve)
     if change is not None and error:
         return change > sigmas * error
     gap = curve["values"][-1] - curve["values"][0]
@@ -391,7 +410,7 @@ def falls(curve: dict, sigmas: float = 3.0) -> bool:
         "values": [-v for v in curve["values"]],
         "stderr": curve["stderr"],
         "change": [None if c is None else -c for c in curve.get("change") or []],
-        "change_stderr": curve.get("change_stderr") or [],
+        "change_stderr": [change_error(curve)] if curve.get("change") else [],
     }
     return rises(mirrored, sigmas)
 
@@ -402,9 +421,12 @@ def describe(curve: dict, name: str) -> str:
         return f"{name}: no validation curve was logged (set `validation.every`)."
     first, last = curve["values"][0], curve["values"][-1]
     start, end = curve["stderr"][0], curve["stderr"][-1]
-    change, error = (curve.get("change") or [None])[-1], (curve.get("change_stderr") or [0])[-1]
+    change, error = (curve.get("change") or [None])[-1], change_error(curve)
     paired = change is not None and error
-    noise = "standard errors of the paired change" if paired else "combined standard errors"
+    clustered = " (clustered by movie)" if curve.get("change_stderr_clustered") else ""
+    noise = (
+        f"standard errors{clustered} of the paired change" if paired else "combined standard errors"
+    )
     if rises(curve):
         verdict = f"up by more than three {noise}: it learned"
     elif falls(curve):

@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from grace.config import load_config  # noqa: E402
 from grace.encoder import GraceEncoder  # noqa: E402
-from grace.headroom import REWARDS, TASKS, headroom_table, measure_headroom  # noqa: E402
+from grace.headroom import REWARDS, TASKS, headroom_markdown, measure_headroom  # noqa: E402
 from grace.validation import validation_encoder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ def main() -> None:
             }
             path = record_path(name, record["rationale_tokens"])
             path.write_text(json.dumps(record, indent=1) + "\n")
-        print(headroom_table(records), flush=True)
+        print(headroom_markdown(records), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@
 
 Each block sits between ``<!-- name -->`` and ``<!-- /name -->`` in a page and is made from
 committed files only (profiles, ``results/cpu/table.json``, ``results/sweep/``,
-``results/echo/``); nothing is trained or evaluated here. The notebooks' install cell is
-written from ``grace.book.notebooks.install_cell`` (one source for all of them). Tests keep
-each page and notebook equal to what this script writes, so a stale number or cell fails CI.
+``results/echo/``, ``results/pooling/``); nothing is trained or evaluated here. The notebooks'
+install cell is written from ``grace.book.notebooks.install_cell`` (one source for all of
+them). Tests keep each page and notebook equal to what this script writes, so a stale number
+or cell fails CI.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from grace.book.notebooks import install_cell
 from grace.book.study import (
     describe_study,
     echo_control,
+    pooling_change,
     study_figure,
     study_markdown,
     study_records,
@@ -48,6 +50,10 @@ def echo() -> str:
     return echo_control(table_rows(), report, validation)
 
 
+def pooling() -> dict:  # written by scripts/pooling_change.py
+    return json.loads((ROOT / "results" / "pooling" / "validation.json").read_text())
+
+
 # block name -> (page, what to write there)
 BLOCKS = {
     "settings-table": ("book/method.md", lambda: settings_table(BOOK_PROFILES)),
@@ -56,6 +62,7 @@ BLOCKS = {
     "study-table": ("book/study.md", lambda: study_markdown(study())),
     "study-reading": ("book/study.md", lambda: describe_study(study())),
     "echo-control": ("book/study.md", echo),
+    "pooling-change": ("book/method.md", lambda: pooling_change(pooling())),
 }
 
 

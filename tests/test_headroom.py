@@ -6,8 +6,8 @@ from grace.headroom import (
     HeadroomTask,
     draw_rewards,
     embed_task,
+    headroom_markdown,
     headroom_record,
-    headroom_table,
     measure_headroom,
 )
 from grace.validation import clustered_stderr, mean_and_stderr
@@ -120,7 +120,10 @@ def test_record_rows_and_table(embedded, tiny):
     best = record["rows"]["best of 3 by paper"]
     assert set(best) == {"score", "change", "change_stderr", "change_stderr_clustered"}
     assert record["reward_spread"]["infonce"]["cosine"] >= 0
-    assert "| best of 3 by infonce |" in headroom_table([record])
+    table = headroom_markdown([record]).splitlines()
+    assert table[0].startswith("| task | tokens |") and "best by infonce" in table[0]
+    # Two rewards' best-of-3 and the oracle (a retrieval task has one), each with its error.
+    assert table[2].startswith("| toy | 4 |") and table[2].count("±") == 3
     model, tokenizer = tiny
     encoder = GraceEncoder(model, tokenizer, EncoderConfig(max_new_tokens=2, batch_size=8))
     records = measure_headroom(encoder, small_task([1, 0, 1, 0]), (2,), draws=2, rewards=("paper",))

@@ -6,7 +6,14 @@ import pytest
 from grace.config import load_config
 from grace.data import movie_triples
 from grace.train import train
-from grace.validation import ValidationSet, rises, score, validation_curve, validation_set
+from grace.validation import (
+    ValidationSet,
+    falls,
+    rises,
+    score,
+    validation_curve,
+    validation_set,
+)
 
 
 def test_validation_set_uses_reviews_never_trained_or_tested_on():
@@ -52,6 +59,10 @@ def test_rises_needs_more_than_three_combined_errors():
     # With the paired change logged, its own standard error decides.
     paired = curve | {"stderr": [0.03, 0.03], "change": [0.0, 0.10], "change_stderr": [0, 0.02]}
     assert rises(paired)
+    # ... and where the record has it, the error bootstrapped over movies decides instead.
+    assert not rises(paired | {"change_stderr_clustered": [0, 0.04]})
+    assert falls({**paired, "change": [0.0, -0.10]})
+    assert not falls({**paired, "change": [0.0, -0.10], "change_stderr_clustered": [0, 0.04]})
 
 
 @pytest.mark.parametrize("method", ["grace", "contrastive", "simcse"])
@@ -87,6 +98,14 @@ def test_training_logs_validation_before_and_during_the_run(tmp_path, method):
     again = details_curve(tmp_path)
     for key in ("steps", "values", "stderr", "change", "change_stderr"):
         assert again[key] == pytest.approx(curve[key]), key
+    # Each query's movie is kept, so the change's error can be bootstrapped over movies.
+    assert details[0]["clusters"] == validation_set(4, 2).clusters
+    logged = [
+        h["validation/mrr_change_stderr_clustered"]
+        for h in trainer.state.log_history
+        if "validation/mrr" in h
+    ]
+    assert again["change_stderr_clustered"] == pytest.approx(logged)
 
 
 def test_describe_says_up_down_or_no_difference():

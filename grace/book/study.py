@@ -193,6 +193,31 @@ def echo_control(
     return f"{table_json_markdown(rows, [task])}\n\n{test}\n\n{held_out}"
 
 
+def pooling_change(record: dict) -> str:
+    """``scripts/pooling_change.py``'s record as a table: validation MRR under the old rule
+    and the reference's, the paired change (error bootstrapped over movies) and its verdict
+    at three errors, and how close the embeddings sit (mean pairwise cosine)."""
+    old, new = record["excluded_tokens"]
+    lines = [
+        f"| embedding | MRR, {record['excluded_tokens'][old]} left out | MRR, "
+        f"{record['excluded_tokens'][new]} left out | paired change | verdict | mean cosine |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in record["rows"].items():
+        change, error = row["change"], row["change_stderr_clustered"]
+        cosine = row["mean_pairwise_cosine"]
+        lines.append(
+            f"| {name} | {row['mrr'][old][0]:.4f} | {row['mrr'][new][0]:.4f} | "
+            f"{change:+.4f} ± {error:.4f} | {Difference(change, 3 * error).verdict} | "
+            f"{cosine[old]:.3f} → {cosine[new]:.3f} |"
+        )
+    return (
+        "\n".join(lines)
+        + f"\n\n{record['model']}, {record['queries']} validation queries of {record['movies']}"
+        " movies (`cpu-long` validation settings)."
+    )
+
+
 def study_markdown(records: list[dict]) -> str:
     """``study_rows`` as the markdown table the book's study chapter carries."""
 
