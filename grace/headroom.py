@@ -36,7 +36,7 @@ from grace.data import (
 from grace.encoder import GraceEncoder, Variant, mean_of_draws
 from grace.prompts import build_prompts, prompt_token_ids
 from grace.rewards import FORMULAS, RewardConfig
-from grace.validation import clustered_stderr, mean_and_stderr
+from grace.validation import clustered_stderr, mean_and_stderr, pessimistic_ranks
 
 REWARDS = tuple(FORMULAS)
 NEIGHBOURS = 5  # documents that vote on a held-out query's label
@@ -80,7 +80,7 @@ class HeadroomTask:
         ]
 
     def scores(self, queries: np.ndarray, documents: np.ndarray) -> np.ndarray:
-        """Per held-out query: reciprocal rank of its document (ties counted against it), or
+        """Per held-out query: reciprocal rank of its document (``pessimistic_ranks``), or
         1 / 0 for a right / wrong vote of its nearest documents."""
         similarity = queries @ documents.T
         targets = np.array([target for _, target, _ in self.held_out])
@@ -90,7 +90,7 @@ class HeadroomTask:
             votes = labels[nearest].mean(axis=1)
             return ((votes > 0.5).astype(int) == targets).astype(float)
         right = similarity[np.arange(len(targets)), targets]
-        return 1.0 / (similarity >= right[:, None]).sum(axis=1)  # itself, and every tie
+        return 1.0 / pessimistic_ranks(similarity, right)
 
 
 # --- the offline tasks -------------------------------------------------------------------

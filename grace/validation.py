@@ -104,8 +104,15 @@ def query_scores(queries: np.ndarray, plots: np.ndarray, data: ValidationSet) ->
     similarity = queries @ plots.T
     rows = np.arange(len(data.queries))
     right = similarity[rows, data.positive]
-    ranks = 1 + (similarity > right[:, None]).sum(axis=1)
+    ranks = pessimistic_ranks(similarity, right)
     return {"mrr": 1.0 / ranks, "margin": right - similarity[rows, data.negative]}
+
+
+def pessimistic_ranks(similarity: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Rank (1 = first) of each row's right candidate, whose similarity ``right`` is among the
+    row's: every candidate not strictly below it counts as ahead, so ties, NaN (diverged
+    weights) and identical embeddings rank it last, never first."""
+    return np.maximum(1, (~(similarity < right[..., None])).sum(axis=-1))
 
 
 def score(embed: Callable[[list[str]], np.ndarray], data: ValidationSet) -> dict[str, tuple]:

@@ -9,6 +9,7 @@ from grace.train import train
 from grace.validation import (
     ValidationSet,
     falls,
+    query_scores,
     rises,
     score,
     validation_curve,
@@ -231,3 +232,15 @@ def test_resuming_with_another_validation_set_is_refused(tmp_path):
     changed = config.with_changes({"validation.every": 1, "validation.movies": 5})
     with pytest.raises(ConfigError, match="another validation set"):
         train(changed)
+
+
+def test_ties_and_nan_rank_the_positive_last():
+    data = ValidationSet(["q0", "q1"], ["p0", "p1", "p2"], positive=[0, 2], negative=[1, 1])
+    same = query_scores(np.ones((2, 4)), np.ones((3, 4)), data)  # crowded: all alike
+    assert same["mrr"].tolist() == [1 / 3, 1 / 3]
+    diverged = query_scores(np.full((2, 4), np.nan), np.full((3, 4), np.nan), data)
+    assert diverged["mrr"].tolist() == [1 / 3, 1 / 3]
+    # Without ties, the rank counts the candidates strictly ahead, plus one.
+    queries = np.array([[1.0, 0.0], [0.0, 1.0]])
+    plots = np.array([[1.0, 0.0], [0.5, 0.5], [0.2, 0.9]])
+    assert query_scores(queries, plots, data)["mrr"].tolist() == [1.0, 1.0]

@@ -22,6 +22,8 @@ from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, v_measure_score
 
+from grace.validation import pessimistic_ranks
+
 RESAMPLES = 1000
 SEED = 0
 
@@ -52,7 +54,7 @@ def ranks_of_relevant(split: dict, embed: Embeddings) -> np.ndarray:
         (relevant,) = split["relevant_docs"][query["id"]]
         candidates = (split["top_ranked"] or {}).get(query["id"], doc_ids)
         scores = similarity[[position[c] for c in candidates]]
-        ranks.append(1 + int((scores > similarity[position[relevant]]).sum()))
+        ranks.append(int(pessimistic_ranks(scores, similarity[position[relevant]])))
     return np.array(ranks)
 
 
