@@ -278,10 +278,20 @@ class ValidationConfig:
     (``grace.validation``). Nothing here changes what is trained."""
 
     every: int = 0  # steps between points; 0 switches validation off
+    # "review-plot": held-out reviews -> their movie's plot (the two knobs below pick them);
+    # or a retrieval task of ``grace.data.TASKS`` (e.g. "lee-topic"), its held-out queries.
+    task: str = "review-plot"
     movies: int | None = 24  # None: every training movie with a held-out review (102)
     reviews_per_movie: int = 2  # at most this many held-out reviews of each movie
 
     def __post_init__(self) -> None:
+        from grace.data import TASKS
+
+        retrieval = ["review-plot", *(n for n in TASKS if n not in ("review-plot", "sentiment"))]
+        check(
+            self.task in retrieval,
+            f"validation.task must be a retrieval task, one of {retrieval}; got {self.task!r}.",
+        )
         check(self.every >= 0, "validation.every must be >= 0 (0 = off).")
         check(self.movies is None or self.movies >= 2, "validation needs >= 2 movies.")
         check(self.reviews_per_movie >= 1, "validation.reviews_per_movie must be >= 1.")

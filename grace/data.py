@@ -17,7 +17,9 @@ import hashlib
 import json
 import random
 import re
+from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
@@ -320,7 +322,156 @@ def lee_sentences() -> list[str]:
     return sentences(lee_documents(background=True))
 
 
-BUILDERS = {"rotten-tomatoes": movie_triples, "lee-sentences": lee_sentences}
+@dataclass
+class OfflineTask:
+    """A task built from offline data: documents, training triples pointing at them, and
+    held-out queries (``grace.headroom`` measures on them; ``grace.validation`` validates on
+    the retrieval ones; ``BUILDERS`` trains on their triples).
+
+    ``train`` rows are ``(query, document index, negative text)``. ``held_out`` rows are
+    ``(query, target, cluster)``: the target is a document index (retrieval) or, when
+    ``labels`` is set, a label that the query's nearest documents vote on
+    (``grace.headroom.NEIGHBOURS`` of them).
+    """
+
+    name: str
+    description: str
+    documents: list[str]
+    train: list[tuple[str, int, str]]
+    held_out: list[tuple[str, int, str]]
+    labels: list[int] | None = None
+    cluster_name: str = "movie"
+
+    @property
+    def metric(self) -> str:
+        return "knn-accuracy" if self.labels else "mrr"
+
+    @property
+    def chance(self) -> float:
+        """The score of random embeddings: H_N / N for MRR over N documents; the share of the
+        most common held-out label for the vote."""
+        if self.labels:
+            counts = Counter(target for _, target, _ in self.held_out)
+            return max(counts.values()) / len(self.held_out)
+        n = len(self.documents)
+        return sum(1 / r for r in range(1, n + 1)) / n
+
+    def training_triples(self) -> list[dict]:
+        """The training triples as ``grace train`` reads them (``run.triples``)."""
+        return [
+            {"query": q, "positive": self.documents[d], "negative": neg} for q, d, neg in self.train
+        ]
+
+
+def review_plot_task(movies: int = 104, reviews_per_movie: int = 6) -> OfflineTask:
+    """The study's task: reviews -> their movie's plot. Documents are the plots of the
+    training movies with validation reviews; training queries are up to ``reviews_per_movie``
+    training reviews each; held out are their validation reviews."""
+    validation = movie_triples("validation")
+    by_plot: dict[str, list[dict]] = {}
+    for triple in movie_triples("train"):
+        by_plot.setdefault(triple["positive"], []).append(triple)
+    plots = sorted({t["positive"] for t in validation if t["positive"] in by_plot})
+    plots = sorted(plots, key=lambda p: stable_fraction(p, "headroom"))[:movies]
+    index = {plot: i for i, plot in enumerate(plots)}
+    train = []
+    for plot in plots:
+        rows = sorted(by_plot[plot], key=lambda t: stable_fraction(t["query"]))
+        train += [(t["query"], index[plot], t["negative"]) for t in rows[:reviews_per_movie]]
+    held = [
+        (t["query"], index[t["positive"]], t["movie"]) for t in validation if t["positive"] in index
+    ]
+    return OfflineTask(
+        "review-plot",
+        "Rotten Tomatoes review -> the plot of its movie (the study's task)",
+        plots,
+        train,
+        sorted(held, key=lambda row: stable_fraction(row[0])),
+    )
+
+
+def sentiment_task(
+    documents: int = 100, queries_per_document: int = 3, held_out_reviews: int = 240
+) -> OfflineTask:
+    """Fresh / rotten: documents are reviews of training movies, half of each label; each has
+    training queries of its label and an opposite-label negative; held out are validation
+    reviews of the training movies (never documents or queries), labelled by a vote of their
+    nearest documents."""
+    rows = [
+        r
+        for r in rotten_tomatoes()
+        if r["category"] in ("fresh", "rotten") and not held_out(r["movie"])
+    ]
+    validation = [r for r in rows if stable_fraction(r["text"], "grace-validation") < 0.1]
+    train_rows = [r for r in rows if stable_fraction(r["text"], "grace-validation") >= 0.1]
+    by_label = {
+        label: sorted(
+            (r for r in train_rows if r["category"] == label),
+            key=lambda r: stable_fraction(r["text"], "headroom-sentiment"),
+        )
+        for label in ("fresh", "rotten")
+    }
+    half = documents // 2
+    docs, labels, train = [], [], []
+    for label, other in (("fresh", "rotten"), ("rotten", "fresh")):
+        pool, opposite = by_label[label], by_label[other]
+        queries = pool[half:]
+        for i, doc in enumerate(pool[:half]):
+            for j in range(queries_per_document):
+                query = queries[i * queries_per_document + j]["text"]
+                negative = opposite[half + i * queries_per_document + j]["text"]
+                train.append((query, len(docs), negative))
+            docs.append(doc["text"])
+            labels.append(int(label == "fresh"))
+    validation = sorted(validation, key=lambda r: stable_fraction(r["text"], "headroom"))
+    held = [(r["text"], int(r["category"] == "fresh"), r["movie"]) for r in validation]
+    return OfflineTask(
+        "sentiment",
+        "Rotten Tomatoes review -> fresh or rotten, by a vote of its 5 nearest labelled reviews",
+        docs,
+        train,
+        held[:held_out_reviews],
+        labels=labels,
+    )
+
+
+def lee_topic_task(
+    documents: int = 100, lead: int = 2, train_sentences: int = 3, held_sentences: int = 2
+) -> OfflineTask:
+    """News topic: documents are the first ``lead`` sentences of Lee background articles;
+    training queries are later sentences of the same article (negative: the lead of the
+    article sharing the most words); held out are sentences after those."""
+    needed = lead + train_sentences + held_sentences
+    articles = [
+        s for s in (sentences([d]) for d in lee_documents(background=True)) if len(s) >= needed
+    ]
+    articles = sorted(articles, key=lambda s: stable_fraction(s[0], "headroom-lee"))[:documents]
+    leads = [" ".join(s[:lead]) for s in articles]
+    nearest = rank_by_word_overlap(leads)
+    train, held = [], []
+    for i, article in enumerate(articles):
+        body = article[lead:]
+        train += [(s, i, leads[nearest[i][0]]) for s in body[:train_sentences]]
+        held += [(s, i, str(i)) for s in body[train_sentences : train_sentences + held_sentences]]
+    return OfflineTask(
+        "lee-topic",
+        "Lee news sentence -> the lead (first two sentences) of its article",
+        leads,
+        train,
+        held,
+        cluster_name="article",
+    )
+
+
+TASKS = {"review-plot": review_plot_task, "sentiment": sentiment_task, "lee-topic": lee_topic_task}
+
+
+BUILDERS = {
+    "rotten-tomatoes": movie_triples,
+    "lee-sentences": lee_sentences,
+    "lee-topic": lambda: lee_topic_task().training_triples(),
+    "sentiment": lambda: sentiment_task().training_triples(),
+}
 
 
 # --- what a training run reads --------------------------------------------------------

@@ -8,31 +8,21 @@ even the reward's best-of-K buys nothing on held-out queries, GRPO on that rewar
 to amplify on that task; if it does, the gain is an upper bound of what training can learn
 by re-weighting (training may also move the weights, which this does not measure).
 
-A task (``HeadroomTask``) is documents (the policy's prompts), training triples that point at
-them, and held-out queries scored against them: by the reciprocal rank of their document
-(retrieval), or by a vote of their nearest documents' labels (classification). Builders for
-three offline tasks are below; ``scripts/headroom.py`` runs them and writes
-``results/headroom/``.
+A task (``grace.data.OfflineTask``) is documents (the policy's prompts), training triples
+that point at them, and held-out queries scored against them: by the reciprocal rank of their
+document (retrieval), or by a vote of their nearest documents' labels (classification).
+``scripts/headroom.py`` runs the three offline tasks and writes ``results/headroom/``.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from grace.data import (
-    held_out,
-    lee_documents,
-    movie_triples,
-    rank_by_word_overlap,
-    rotten_tomatoes,
-    sentences,
-    stable_fraction,
-)
+from grace.data import OfflineTask
 from grace.encoder import GraceEncoder, Variant, mean_of_draws
 from grace.prompts import build_prompts, prompt_token_ids
 from grace.rewards import FORMULAS, RewardConfig
@@ -42,161 +32,18 @@ REWARDS = tuple(FORMULAS)
 NEIGHBOURS = 5  # documents that vote on a held-out query's label
 
 
-@dataclass
-class HeadroomTask:
-    """Documents, training triples pointing at them, and held-out queries.
-
-    ``train`` rows are ``(query, document index, negative text)``. ``held_out`` rows are
-    ``(query, target, cluster)``: the target is a document index (retrieval) or, when
-    ``labels`` is set, a label that the query's ``NEIGHBOURS`` nearest documents vote on.
-    """
-
-    name: str
-    description: str
-    documents: list[str]
-    train: list[tuple[str, int, str]]
-    held_out: list[tuple[str, int, str]]
-    labels: list[int] | None = None
-    cluster_name: str = "movie"
-
-    @property
-    def metric(self) -> str:
-        return "knn-accuracy" if self.labels else "mrr"
-
-    @property
-    def chance(self) -> float:
-        """The score of random embeddings: H_N / N for MRR over N documents; the share of the
-        most common held-out label for the vote."""
-        if self.labels:
-            counts = Counter(target for _, target, _ in self.held_out)
-            return max(counts.values()) / len(self.held_out)
-        n = len(self.documents)
-        return sum(1 / r for r in range(1, n + 1)) / n
-
-    def training_triples(self) -> list[dict]:
-        """The training triples as ``grace train`` reads them (``run.triples``)."""
-        return [
-            {"query": q, "positive": self.documents[d], "negative": neg} for q, d, neg in self.train
-        ]
-
-    def scores(self, queries: np.ndarray, documents: np.ndarray) -> np.ndarray:
-        """Per held-out query: reciprocal rank of its document (``pessimistic_ranks``), or
-        1 / 0 for a right / wrong vote of its nearest documents."""
-        similarity = queries @ documents.T
-        targets = np.array([target for _, target, _ in self.held_out])
-        if self.labels:
-            labels = np.array(self.labels)
-            nearest = np.argsort(-similarity, axis=1)[:, :NEIGHBOURS]
-            votes = labels[nearest].mean(axis=1)
-            return ((votes > 0.5).astype(int) == targets).astype(float)
-        right = similarity[np.arange(len(targets)), targets]
-        return 1.0 / pessimistic_ranks(similarity, right)
-
-
-# --- the offline tasks -------------------------------------------------------------------
-
-
-def review_plot_task(movies: int = 104, reviews_per_movie: int = 6) -> HeadroomTask:
-    """The study's task: reviews -> their movie's plot. Documents are the plots of the
-    training movies with validation reviews; training queries are up to ``reviews_per_movie``
-    training reviews each; held out are their validation reviews."""
-    validation = movie_triples("validation")
-    by_plot: dict[str, list[dict]] = {}
-    for triple in movie_triples("train"):
-        by_plot.setdefault(triple["positive"], []).append(triple)
-    plots = sorted({t["positive"] for t in validation if t["positive"] in by_plot})
-    plots = sorted(plots, key=lambda p: stable_fraction(p, "headroom"))[:movies]
-    index = {plot: i for i, plot in enumerate(plots)}
-    train = []
-    for plot in plots:
-        rows = sorted(by_plot[plot], key=lambda t: stable_fraction(t["query"]))
-        train += [(t["query"], index[plot], t["negative"]) for t in rows[:reviews_per_movie]]
-    held = [
-        (t["query"], index[t["positive"]], t["movie"]) for t in validation if t["positive"] in index
-    ]
-    return HeadroomTask(
-        "review-plot",
-        "Rotten Tomatoes review -> the plot of its movie (the study's task)",
-        plots,
-        train,
-        sorted(held, key=lambda row: stable_fraction(row[0])),
-    )
-
-
-def sentiment_task(
-    documents: int = 100, queries_per_document: int = 3, held_out_reviews: int = 240
-) -> HeadroomTask:
-    """Fresh / rotten: documents are reviews of training movies, half of each label; each has
-    training queries of its label and an opposite-label negative; held out are validation
-    reviews of the training movies (never documents or queries), labelled by a vote of their
-    nearest documents."""
-    rows = [
-        r
-        for r in rotten_tomatoes()
-        if r["category"] in ("fresh", "rotten") and not held_out(r["movie"])
-    ]
-    validation = [r for r in rows if stable_fraction(r["text"], "grace-validation") < 0.1]
-    train_rows = [r for r in rows if stable_fraction(r["text"], "grace-validation") >= 0.1]
-    by_label = {
-        label: sorted(
-            (r for r in train_rows if r["category"] == label),
-            key=lambda r: stable_fraction(r["text"], "headroom-sentiment"),
-        )
-        for label in ("fresh", "rotten")
-    }
-    half = documents // 2
-    docs, labels, train = [], [], []
-    for label, other in (("fresh", "rotten"), ("rotten", "fresh")):
-        pool, opposite = by_label[label], by_label[other]
-        queries = pool[half:]
-        for i, doc in enumerate(pool[:half]):
-            for j in range(queries_per_document):
-                query = queries[i * queries_per_document + j]["text"]
-                negative = opposite[half + i * queries_per_document + j]["text"]
-                train.append((query, len(docs), negative))
-            docs.append(doc["text"])
-            labels.append(int(label == "fresh"))
-    validation = sorted(validation, key=lambda r: stable_fraction(r["text"], "headroom"))
-    held = [(r["text"], int(r["category"] == "fresh"), r["movie"]) for r in validation]
-    return HeadroomTask(
-        "sentiment",
-        "Rotten Tomatoes review -> fresh or rotten, by a vote of its 5 nearest labelled reviews",
-        docs,
-        train,
-        held[:held_out_reviews],
-        labels=labels,
-    )
-
-
-def lee_topic_task(
-    documents: int = 100, lead: int = 2, train_sentences: int = 3, held_sentences: int = 2
-) -> HeadroomTask:
-    """News topic: documents are the first ``lead`` sentences of Lee background articles;
-    training queries are later sentences of the same article (negative: the lead of the
-    article sharing the most words); held out are sentences after those."""
-    needed = lead + train_sentences + held_sentences
-    articles = [
-        s for s in (sentences([d]) for d in lee_documents(background=True)) if len(s) >= needed
-    ]
-    articles = sorted(articles, key=lambda s: stable_fraction(s[0], "headroom-lee"))[:documents]
-    leads = [" ".join(s[:lead]) for s in articles]
-    nearest = rank_by_word_overlap(leads)
-    train, held = [], []
-    for i, article in enumerate(articles):
-        body = article[lead:]
-        train += [(s, i, leads[nearest[i][0]]) for s in body[:train_sentences]]
-        held += [(s, i, str(i)) for s in body[train_sentences : train_sentences + held_sentences]]
-    return HeadroomTask(
-        "lee-topic",
-        "Lee news sentence -> the lead (first two sentences) of its article",
-        leads,
-        train,
-        held,
-        cluster_name="article",
-    )
-
-
-TASKS = {"review-plot": review_plot_task, "sentiment": sentiment_task, "lee-topic": lee_topic_task}
+def task_scores(task: OfflineTask, queries: np.ndarray, documents: np.ndarray) -> np.ndarray:
+    """Per held-out query: reciprocal rank of its document (``pessimistic_ranks``), or
+    1 / 0 for a right / wrong vote of its ``NEIGHBOURS`` nearest documents' labels."""
+    similarity = queries @ documents.T
+    targets = np.array([target for _, target, _ in task.held_out])
+    if task.labels:
+        labels = np.array(task.labels)
+        nearest = np.argsort(-similarity, axis=1)[:, :NEIGHBOURS]
+        votes = labels[nearest].mean(axis=1)
+        return ((votes > 0.5).astype(int) == targets).astype(float)
+    right = similarity[np.arange(len(targets)), targets]
+    return 1.0 / pessimistic_ranks(similarity, right)
 
 
 # --- the measurement ---------------------------------------------------------------------
@@ -217,7 +64,7 @@ class Embedded:
 
 
 def embed_task(
-    encoder: GraceEncoder, task: HeadroomTask, lengths: tuple[int, ...], draws: int
+    encoder: GraceEncoder, task: OfflineTask, lengths: tuple[int, ...], draws: int
 ) -> dict[int, Embedded]:
     """Two passes: the documents (greedy and ``draws`` sampled rationales at every length,
     from one prefill), then every other text (greedy, every length). Longer lengths continue
@@ -278,7 +125,7 @@ def embed_task(
     return out
 
 
-def draw_rewards(task: HeadroomTask, embedded: Embedded, reward: str, tau: float) -> np.ndarray:
+def draw_rewards(task: OfflineTask, embedded: Embedded, reward: str, tau: float) -> np.ndarray:
     """(documents, K): each draw's reward averaged over its document's training triples, as
     ``grace.rewards`` computes it with all the triples in one batch (no length penalty)."""
     config = RewardConfig(tau=tau, variant=reward, length_penalty=None)
@@ -298,7 +145,7 @@ def draw_rewards(task: HeadroomTask, embedded: Embedded, reward: str, tau: float
     return sums / np.maximum(counts, 1)
 
 
-def change_row(task: HeadroomTask, values: np.ndarray, baseline: np.ndarray) -> dict:
+def change_row(task: OfflineTask, values: np.ndarray, baseline: np.ndarray) -> dict:
     """A score with its standard error, and its paired change from the baseline with the
     plain and the cluster-bootstrapped standard error."""
     clusters = [cluster for _, _, cluster in task.held_out]
@@ -312,14 +159,14 @@ def change_row(task: HeadroomTask, values: np.ndarray, baseline: np.ndarray) -> 
 
 
 def headroom_record(
-    task: HeadroomTask, embedded: Embedded, length: int, rewards: tuple[str, ...], tau: float = 0.1
+    task: OfflineTask, embedded: Embedded, length: int, rewards: tuple[str, ...], tau: float = 0.1
 ) -> dict:
     """What each way of choosing a document's rationale scores on the held-out queries."""
     count, draws = embedded.draws.shape[:2]
     every = np.arange(count)
 
     def score(documents: np.ndarray, queries: np.ndarray | None = None) -> np.ndarray:
-        return task.scores(embedded.held_out if queries is None else queries, documents)
+        return task_scores(task, embedded.held_out if queries is None else queries, documents)
 
     baseline = score(embedded.documents)
     choices = {
@@ -366,7 +213,7 @@ def headroom_record(
 
 def measure_headroom(
     encoder: GraceEncoder,
-    task: HeadroomTask,
+    task: OfflineTask,
     lengths: tuple[int, ...] = (32, 64),
     draws: int = 8,
     rewards: tuple[str, ...] = REWARDS,

@@ -30,7 +30,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 
 from grace.config import ConfigError
-from grace.data import movie_triples, stable_fraction
+from grace.data import TASKS, movie_triples, rank_by_word_overlap, stable_fraction
 from grace.diagnostics import collapse_diagnostics
 from grace.encoder import EncoderConfig, GraceEncoder
 
@@ -48,14 +48,29 @@ class ValidationSet:
 
     @property
     def clusters(self) -> list[int]:
-        """Each query's cluster for standard errors: its movie, named by its plot."""
+        """Each query's cluster for standard errors: its movie (or article), named by its
+        document."""
         return self.positive
 
 
-def validation_set(movies: int | None, reviews_per_movie: int) -> ValidationSet:
+def validation_set(
+    movies: int | None, reviews_per_movie: int, task: str = "review-plot"
+) -> ValidationSet:
     """``reviews_per_movie`` validation reviews of each of ``movies`` training movies that have
     that many, or (``movies=None``) up to ``reviews_per_movie`` of every training movie with a
-    validation review; picked by a stable hash, the same in every run."""
+    validation review; picked by a stable hash, the same in every run. Another retrieval
+    ``task`` of ``grace.data.TASKS`` gives its held-out queries and documents instead (the
+    hard negative of each: the document sharing the most words with its own)."""
+    if task != "review-plot":
+        built = TASKS[task]()
+        nearest = rank_by_word_overlap(built.documents)
+        targets = [target for _, target, _ in built.held_out]
+        return ValidationSet(
+            [query for query, _, _ in built.held_out],
+            built.documents,
+            targets,
+            [nearest[target][0] for target in targets],
+        )
     by_movie: dict[str, list[dict]] = {}
     for triple in movie_triples("validation"):
         by_movie.setdefault(triple["movie"], []).append(triple)
@@ -289,7 +304,7 @@ def prompts_per_step(config) -> int:
 def validation_callback(config, trainer: Trainer) -> ValidationCallback:
     """The callback for a run's ``TrainConfig``."""
     settings = config.validation
-    data = validation_set(settings.movies, settings.reviews_per_movie)
+    data = validation_set(settings.movies, settings.reviews_per_movie, settings.task)
     return ValidationCallback(
         trainer,
         trainer.processing_class,
@@ -307,7 +322,8 @@ def paired_change(
     each as the run validates it (``after_changes``: encoder settings changed for ``after``,
     e.g. ``{"mode": "echo"}``): their scores and the paired change, each with its standard
     error."""
-    data = validation_set(config.validation.movies, config.validation.reviews_per_movie)
+    held = config.validation
+    data = validation_set(held.movies, held.reviews_per_movie, held.task)
     settings = vars(validation_encoder(config))
     sides = (("before", before, settings), ("after", after, settings | (after_changes or {})))
     values = {}

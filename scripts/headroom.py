@@ -21,8 +21,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from grace.config import load_config  # noqa: E402
+from grace.data import TASKS  # noqa: E402
 from grace.encoder import GraceEncoder  # noqa: E402
-from grace.headroom import REWARDS, TASKS, headroom_markdown, measure_headroom  # noqa: E402
+from grace.headroom import REWARDS, headroom_markdown, measure_headroom  # noqa: E402
 from grace.validation import validation_encoder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,14 +1,15 @@
 import numpy as np
 import pytest
 
+from grace.data import OfflineTask
 from grace.encoder import EncoderConfig, GraceEncoder
 from grace.headroom import (
-    HeadroomTask,
     draw_rewards,
     embed_task,
     headroom_markdown,
     headroom_record,
     measure_headroom,
+    task_scores,
 )
 from grace.validation import clustered_stderr, mean_and_stderr
 
@@ -29,9 +30,9 @@ HELD = [
 ]
 
 
-def small_task(labels=None) -> HeadroomTask:
+def small_task(labels=None) -> OfflineTask:
     held = HELD if labels is None else [(q, labels[t], c) for q, t, c in HELD]
-    return HeadroomTask("toy", "a toy task", DOCS, TRAIN, held, labels=labels)
+    return OfflineTask("toy", "a toy task", DOCS, TRAIN, held, labels=labels)
 
 
 def test_retrieval_scores_count_ties_against_the_query():
@@ -39,21 +40,21 @@ def test_retrieval_scores_count_ties_against_the_query():
     queries = np.eye(4)[[0, 1, 2, 3, 0]].astype(np.float32)
     documents = np.eye(4, dtype=np.float32)
     documents[1] = documents[0]  # document 1 ties with document 0
-    scores = task.scores(queries, documents)
+    scores = task_scores(task, queries, documents)
     # Query 1 is orthogonal to its document, as to all: a four-way tie ranks it last.
     assert scores.tolist() == [0.5, 0.25, 1.0, 1.0, 0.5]
     # Identical embeddings everywhere rank every query last, not first.
-    assert task.scores(np.ones((5, 4)), np.ones((4, 4))).tolist() == [0.25] * 5
+    assert task_scores(task, np.ones((5, 4)), np.ones((4, 4))).tolist() == [0.25] * 5
 
 
 def test_classification_scores_are_the_vote_of_five_nearest_documents():
     labels = [1, 0, 1, 0]
-    task = HeadroomTask("toy", "", DOCS * 2, TRAIN, [("q", 1, "a"), ("r", 0, "b")], labels * 2)
+    task = OfflineTask("toy", "", DOCS * 2, TRAIN, [("q", 1, "a"), ("r", 0, "b")], labels * 2)
     documents = np.eye(8, dtype=np.float32)
     queries = np.zeros((2, 8), dtype=np.float32)
     queries[0, [0, 2, 4, 6, 1]] = [5, 4, 3, 2, 1]  # nearest five: labels 1, 1, 1, 1, 0
     queries[1, [0, 2, 4, 1, 3]] = [5, 4, 3, 2, 1]  # 1, 1, 1, 0, 0: votes 1 but the label is 0
-    assert task.scores(queries, documents).tolist() == [1.0, 0.0]
+    assert task_scores(task, queries, documents).tolist() == [1.0, 0.0]
     assert task.chance == 0.5
 
 

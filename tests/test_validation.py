@@ -244,3 +244,21 @@ def test_ties_and_nan_rank_the_positive_last():
     queries = np.array([[1.0, 0.0], [0.0, 1.0]])
     plots = np.array([[1.0, 0.0], [0.5, 0.5], [0.2, 0.9]])
     assert query_scores(queries, plots, data)["mrr"].tolist() == [1.0, 1.0]
+
+
+def test_a_retrieval_task_validates_on_its_held_out_queries_never_trained_on():
+    from grace.data import load_triples
+
+    data = validation_set(None, 1, task="lee-topic")
+    assert len(data.plots) == 100 and len(data.queries) == 200
+    trained = {t["query"] for t in load_triples("lee-topic")}
+    assert not set(data.queries) & trained
+    assert all(p != n for p, n in zip(data.positive, data.negative, strict=True))
+    assert data.clusters == data.positive  # two sentences of each article
+
+
+def test_validation_refuses_a_classification_task():
+    from grace.config import ConfigError
+
+    with pytest.raises(ConfigError, match="validation.task must be a retrieval task"):
+        load_config("tiny", ["validation.task=sentiment"])
