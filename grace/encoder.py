@@ -432,11 +432,49 @@ class GraceEncoder:
         return max(1, batch_size // tail)
 
     def _echo(self, text: str, branch: Branch) -> list[int]:
-        """The text's own ids as a completion, cut to the branch's cap; a copy that fits ends
-        with EOS, as a sampled copy would."""
-        cap = branch.sampling.max_new_tokens
+        return self.echo_ids(text, branch.sampling.max_new_tokens)
+
+    def echo_ids(self, text: str, cap: int) -> list[int]:
+        """The text's own ids as a completion, cut to ``cap``; a copy that fits ends with EOS,
+        as a sampled copy would."""
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids[:cap] if len(ids) >= cap else ids + eos_token_ids(self.model, self.tokenizer)[:1]
+
+    def _prompt_batches(self, texts: list[str]) -> Iterator[tuple[list[int], list[str]]]:
+        """(indices, rendered prompts) of ``texts`` in batches of ``batch_size``."""
+        config = self.config
+        prompts = build_prompts(
+            self.tokenizer, self._clean(list(texts)), config.system_prompt, config.max_input_tokens
+        )
+        for start in range(0, len(prompts), config.batch_size):
+            batch = list(range(start, min(start + config.batch_size, len(prompts))))
+            yield batch, [prompts[i] for i in batch]
+
+    def write(self, texts: list[str]) -> list[list[int]]:
+        """The completion ids of each text's first rationale, as this encoder samples it (the
+        same seed and draw as ``encode``), for another model to embed (``embed_written``)."""
+        written: list[list[int]] = [[] for _ in texts]
+        for batch, prompts in self._prompt_batches(texts):
+            rollouts = generate_rationales(
+                self.model, self.tokenizer, prompts, self.config.sampling
+            )
+            for i, ids, mask in zip(
+                batch, rollouts.completion_ids, rollouts.completion_mask, strict=True
+            ):
+                written[i] = ids[mask].tolist()
+        return written
+
+    def embed_written(self, texts: list[str], completions: list[list[int]]) -> np.ndarray:
+        """(N, H) embeddings of each text with the given rationale ids (written by another
+        model, or its own text: ``echo_ids``; ``[]`` is direct mode), pooled by these weights."""
+        out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        for batch, prompts in self._prompt_batches(texts):
+            rollouts = rollouts_from_completions(
+                self.tokenizer, prompts, [completions[i] for i in batch], self.model.device
+            )
+            with torch.no_grad():
+                out[batch] = self._embed(rollouts).cpu().numpy()
+        return out
 
     def _lookup(self, prompt: str, branch: Branch) -> list[int] | None:
         """A branch's cached completion (to its cap), or None unless every length is stored

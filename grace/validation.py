@@ -523,3 +523,39 @@ def sweep_table(records: list[dict]):
             }
         )
     return pd.DataFrame(rows).set_index("variant")
+
+
+def swap_test(base: GraceEncoder, trained: GraceEncoder, data: ValidationSet) -> dict:
+    """Writer or weights? Each model writes its rationales (greedy, as validation runs) and
+    each embeds both models' rationales: the 2 x 2 cells, plus each model's direct and echo
+    rows, scored on ``data`` and paired per query with the base model writing and embedding.
+
+    A change that follows the writer comes from what the policy writes; one that follows the
+    embedder comes from how its weights encode. ``trained`` may be any model of the base's
+    tokenizer (a GRACE run or +CL)."""
+    texts = data.queries + data.plots
+    count = len(data.queries)
+    models = {"base": base, "trained": trained}
+    written = {name: model.write(texts) for name, model in models.items()}
+    cap = base.config.max_new_tokens
+    echo = [base.echo_ids(text, cap) for text in texts]
+    values = {}
+    for embedder, model in models.items():
+        for writer, completions in written.items():
+            values[f"{writer} writes, {embedder} embeds"] = model.embed_written(texts, completions)
+        values[f"{embedder}, direct"] = model.embed_written(texts, [[] for _ in texts])
+        values[f"{embedder}, echo"] = model.embed_written(texts, echo)
+    mrr = {
+        name: query_scores(vectors[:count], vectors[count:], data)["mrr"]
+        for name, vectors in values.items()
+    }
+    reference = mrr["base writes, base embeds"]
+    rows = {}
+    for name, scores in mrr.items():
+        change = scores - reference
+        rows[name] = {
+            "mrr": mean_and_stderr(scores),
+            "change": float(change.mean()),
+            "change_stderr_clustered": clustered_stderr(change, data.clusters),
+        }
+    return {"queries": count, "clusters": len(set(data.clusters)), "rows": rows}

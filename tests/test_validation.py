@@ -262,3 +262,39 @@ def test_validation_refuses_a_classification_task():
 
     with pytest.raises(ConfigError, match="validation.task must be a retrieval task"):
         load_config("tiny", ["validation.task=sentiment"])
+
+
+def test_swap_test_cells_are_the_encoders_own_paths(tiny):
+    import copy
+
+    import torch
+
+    from grace.encoder import EncoderConfig, GraceEncoder
+    from grace.validation import swap_test
+
+    model, tokenizer = tiny
+    config = EncoderConfig(max_new_tokens=4, temperature=0.0, batch_size=4, max_input_tokens=32)
+    base = GraceEncoder(model, tokenizer, config)
+    data = validation_set(3, 1)
+    texts = data.queries + data.plots
+    # A model's own rationales, embedded by itself, are what it encodes; [] is direct mode.
+    np.testing.assert_allclose(
+        base.embed_written(texts, base.write(texts)), base.encode(texts), atol=1e-4
+    )
+    direct = GraceEncoder(model, tokenizer, config, mode="direct").encode(texts)
+    np.testing.assert_allclose(base.embed_written(texts, [[]] * len(texts)), direct, atol=1e-4)
+    echo = GraceEncoder(model, tokenizer, config, mode="echo").encode(texts)
+    echoed = base.embed_written(texts, [base.echo_ids(t, 4) for t in texts])
+    np.testing.assert_allclose(echoed, echo, atol=1e-4)
+
+    same = swap_test(base, GraceEncoder(copy.deepcopy(model), tokenizer, config), data)
+    assert all(row["change"] == 0 for name, row in same["rows"].items() if "writes" in name)
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in moved.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    result = swap_test(base, GraceEncoder(moved, tokenizer, config), data)
+    assert result["rows"]["base writes, base embeds"]["change"] == 0
+    assert len(result["rows"]) == 8 and result["queries"] == len(data.queries)
+    embedded = {n: r["mrr"][0] for n, r in result["rows"].items()}
+    assert embedded["base, direct"] == pytest.approx(same["rows"]["base, direct"]["mrr"][0])
