@@ -4,10 +4,10 @@
 
 Each block sits between ``<!-- name -->`` and ``<!-- /name -->`` in a page and is made from
 committed files only (profiles, ``results/cpu/table.json``, ``results/sweep/``,
-``results/echo/``, ``results/pooling/``); nothing is trained or evaluated here. The notebooks'
-install cell is written from ``grace.book.notebooks.install_cell`` (one source for all of
-them). Tests keep each page and notebook equal to what this script writes, so a stale number
-or cell fails CI.
+``results/echo/``, ``results/pooling/``, ``results/headroom/``); nothing is trained or
+evaluated here. The notebooks' install cell is written from
+``grace.book.notebooks.install_cell`` (one source for all of them). Tests keep each page and
+notebook equal to what this script writes, so a stale number or cell fails CI.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from grace.book.study import (
     study_records,
 )
 from grace.config import settings_table
+from grace.data import TASKS
 from grace.evaluation.results import headline_answer, table_json_markdown
+from grace.headroom import headroom_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK_PROFILES = ["tiny", "cpu", "cpu-long", "colab", "gpu", "paper"]
@@ -50,6 +52,14 @@ def echo() -> str:
     return echo_control(table_rows(), report, validation)
 
 
+def headroom() -> list[dict]:  # written by scripts/headroom.py, by task then length
+    records = [
+        json.loads(path.read_text()) for path in (ROOT / "results" / "headroom").glob("*.json")
+    ]
+    order = list(TASKS)
+    return sorted(records, key=lambda r: (order.index(r["task"]), r["rationale_tokens"]))
+
+
 def pooling() -> dict:  # written by scripts/pooling_change.py
     return json.loads((ROOT / "results" / "pooling" / "validation.json").read_text())
 
@@ -63,6 +73,7 @@ BLOCKS = {
     "study-reading": ("book/study.md", lambda: describe_study(study())),
     "echo-control": ("book/study.md", echo),
     "pooling-change": ("book/method.md", lambda: pooling_change(pooling())),
+    "headroom-table": ("book/study.md", lambda: headroom_markdown(headroom())),
 }
 
 
