@@ -14,6 +14,7 @@ the script resumes after an interruption.
     python scripts/sweep.py cl-lr2e-5 grace-paper    # some
     python scripts/sweep.py --record NAME FOLDER     # record a run trained elsewhere (even a
                                                      # stopped one: its validation.jsonl)
+    python scripts/sweep.py NAME --runs DIR          # run folders under DIR (runs/sweep)
 """
 
 from __future__ import annotations
@@ -125,9 +126,9 @@ def record(name: str, folder: Path, profile: str, overrides: dict, note: str = "
     }
 
 
-def run_variant(name: str) -> dict:
+def run_variant(name: str, runs: Path) -> dict:
     profile, overrides = VARIANTS[name]
-    config = load_config(profile, {**overrides, "run.output_dir": f"runs/sweep/{name}"})
+    config = load_config(profile, {**overrides, "run.output_dir": str(runs / name)})
     if config.validation.every == 0:
         raise SystemExit("The sweep judges on validation: set validation.every > 0.")
     return record(name, trained_model(config), profile, overrides)
@@ -147,6 +148,9 @@ def main() -> None:
     parser.add_argument("names", nargs="*", help=f"variants (default all): {', '.join(VARIANTS)}")
     parser.add_argument("--record", nargs=2, metavar=("NAME", "FOLDER"))
     parser.add_argument("--note", default="", help="with --record: how the run was made")
+    parser.add_argument(
+        "--runs", type=Path, default=Path("runs/sweep"), help="where the run folders go"
+    )
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.record:
@@ -166,7 +170,7 @@ def main() -> None:
         if path.exists():
             print(f"{name}: recorded before, skipped")
             continue
-        entry = run_variant(name)
+        entry = run_variant(name, args.runs)
         path.write_text(json.dumps(entry, indent=1))
         print(summary(entry), flush=True)
 
