@@ -20,9 +20,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
 
 from grace.config import load_config  # noqa: E402
+from grace.diagnostics import mean_pairwise_cosine  # noqa: E402
 from grace.encoder import GraceEncoder, Variant  # noqa: E402
 from grace.prompts import prompt_token_ids  # noqa: E402
 from grace.validation import (  # noqa: E402
@@ -43,12 +43,6 @@ def system_turn_length(encoder: GraceEncoder) -> int:
         [{"role": "system", "content": encoder.config.system_prompt}], tokenize=False
     )
     return len(prompt_token_ids(encoder.tokenizer, turn))
-
-
-def mean_cosine(embeddings: np.ndarray) -> float:
-    similarity = embeddings @ embeddings.T
-    n = len(embeddings)
-    return float((similarity.sum() - n) / (n * (n - 1)))
 
 
 def main() -> None:
@@ -78,7 +72,7 @@ def main() -> None:
             for name, variant in variants.items():
                 embeddings = encoded.embeddings[variant]
                 scores[rule, name] = query_scores(embeddings[:count], embeddings[count:], data)
-                spread[rule, name] = mean_cosine(embeddings)
+                spread[rule, name] = mean_pairwise_cosine(embeddings)
     old, new = rules
     rows = {}
     for name in variants:
