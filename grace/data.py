@@ -348,8 +348,8 @@ class OfflineTask:
 
     @property
     def chance(self) -> float:
-        """The score of random embeddings: H_N / N for MRR over N documents; the share of the
-        most common held-out label for the vote."""
+        """What random embeddings score, H_N / N for MRR over N documents, or the share of
+        the most common held-out label for the vote."""
         if self.labels:
             counts = Counter(target for _, target, _ in self.held_out)
             return max(counts.values()) / len(self.held_out)
@@ -463,6 +463,7 @@ def lee_topic_task(
     )
 
 
+#: The offline tasks by name: headroom is measured on each, validation runs on the retrieval ones.
 TASKS = {"review-plot": review_plot_task, "sentiment": sentiment_task, "lee-topic": lee_topic_task}
 
 

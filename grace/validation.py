@@ -48,8 +48,8 @@ class ValidationSet:
 
     @property
     def clusters(self) -> list[int]:
-        """Each query's cluster for standard errors: its movie (or article), named by its
-        document."""
+        """The cluster of each query for standard errors, its movie (or article), named by
+        its document."""
         return self.positive
 
 
