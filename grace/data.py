@@ -463,7 +463,8 @@ def lee_topic_task(
     )
 
 
-#: The offline tasks by name: headroom is measured on each, validation runs on the retrieval ones.
+#: Builders of the offline tasks by name; headroom is measured on each, validation runs on
+#: the retrieval ones.
 TASKS = {"review-plot": review_plot_task, "sentiment": sentiment_task, "lee-topic": lee_topic_task}
 
 
