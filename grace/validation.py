@@ -446,7 +446,7 @@ def describe(curve: dict, name: str) -> str:
     start, end = curve["stderr"][0], curve["stderr"][-1]
     change, error = (curve.get("change") or [None])[-1], change_error(curve)
     paired = change is not None and error
-    clustered = " (clustered by movie)" if curve.get("change_stderr_clustered") else ""
+    clustered = " (clustered)" if curve.get("change_stderr_clustered") else ""
     noise = (
         f"standard errors{clustered} of the paired change" if paired else "combined standard errors"
     )

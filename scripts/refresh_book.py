@@ -25,6 +25,7 @@ from grace.book.study import (
     study_figure,
     study_markdown,
     study_records,
+    task_run_reading,
 )
 from grace.config import settings_table
 from grace.data import TASKS
@@ -60,6 +61,10 @@ def headroom() -> list[dict]:  # written by scripts/headroom.py, by task then le
     return sorted(records, key=lambda r: (order.index(r["task"]), r["rationale_tokens"]))
 
 
+def task_run() -> dict:  # scripts/sweep.py task-lee-topic-paper
+    return json.loads((ROOT / "results" / "sweep" / "task-lee-topic-paper.json").read_text())
+
+
 def pooling() -> dict:  # written by scripts/pooling_change.py
     return json.loads((ROOT / "results" / "pooling" / "validation.json").read_text())
 
@@ -74,6 +79,7 @@ BLOCKS = {
     "echo-control": ("book/study.md", echo),
     "pooling-change": ("book/method.md", lambda: pooling_change(pooling())),
     "headroom-table": ("book/study.md", lambda: headroom_markdown(headroom())),
+    "task-run": ("book/study.md", lambda: task_run_reading(task_run(), "GRACE on lee-topic")),
 }
 
 

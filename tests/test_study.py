@@ -7,6 +7,7 @@ from grace.book.study import (
     study_markdown,
     study_records,
     study_rows,
+    task_run_reading,
 )
 
 
@@ -137,3 +138,13 @@ def test_echo_control_sets_the_copy_beside_the_rows_it_explains():
     assert "paired change +0.0040 ± 0.0020: no difference at three standard errors" in text
     validation["change"] = [0.01, 0.002]
     assert "higher at three" in echo_control(table, report(0.07, 0.02), validation, task="RTA")
+
+
+def test_task_run_reading_says_the_verdict_budget_diagnostics_and_a_rollout():
+    entry = record("task-x", "grace", [0.0, -0.05, -0.10]) | {"median_step_seconds": 18.2}
+    entry["curve"]["change_stderr_clustered"] = [0.0, 0.02, 0.03]
+    entry["rollouts"] = [{"step": 20, "logged_step": 20, "rollouts": ["Help me help me."]}]
+    text = task_run_reading(entry, "GRACE on x")
+    assert "change -0.100 ± 0.030" in text and "it got worse" in text  # the clustered error
+    assert "80 prompts" in text and "18.2 s a step" in text
+    assert "0.50 → 0.40" in text and "`Help me help me.`" in text

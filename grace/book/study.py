@@ -21,7 +21,7 @@ from grace.evaluation.results import (
     table_json_markdown,
     table_row,
 )
-from grace.validation import verdict
+from grace.validation import describe, verdict
 
 PREFIX = "study-"
 DIAGNOSTICS = {
@@ -215,6 +215,23 @@ def pooling_change(record: dict) -> str:
         "\n".join(lines)
         + f"\n\n{record['model']}, {record['queries']} validation queries of {record['movies']}"
         " movies (`cpu-long` validation settings)."
+    )
+
+
+def task_run_reading(record: dict, name: str) -> str:
+    """A run on a task other than the study's, in the book's words: its validation curve
+    (``grace.validation.describe``, clustered errors where recorded), the budget it spent,
+    its collapse diagnostics first to last, and the first rollout it logged at the end."""
+    curve = record["curve"]
+    ends = (curve["diagnostics"][0], curve["diagnostics"][-1])
+    last = record["rollouts"][-1] if record.get("rollouts") else None
+    quote = f" At step {last['logged_step']} it wrote: `{last['rollouts'][0]}`" if last else ""
+    return (
+        f"{describe(curve, name)} It saw {curve['prompts_seen'][-1]} prompts in "
+        f"{curve['seconds'][-1] / 3600:.1f} CPU hours ({record['median_step_seconds']} s a step). "
+        f"Distinct-2 of its validation rationales {first_to_last(ends, 'distinct_2', '.2f')}, "
+        f"copies of the input {first_to_last(ends, 'copy_share', '.2f')}, mean cosine of the "
+        f"embeddings {first_to_last(ends, 'mean_cosine', '.2f')}.{quote}"
     )
 
 
