@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from grace.config import ConfigError, TrainConfig
+from grace.config import ConfigError, TrainConfig, from_dict
 from grace.constants import RUN_CONFIG_FILE
 from grace.models import safetensors_problem
 
@@ -40,6 +40,14 @@ def saved_hash(folder: str | Path) -> str | None:
         return json.loads(path.read_text())["settings_hash"]
     except (json.JSONDecodeError, KeyError):
         return None
+
+
+def saved_config(folder: str | Path) -> TrainConfig:
+    """The configuration a run folder was trained with."""
+    path = Path(folder) / RUN_CONFIG_FILE
+    if not path.exists():
+        raise ConfigError(f"{folder} is not a run folder: {RUN_CONFIG_FILE} is missing.")
+    return from_dict(json.loads(path.read_text())["config"])
 
 
 def is_finished(folder: str | Path, config: TrainConfig) -> bool:

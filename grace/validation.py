@@ -33,6 +33,7 @@ from grace.config import ConfigError
 from grace.data import TASKS, movie_triples, rank_by_word_overlap, stable_fraction
 from grace.diagnostics import collapse_diagnostics
 from grace.encoder import EncoderConfig, GraceEncoder
+from grace.runs import saved_config
 
 METRICS = ("mrr", "margin")
 
@@ -559,3 +560,16 @@ def swap_test(base: GraceEncoder, trained: GraceEncoder, data: ValidationSet) ->
             "change_stderr_clustered": clustered_stderr(change, data.clusters),
         }
     return {"queries": count, "clusters": len(set(data.clusters)), "rows": rows}
+
+
+def run_swap_test(folder: str | Path) -> dict:
+    """``swap_test`` of a run folder against the base model it was trained from, on the run's
+    validation queries. Both write greedy rationales of the training length, a contrastive
+    baseline too (it is validated direct, but the question is what a rationale does)."""
+    config = saved_config(folder)
+    held = config.validation
+    data = validation_set(held.movies, held.reviews_per_movie, held.task)
+    settings = vars(validation_encoder(config)) | {"mode": "rationale"}
+    base = GraceEncoder.from_pretrained(config.run.model, **settings)
+    trained = GraceEncoder.from_pretrained(str(folder), **settings)
+    return swap_test(base, trained, data) | {"task": held.task, "method": config.run.method}

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from grace.config import load_config
+from grace.config import ConfigError, load_config
 from grace.data import movie_triples
 from grace.train import train
 from grace.validation import (
@@ -298,3 +298,32 @@ def test_swap_test_cells_are_the_encoders_own_paths(tiny):
     assert len(result["rows"]) == 8 and result["queries"] == len(data.queries)
     embedded = {n: r["mrr"][0] for n, r in result["rows"].items()}
     assert embedded["base, direct"] == pytest.approx(same["rows"]["base, direct"]["mrr"][0])
+
+
+def test_run_swap_test_pairs_a_run_folder_with_its_base(tmp_path):
+    from grace.runs import saved_config
+    from grace.train import trained_model
+    from grace.validation import paired_change, run_swap_test
+
+    with pytest.raises(ConfigError, match="not a run folder"):
+        saved_config(tmp_path)
+    config = load_config(
+        "tiny",
+        [
+            f"output_dir={tmp_path / 'cl'}",
+            "run.method=contrastive",
+            "baselines.steps=2",
+            "baselines.lr=0.01",  # large enough that two steps move the ranks
+        ],
+    )
+    folder = trained_model(config)
+    assert saved_config(folder).to_dict() == config.to_dict()
+    result = run_swap_test(folder)
+    rows = result["rows"]
+    assert result["method"] == "contrastive" and result["task"] == config.validation.task
+    assert rows["base writes, base embeds"]["change"] == 0
+    # The direct rows are the two models as the run validates them (direct, for +CL).
+    paired = paired_change(config, config.run.model, str(folder))
+    assert rows["base, direct"]["mrr"][0] == pytest.approx(paired["before"][0])
+    assert rows["trained, direct"]["mrr"][0] == pytest.approx(paired["after"][0])
+    assert paired["before"][0] != paired["after"][0]
