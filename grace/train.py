@@ -20,6 +20,8 @@ from pathlib import Path
 import datasets
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import get_last_checkpoint
 
 from grace.baselines import build_contrastive_trainer
@@ -462,15 +464,29 @@ def _train(config: TrainConfig, callbacks: list | None, main: bool):
         trainer.add_callback(callback)
     checkpoint = get_last_checkpoint(str(output))
     check_checkpoint(checkpoint)
-    if checkpoint and main:
-        forget_samples_from(output, int(Path(checkpoint).name.removeprefix("checkpoint-")))
-    trainer.train(resume_from_checkpoint=checkpoint)
+    last = last_step_state(checkpoint)
+    if last:  # stopped after its final checkpoint: finish from it, never train a step more
+        trainer._load_from_checkpoint(checkpoint)
+        trainer.state = last
+    else:
+        if checkpoint and main:
+            forget_samples_from(output, int(Path(checkpoint).name.removeprefix("checkpoint-")))
+        trainer.train(resume_from_checkpoint=checkpoint)
     if main:
         save_final_model(trainer.model, trainer.processing_class, str(output))
         save_encoder_settings(output, encoder_config(config))
         mark_finished(output, trainer.state.log_history)
     trainer.accelerator.wait_for_everyone()
     return trainer
+
+
+def last_step_state(checkpoint: str | None) -> TrainerState | None:
+    """The trainer state of a checkpoint saved at its run's last step, else None. Resumed
+    from there, the Trainer would take one more step before it checks ``max_steps``."""
+    if not checkpoint:
+        return None
+    state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+    return state if state.max_steps and state.global_step >= state.max_steps else None
 
 
 def trained_model(config: TrainConfig) -> Path:

@@ -7,6 +7,7 @@ from grace.book.study import (
     study_markdown,
     study_records,
     study_rows,
+    swap_markdown,
     task_run_reading,
 )
 
@@ -148,3 +149,31 @@ def test_task_run_reading_says_the_verdict_budget_diagnostics_and_a_rollout():
     assert "change -0.100 ± 0.030" in text and "it got worse" in text  # the clustered error
     assert "80 prompts" in text and "18.2 s a step" in text
     assert "0.50 → 0.40" in text and "`Help me help me.`" in text
+
+
+def test_swap_markdown_gives_each_cell_its_change_and_verdict():
+    def rows(change: float) -> dict:
+        return {
+            "base writes, base embeds": {
+                "mrr": [0.27, 0.02],
+                "change": 0.0,
+                "change_stderr_clustered": 0.0,
+            },
+            "trained writes, base embeds": {
+                "mrr": [0.27 + change, 0.02],
+                "change": change,
+                "change_stderr_clustered": 0.01,
+            },
+        }
+
+    record = {"task": "lee-topic", "queries": 200, "clusters": 40}
+    text = swap_markdown(
+        {"GRACE": record | {"rows": rows(-0.1)}, "+CL": record | {"rows": rows(0.02)}}
+    )
+    assert "| cell | GRACE: MRR | change | verdict | +CL: MRR | change | verdict |" in text
+    assert (
+        "| trained writes, base embeds | 0.170 | -0.100 ± 0.010 | lower "
+        "| 0.290 | +0.020 ± 0.010 | no difference |"
+        in text
+    )
+    assert "200 queries in 40 clusters" in text

@@ -73,6 +73,32 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     assert [h["step"] for h in history if "loss" in h] == [1, 2, 3]
 
 
+class StopAtEnd(TrainerCallback):
+    """Stops a run after its final checkpoint is saved, before it is marked finished."""
+
+    def on_train_end(self, args, state, control, **kwargs):
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("method", ["grace", "contrastive"])
+def test_a_run_killed_after_its_last_checkpoint_ends_at_max_steps(tmp_path, method):
+    settings = ["max_steps=3", "save_steps=1", f"run.method={method}", "baselines.steps=3"]
+    whole = load_config("tiny", [f"output_dir={tmp_path / 'whole'}", *settings])
+    stopped = load_config("tiny", [f"output_dir={tmp_path / 'stopped'}", *settings])
+    trained_model(whole)
+    with pytest.raises(KeyboardInterrupt):
+        train(stopped, callbacks=[StopAtEnd()])
+    assert (tmp_path / "stopped" / "checkpoint-3").exists()
+    assert not is_finished(tmp_path / "stopped", stopped)
+    trained_model(stopped)
+    steps = [h["step"] for h in log_history(tmp_path / "stopped") if "loss" in h]
+    assert steps == [h["step"] for h in log_history(tmp_path / "whole") if "loss" in h]
+    assert steps[-1] == 3
+    assert (tmp_path / "stopped" / "model.safetensors").read_bytes() == (
+        tmp_path / "whole" / "model.safetensors"
+    ).read_bytes()
+
+
 def test_a_resumed_run_logs_each_sampled_step_once(tmp_path):
     config = load_config(
         "tiny", [f"output_dir={tmp_path}", "max_steps=4", "save_steps=2", "sample_every=1"]

@@ -235,6 +235,31 @@ def task_run_reading(record: dict, name: str) -> str:
     )
 
 
+def swap_markdown(records: dict[str, dict]) -> str:
+    """``scripts/swap.py``'s records (label -> record) as one table: a row per cell of the
+    swap test, per trained model its validation MRR and the change from the base writing and
+    embedding, ± its error bootstrapped over the task's clusters, and the verdict at three."""
+    labels = list(records)
+    first = next(iter(records.values()))
+    header = " | ".join(f"{label}: MRR | change | verdict" for label in labels)
+    lines = [f"| cell | {header} |", "|---|" + "---|---|---|" * len(labels)]
+    for cell in first["rows"]:
+        cells = []
+        for record in records.values():
+            row = record["rows"][cell]
+            change, error = row["change"], row["change_stderr_clustered"]
+            cells.append(
+                f"{row['mrr'][0]:.3f} | {change:+.3f} ± {error:.3f} | "
+                f"{Difference(change, 3 * error).verdict}"
+            )
+        lines.append(f"| {cell} | {' | '.join(cells)} |")
+    return (
+        "\n".join(lines)
+        + f"\n\n{first['task']} validation, {first['queries']} queries in {first['clusters']}"
+        " clusters; greedy rationales of the training length; *trained* is each column's model."
+    )
+
+
 def study_markdown(records: list[dict]) -> str:
     """``study_rows`` as the markdown table the book's study chapter carries."""
 
