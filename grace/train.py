@@ -20,6 +20,7 @@ from pathlib import Path
 import datasets
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers.integrations import integration_utils
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import get_last_checkpoint
@@ -443,8 +444,29 @@ def train(config: TrainConfig, callbacks: list | None = None):
         return _train(config, callbacks, main)
 
 
+def check_reporters(report_to: list[str] | str) -> None:
+    """Refuse a ``logging.report_to`` integration that is not installed before any folder is
+    touched: the Trainer would fail only after the model loads (a fresh GPU box has no
+    tensorboard, which the GPU profiles log to)."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    for name in names:
+        if name in ("none", "all"):
+            continue
+        available = getattr(integration_utils, f"is_{name}_available", None)
+        if name not in integration_utils.INTEGRATION_TO_CALLBACK:
+            known = ", ".join(integration_utils.INTEGRATION_TO_CALLBACK)
+            raise ConfigError(f"logging.report_to={name} is not a logger; use none or {known}.")
+        if available is not None and not available():
+            extra = " (the package's `gpu` extra has it)" if name == "tensorboard" else ""
+            raise ConfigError(
+                f"logging.report_to={name} but {name} is not installed: pip install {name}"
+                f"{extra}, or --set report_to=none."
+            )
+
+
 def _train(config: TrainConfig, callbacks: list | None, main: bool):
     set_seed(config.run.seed)
+    check_reporters(config.logging.report_to)
     output = prepare_run_folder(config) if main else wait_for_run_folder(config)
     if config.run.method == "grace":
         trainer = build_grpo_trainer(config)

@@ -323,6 +323,21 @@ def test_the_same_train_command_twice_reuses_the_finished_run(tmp_path, capsys):
     assert (tmp_path / "model.safetensors").read_bytes() == weights
 
 
+@pytest.mark.parametrize("logger", ["wandb", "bogus"])
+def test_a_logger_not_installed_is_refused_before_the_run_folder_moves(tmp_path, logger, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--config", "tiny", "--set", f"run.output_dir={run}"]
+    assert main(argv) == 0
+    weights = (run / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    changed = [*argv, "--set", "learning_rate=2e-3", "--set", f"report_to={logger}"]
+    assert main(changed) == 2
+    err = capsys.readouterr().err
+    assert f"logging.report_to={logger}" in err and err.count("\n") == 1
+    assert not [p for p in tmp_path.iterdir() if ".previous-" in p.name]  # nothing moved aside
+    assert (run / "model.safetensors").read_bytes() == weights
+
+
 def test_ctrl_c_says_how_to_resume_without_a_traceback(monkeypatch, capsys):
     def interrupted(config, callbacks=None):
         raise KeyboardInterrupt

@@ -173,7 +173,6 @@ def test_swap_markdown_gives_each_cell_its_change_and_verdict():
     assert "| cell | GRACE: MRR | change | verdict | +CL: MRR | change | verdict |" in text
     assert (
         "| trained writes, base embeds | 0.170 | -0.100 ± 0.010 | lower "
-        "| 0.290 | +0.020 ± 0.010 | no difference |"
-        in text
+        "| 0.290 | +0.020 ± 0.010 | no difference |" in text
     )
     assert "200 queries in 40 clusters" in text
