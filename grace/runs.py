@@ -169,6 +169,26 @@ def check_checkpoint(checkpoint: str | Path | None) -> None:
 SAMPLES_FILE = "rationales.jsonl"
 
 
+def appended_records(path: str | Path, repair: bool = False) -> list[dict]:
+    """The records of a JSON-lines file a run appends to, without a last line cut by a stop;
+    ``repair`` also cuts it from the file, so the next append starts a line of its own rather
+    than gluing onto it. A damaged earlier line is an error naming it."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number < len(lines):
+                message = f"{path}:{number} is not a JSON record: the file is damaged."
+                raise ConfigError(message) from None
+    if repair and (len(records) < len(lines) or not text.endswith("\n")):
+        path.write_text("".join(f"{line}\n" for line in lines[: len(records)]), encoding="utf-8")
+    return records
+
+
 def forget_samples_from(folder: str | Path, step: int) -> None:
     """Drop the rollout samples logged at ``step`` or later (and a line cut by a stop).
 
@@ -178,15 +198,8 @@ def forget_samples_from(folder: str | Path, step: int) -> None:
     path = Path(folder) / SAMPLES_FILE
     if not path.exists():
         return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record["step"] < step:
-            kept.append(line)
-    path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    kept = [record for record in appended_records(path) if record["step"] < step]
+    path.write_text("".join(f"{json.dumps(record)}\n" for record in kept), encoding="utf-8")
 
 
 def mark_finished(folder: str | Path, log_history: list[dict]) -> None:

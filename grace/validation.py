@@ -33,7 +33,7 @@ from grace.config import ConfigError
 from grace.data import TASKS, movie_triples, rank_by_word_overlap, stable_fraction
 from grace.diagnostics import collapse_diagnostics
 from grace.encoder import EncoderConfig, GraceEncoder
-from grace.runs import saved_config
+from grace.runs import appended_records, saved_config
 
 METRICS = ("mrr", "margin")
 
@@ -176,8 +176,9 @@ class ValidationCallback(TrainerCallback):
         self.spent = {"seconds": 0.0, "wall_seconds": 0.0}  # before this process (resumed)
         self.clock = None  # (cpu, wall) when this process began training, less validation
         self.queries = stable_hash(data.queries + data.plots)
-        if self.details.exists():
-            first = json.loads(self.details.read_text().splitlines()[0])
+        points = appended_records(self.details, repair=True) if self.details.exists() else []
+        if points:
+            first = points[0]
             if first.get("queries", self.queries) != self.queries or len(first["mrr"]) != len(
                 data.queries
             ):
@@ -259,7 +260,7 @@ class ValidationCallback(TrainerCallback):
             if saved.exists():
                 self.spent = json.loads(saved.read_text())
             elif self.details.exists():  # a checkpoint written before budgets were saved
-                points = [json.loads(line) for line in self.details.read_text().splitlines()]
+                points = appended_records(self.details)
                 before = [p for p in points if p["step"] <= state.global_step and "seconds" in p]
                 if before:
                     self.spent = {key: before[-1][key] for key in self.spent}
@@ -360,9 +361,8 @@ def validation_curve(history: list[dict], metric: str = "mrr") -> dict:
 def details_curve(folder: str | Path, metric: str = "mrr") -> dict:
     """``validation_curve``'s dict from a run folder's per-query file (``validation.jsonl``),
     so a run that was stopped before it wrote its history still has a curve."""
-    lines = (Path(folder) / DETAILS).read_text().splitlines()
     # A resumed run measures its resume step again: the last record of a step counts.
-    records = {point["step"]: point for point in map(json.loads, lines)}
+    records = {point["step"]: point for point in appended_records(Path(folder) / DETAILS)}
     steps = sorted(records)
     by_step = {step: np.array(records[step][metric]) for step in steps}
     first = by_step[steps[0]]

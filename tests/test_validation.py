@@ -8,6 +8,7 @@ from grace.data import movie_triples
 from grace.train import train
 from grace.validation import (
     ValidationSet,
+    details_curve,
     falls,
     query_scores,
     rises,
@@ -216,8 +217,11 @@ def test_a_resumed_run_counts_its_budget_from_the_checkpoint_it_resumes(tmp_path
     with pytest.raises(KeyboardInterrupt):
         train(config, callbacks=[Stop()])
     saved = json.loads((tmp_path / "checkpoint-2" / "grace_budget.json").read_text())
+    with (tmp_path / "validation.jsonl").open("a") as handle:
+        handle.write('{"step": 3, "queri')  # a line cut by the stop: dropped, not glued onto
     trained_model(config)
     points = [json.loads(line) for line in (tmp_path / "validation.jsonl").open()]
+    assert details_curve(tmp_path)["steps"] == [0, 3, 4]
     assert [p["step"] for p in points] == [0, 3, 3, 4]  # step 3 measured again after resuming
     assert saved["seconds"] < points[2]["seconds"] < points[3]["seconds"]
     assert points[1]["queries"] == points[2]["queries"]
@@ -262,6 +266,18 @@ def test_validation_refuses_a_classification_task():
 
     with pytest.raises(ConfigError, match="validation.task must be a retrieval task"):
         load_config("tiny", ["validation.task=sentiment"])
+
+
+def test_a_damaged_earlier_line_of_a_run_log_is_named(tmp_path):
+    from grace.runs import appended_records
+
+    path = tmp_path / "validation.jsonl"
+    path.write_text('{"step": 0}\n{"st\n{"step": 2}\n')
+    with pytest.raises(ConfigError, match=r"validation.jsonl:2 is not a JSON record"):
+        appended_records(path)
+    path.write_text('{"step": 0}\n{"step": 1}')  # whole, but no line end: repaired
+    assert appended_records(path, repair=True) == [{"step": 0}, {"step": 1}]
+    assert path.read_text() == '{"step": 0}\n{"step": 1}\n'
 
 
 def test_swap_test_cells_are_the_encoders_own_paths(tiny):
