@@ -285,7 +285,8 @@ def distinct_files(**paths: str | None) -> None:
     names = list(given)
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
-            if given[first] == given[second]:
+            one, other = given[first], given[second]
+            if one == other or (one.exists() and other.exists() and os.path.samefile(one, other)):
                 raise UsageError(
                     f"--{first.replace('_', '-')} and --{second.replace('_', '-')} are the same "
                     f"file ({paths[first]}); give each its own."
@@ -295,6 +296,7 @@ def distinct_files(**paths: str | None) -> None:
 def run_embed(args: argparse.Namespace) -> None:
     from grace.data import read_texts
     from grace.encoder import GraceEncoder
+    from grace.runs import atomic_output
 
     distinct_files(input=args.input, output=args.output, rationales_out=args.rationales_out)
     texts = read_texts(args.input, skip_blank=False)  # row i of the output is line i
@@ -303,10 +305,10 @@ def run_embed(args: argparse.Namespace) -> None:
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     import numpy as np
 
-    with open(args.output, "wb") as handle:  # np.save(path) would append ".npy" to the name
+    with atomic_output(args.output, binary=True) as handle:  # np.save(path) would add ".npy"
         np.save(handle, embeddings)
     if args.rationales_out:
-        with open(args.rationales_out, "w", encoding="utf-8") as handle:
+        with atomic_output(args.rationales_out) as handle:
             for text, rationale in zip(texts, rationales, strict=True):
                 handle.write(json.dumps({"text": text, "rationale": rationale}) + "\n")
     print(f"Wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {args.output}")
@@ -341,6 +343,7 @@ def run_eval(args: argparse.Namespace) -> None:
         to_markdown,
     )
     from grace.evaluation.model import MINILM
+    from grace.runs import write_text_atomically
 
     resolve_tasks(args.suite)  # unknown names or an unreachable hub fail before the model loads
     if args.model == MINILM:
@@ -380,7 +383,7 @@ def run_eval(args: argparse.Namespace) -> None:
         }
         if args.output:
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.output).write_text(json.dumps(report, indent=2, default=str))
+            write_text_atomically(args.output, json.dumps(report, indent=2, default=str))
     rows = {report["label"]: report["tasks"]} | {r["label"]: r["tasks"] for r in variants.values()}
     print(to_markdown(summarize(rows)))
     print(
@@ -419,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     from grace.data import DataError
     from grace.encoder import CacheError
     from grace.models import ModelLoadError
+    from grace.runs import WriteError
 
     try:
         args.run(args)
@@ -429,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         ModelLoadError,
         ReproduceError,
         UsageError,
+        WriteError,
         FileNotFoundError,
     ) as error:
         print(f"grace {args.command}: error: {error}", file=sys.stderr)

@@ -23,12 +23,39 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from grace.config import ConfigError, TrainConfig, from_dict
 from grace.constants import RUN_CONFIG_FILE
 from grace.models import safetensors_problem
 
 HISTORY_FILE = "log_history.json"
+
+
+class WriteError(RuntimeError):
+    """A file could not be written (a full disk, say); the file it would replace is kept."""
+
+
+@contextmanager
+def atomic_output(path: str | Path, binary: bool = False) -> Iterator[IO]:
+    """A handle whose contents replace ``path`` only once all are written: a full disk, an
+    error or a stop midway leaves the previous file whole, and a hard link to the old file
+    (an input, say) keeps its contents."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with open(partial, "wb" if binary else "w", encoding=None if binary else "utf-8") as out:
+            yield out
+        os.replace(partial, path)
+    except OSError as error:
+        raise WriteError(f"{path}: could not be written ({error}); nothing was replaced.") from None
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_text_atomically(path: str | Path, text: str) -> None:
+    with atomic_output(path) as out:
+        out.write(text)
 
 
 def saved_hash(folder: str | Path) -> str | None:
@@ -85,7 +112,7 @@ def prepare_run_folder(config: TrainConfig) -> Path:
             )
     folder.mkdir(parents=True, exist_ok=True)
     record = {"settings_hash": config.settings_hash(), "config": config.to_dict()}
-    (folder / RUN_CONFIG_FILE).write_text(json.dumps(record, indent=2))
+    write_text_atomically(folder / RUN_CONFIG_FILE, json.dumps(record, indent=2))
     return folder
 
 
@@ -204,7 +231,7 @@ def forget_samples_from(folder: str | Path, step: int) -> None:
 
 def mark_finished(folder: str | Path, log_history: list[dict]) -> None:
     """The last thing a run writes: its logged metrics, which also mean "finished"."""
-    (Path(folder) / HISTORY_FILE).write_text(json.dumps(log_history, indent=1))
+    write_text_atomically(Path(folder) / HISTORY_FILE, json.dumps(log_history, indent=1))
 
 
 def log_history(folder: str | Path) -> list[dict]:

@@ -4,8 +4,8 @@
 
 Each block sits between ``<!-- name -->`` and ``<!-- /name -->`` in a page and is made from
 committed files only (profiles, ``results/cpu/table.json``, ``results/sweep/``,
-``results/echo/``, ``results/pooling/``, ``results/headroom/``); nothing is trained or
-evaluated here. The notebooks' install cell is written from
+``results/echo/``, ``results/pooling/``, ``results/headroom/``, ``results/swap/``); nothing is
+trained or evaluated here. The notebooks' install cell is written from
 ``grace.book.notebooks.install_cell`` (one source for all of them). Tests keep each page and
 notebook equal to what this script writes, so a stale number or cell fails CI.
 """
@@ -25,6 +25,7 @@ from grace.book.study import (
     study_figure,
     study_markdown,
     study_records,
+    swap_markdown,
     task_run_reading,
 )
 from grace.config import settings_table
@@ -61,8 +62,28 @@ def headroom() -> list[dict]:  # written by scripts/headroom.py, by task then le
     return sorted(records, key=lambda r: (order.index(r["task"]), r["rationale_tokens"]))
 
 
-def task_run() -> dict:  # scripts/sweep.py task-lee-topic-paper
-    return json.loads((ROOT / "results" / "sweep" / "task-lee-topic-paper.json").read_text())
+# The runs on the Lee topic task (scripts/sweep.py) and their swap tests (scripts/swap.py):
+# record name -> the book's label.
+TASK_RUNS = {"task-lee-topic-paper": "GRACE on lee-topic", "task-lee-topic-cl": "+CL on lee-topic"}
+SWAPS = {"task-lee-topic-paper-40": "GRACE, 40 steps", "task-lee-topic-cl": "+CL, 150 steps"}
+
+
+def task_runs() -> str:
+    readings = [
+        task_run_reading(json.loads(path.read_text()), label)
+        for name, label in TASK_RUNS.items()
+        if (path := ROOT / "results" / "sweep" / f"{name}.json").exists()
+    ]
+    return "\n\n".join(readings)
+
+
+def swaps() -> str:
+    records = {
+        label: json.loads(path.read_text())
+        for name, label in SWAPS.items()
+        if (path := ROOT / "results" / "swap" / f"{name}.json").exists()
+    }
+    return swap_markdown(records) if records else "No swap test recorded yet."
 
 
 def pooling() -> dict:  # written by scripts/pooling_change.py
@@ -79,7 +100,8 @@ BLOCKS = {
     "echo-control": ("book/study.md", echo),
     "pooling-change": ("book/method.md", lambda: pooling_change(pooling())),
     "headroom-table": ("book/study.md", lambda: headroom_markdown(headroom())),
-    "task-run": ("book/study.md", lambda: task_run_reading(task_run(), "GRACE on lee-topic")),
+    "task-run": ("book/study.md", task_runs),
+    "swap-table": ("book/study.md", swaps),
 }
 
 

@@ -6,6 +6,7 @@ import os
 import re
 import sqlite3
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -336,6 +337,40 @@ def test_a_logger_not_installed_is_refused_before_the_run_folder_moves(tmp_path,
     assert f"logging.report_to={logger}" in err and err.count("\n") == 1
     assert not [p for p in tmp_path.iterdir() if ".previous-" in p.name]  # nothing moved aside
     assert (run / "model.safetensors").read_bytes() == weights
+
+
+def test_an_output_hard_linked_to_the_input_is_refused(tmp_path, files, capsys):
+    linked = tmp_path / "linked.npy"
+    os.link(files["texts"], linked)
+    argv = ["embed", "--model", "tiny-random", "--input", files["texts"], "--output", str(linked)]
+    assert main(argv) == 2
+    assert "--input and --output are the same file" in capsys.readouterr().err
+    assert Path(files["texts"]).read_text() == "one\ntwo\n"
+
+
+def test_a_write_that_fails_midway_keeps_the_previous_file(tmp_path):
+    from grace.runs import WriteError, atomic_output
+
+    path = tmp_path / "report.json"
+    path.write_text("previous")
+    with pytest.raises(WriteError, match=r"report.json: could not be written .*No space"):
+        with atomic_output(path) as out:
+            out.write("half of the new")
+            raise OSError(28, "No space left on device")
+    assert path.read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no partial file
+
+
+def test_embed_over_a_hard_link_leaves_the_other_name_whole(tmp_path, files):
+    old = tmp_path / "old.npy"
+    np.save(old, np.ones(3))
+    os.link(old, tmp_path / "kept.npy")
+    assert (
+        main(["embed", "--model", "tiny-random", "--input", files["texts"], "--output", str(old)])
+        == 0
+    )
+    assert np.load(old).shape[0] == 2  # two texts embedded
+    np.testing.assert_array_equal(np.load(tmp_path / "kept.npy"), np.ones(3))
 
 
 def test_ctrl_c_says_how_to_resume_without_a_traceback(monkeypatch, capsys):

@@ -149,6 +149,12 @@ def test_task_run_reading_says_the_verdict_budget_diagnostics_and_a_rollout():
     assert "change -0.100 ± 0.030" in text and "it got worse" in text  # the clustered error
     assert "80 prompts" in text and "18.2 s a step" in text
     assert "0.50 → 0.40" in text and "`Help me help me.`" in text
+    assert "Distinct-2 of its validation rationales" in text
+    baseline = record("task-cl", "contrastive", [0.0, 0.1]) | {"median_step_seconds": None}
+    baseline["curve"]["diagnostics"] = [{"mean_cosine": 0.8}, {"mean_cosine": 0.6}]
+    text = task_run_reading(baseline, "+CL on x")
+    assert "it learned" in text and "40 pairs in" in text and "s a step" not in text
+    assert "Mean cosine of the embeddings 0.80 → 0.60." in text and "istinct" not in text
 
 
 def test_swap_markdown_gives_each_cell_its_change_and_verdict():

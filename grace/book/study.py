@@ -226,12 +226,19 @@ def task_run_reading(record: dict, name: str) -> str:
     ends = (curve["diagnostics"][0], curve["diagnostics"][-1])
     last = record["rollouts"][-1] if record.get("rollouts") else None
     quote = f" At step {last['logged_step']} it wrote: `{last['rollouts'][0]}`" if last else ""
+    pace = f" ({record['median_step_seconds']} s a step)" if record["median_step_seconds"] else ""
+    seen = "pairs" if is_baseline(record) else "prompts"
+    diagnostics = [f"mean cosine of the embeddings {first_to_last(ends, 'mean_cosine', '.2f')}"]
+    if not is_baseline(record):  # a baseline validates direct: it writes no rationales
+        diagnostics[:0] = [
+            f"distinct-2 of its validation rationales {first_to_last(ends, 'distinct_2', '.2f')}",
+            f"copies of the input {first_to_last(ends, 'copy_share', '.2f')}",
+        ]
+    listed = ", ".join(diagnostics)
     return (
-        f"{describe(curve, name)} It saw {curve['prompts_seen'][-1]} prompts in "
-        f"{curve['seconds'][-1] / 3600:.1f} CPU hours ({record['median_step_seconds']} s a step). "
-        f"Distinct-2 of its validation rationales {first_to_last(ends, 'distinct_2', '.2f')}, "
-        f"copies of the input {first_to_last(ends, 'copy_share', '.2f')}, mean cosine of the "
-        f"embeddings {first_to_last(ends, 'mean_cosine', '.2f')}.{quote}"
+        f"{describe(curve, name)} It saw {curve['prompts_seen'][-1]} {seen} in "
+        f"{curve['seconds'][-1] / 3600:.1f} CPU hours{pace}. "
+        f"{listed[0].upper()}{listed[1:]}.{quote}"
     )
 
 

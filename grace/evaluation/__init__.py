@@ -18,6 +18,7 @@ from grace.evaluation.intervals import task_intervals
 from grace.evaluation.model import MINILM, GraceMTEBModel, TextEncoder, minilm_encoder
 from grace.evaluation.results import bar_chart, summarize, to_markdown, with_paper
 from grace.evaluation.tasks import OFFLINE_TASKS
+from grace.runs import write_text_atomically
 
 PAPER_TASKS = {
     "Retrieval": "ArguAna CQADupstackRetrieval FiQA2018 NFCorpus SCIDOCS SciFact ClimateFEVER "
@@ -159,7 +160,7 @@ def evaluate(
         "mteb": [r.to_dict() for r in result.task_results],
     }
     if output:
-        Path(output).write_text(json.dumps(report, indent=2, default=str))
+        write_text_atomically(output, json.dumps(report, indent=2, default=str))
     return report
 
 
@@ -184,7 +185,7 @@ def cached_report(
             return report
     report = evaluate(make_encoder(), suite, label=label) | {"key": key}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, default=str))
+    write_text_atomically(path, json.dumps(report, indent=2, default=str))
     return report
 
 
