@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a model on an mteb suite")
     evaluate.add_argument("--model", required=True, help="hub id, folder, alias, or 'minilm'")
     evaluate.add_argument(
-        "--suite", default="offline", help="offline | subset | paper | TASK[,TASK...]"
+        "--suite", default="offline", help="offline | subset | paper | mteb-eng | TASK[,TASK...]"
     )
     evaluate.add_argument(
         "--output", type=output_file, help="write the report (mteb results + summary) here"

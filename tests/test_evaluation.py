@@ -19,6 +19,8 @@ from grace.evaluation import (
     evaluate,
     minilm_encoder,
     resolve_tasks,
+    suite_task_names,
+    suite_tasks,
     summarize,
     to_markdown,
     with_paper,
@@ -99,6 +101,30 @@ def test_paper_and_subset_task_names_resolve():
     assert set(names) | set(SUBSET_TASKS) <= set(found)
     for category, members in PAPER_TASKS.items():
         assert {found[n] for n in members} == {category}
+
+
+def test_mteb_eng_suite_is_mtebs_english_benchmark():
+    benchmark = {t.metadata.name: t for t in mteb.get_benchmark("MTEB(eng, v1)").tasks}
+    suite = {t.metadata.name: t for t in suite_tasks("mteb-eng")}
+    assert list(suite) == list(benchmark) and len(suite) == 56
+    for name, task in suite.items():
+        assert (task.eval_splits, task.hf_subsets) == (
+            benchmark[name].eval_splits,
+            benchmark[name].hf_subsets,
+        )
+    assert suite["STS17"].hf_subsets == ["en-en"] and suite["MSMARCO"].eval_splits == ["dev"]
+
+
+@pytest.mark.parametrize("suite", ["paper", "subset"])
+def test_paper_suites_score_the_test_split_only_as_the_reference(suite):
+    tasks = {t.metadata.name: t for t in suite_tasks(suite)}
+    assert sorted(tasks) == sorted(suite_task_names(suite))
+    assert all(task.eval_splits == ["test"] for task in tasks.values())
+    # The reference names tasks without a language filter: every subset is scored.
+    assert "ko-ko" in tasks["STS17"].hf_subsets
+    if suite == "paper":
+        assert tasks["MSMARCO"].eval_splits == ["test"]
+        assert len(tasks["MassiveIntentClassification"].hf_subsets) > 50
 
 
 def test_hub_suites_fail_fast_offline(monkeypatch):

@@ -1,8 +1,10 @@
 """Evaluation through mteb: suites of tasks, a runner that writes results, and summaries.
 
-Suites: ``offline`` (the mini-MTEB of ``tasks.py``, runs anywhere), ``subset`` (the authors'
-quick 9 tasks) and ``paper`` (the paper's 56 English tasks), or a comma-separated list of
-task names. ``subset`` and ``paper`` download their data from the Hugging Face hub.
+Suites (``suite_tasks``): ``offline`` (the mini-MTEB of ``tasks.py``, runs anywhere);
+``paper`` (the reference's 56 names) and ``subset`` (the authors' quick 9), scored as the
+reference scores them; ``mteb-eng`` (mteb's ``MTEB(eng, v1)`` benchmark, what the leaderboard
+shows); or a comma-separated list of task names. All but ``offline`` download their data from
+the Hugging Face hub.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ class HubRequired(DataError):
     """A suite needs task data from the Hugging Face hub, which cannot be reached."""
 
 
-SUITE_HELP = "use offline, subset, paper, or mteb task names separated by commas"
+MTEB_ENG = "MTEB(eng, v1)"  # mteb's English benchmark, the `mteb-eng` suite
+SUITE_HELP = "use offline, subset, paper, mteb-eng, or mteb task names separated by commas"
 
 
 def suite_task_names(suite: str) -> list[str]:
@@ -59,27 +62,53 @@ def suite_task_names(suite: str) -> list[str]:
         return list(SUBSET_TASKS)
     if suite == "offline":
         return list(OFFLINE_BY_NAME)
+    if suite == "mteb-eng":
+        return [task.metadata.name for task in mteb_benchmark_tasks()]
     names = [name.strip() for name in suite.split(",") if name.strip()]
     if not names:
         raise DataError(f"Suite {suite!r} names no tasks; {SUITE_HELP}.")
     return list(dict.fromkeys(names))  # a task named twice is scored once
 
 
-def resolve_tasks(suite: str) -> list:
-    """mteb task objects for a suite name or a comma-separated list of task names.
-
-    Unknown names, and hub tasks without a reachable hub, fail here, before any model is run.
-    """
+def mteb_benchmark_tasks() -> list:
     import mteb
 
+    return list(mteb.get_benchmark(MTEB_ENG).tasks)
+
+
+def suite_tasks(suite: str) -> list:
+    """The mteb task objects of a suite, with the subsets and splits it scores (metadata only:
+    no data is loaded).
+
+    ``paper`` and ``subset`` score their names as the reference's ``eval_mteb.py`` does (mteb
+    1.38, ``MTEB(tasks=names)``, ``eval_splits=["test"]``): the test split only (MSMARCO's
+    too, where the benchmark scores dev) and every language subset a task has (STS17's 11
+    pairs, MassiveIntentClassification's 51 languages), with the multilingual
+    TweetSentimentClassification it lists. ``mteb-eng`` is mteb's own benchmark: its tasks,
+    English subsets and splits. A list of names keeps each task's English subsets and all its
+    evaluation splits. Unknown names fail here."""
+    import mteb
+
+    if suite == "mteb-eng":
+        return mteb_benchmark_tasks()
     names = suite_task_names(suite)
     offline = [OFFLINE_BY_NAME[n]() for n in names if n in OFFLINE_BY_NAME]
     hub_names = [n for n in names if n not in OFFLINE_BY_NAME]
+    scoring = {"eval_splits": ["test"]} if suite in ("paper", "subset") else {"languages": ["eng"]}
     try:
-        hub = list(mteb.get_tasks(tasks=hub_names, languages=["eng"])) if hub_names else []
+        hub = list(mteb.get_tasks(tasks=hub_names, **scoring)) if hub_names else []
     except KeyError as error:  # mteb: "'offlin' not found and no similar keys were found."
         found = str(error.args[0]).removeprefix("KeyError: ").rstrip(".")
         raise DataError(f"Unknown suite or task: {found}; {SUITE_HELP}.") from None
+    return offline + hub
+
+
+def resolve_tasks(suite: str) -> list:
+    """``suite_tasks``, after checking that the hub tasks among them can be downloaded: unknown
+    names, and hub tasks without a reachable hub, fail here, before any model is run."""
+    tasks = suite_tasks(suite)
+    hub = [task for task in tasks if task.metadata.name not in OFFLINE_BY_NAME]
+    hub_names = [task.metadata.name for task in hub]
     listed = f"{', '.join(hub_names[:3])}{', ...' if len(hub_names) > 3 else ''}"
     if hub and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise HubRequired(
@@ -92,7 +121,7 @@ def resolve_tasks(suite: str) -> list:
             f"Suite {suite!r} needs {len(hub)} tasks from the Hugging Face hub ({listed}), "
             f"which cannot be reached ({problem}). Connect, or use --suite offline."
         )
-    return offline + hub
+    return tasks
 
 
 def hub_unreachable(timeout: float = 5.0) -> str | None:
@@ -221,6 +250,8 @@ __all__ = [
     "minilm_encoder",
     "evaluate",
     "resolve_tasks",
+    "suite_tasks",
+    "suite_task_names",
     "summarize",
     "with_paper",
     "to_markdown",
