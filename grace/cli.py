@@ -197,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=output_file, help="write the report (mteb results + summary) here"
     )
     evaluate.add_argument("--label", help="row name in tables (default: the model's name)")
+    evaluate.add_argument(
+        "--results-cache",
+        type=output_folder,
+        help="mteb's result cache folder: each task's result is kept as it finishes, so a "
+        "stopped suite resumes task by task",
+    )
     add_encoder_options(evaluate)
     evaluate.add_argument(
         "--lengths",
@@ -368,8 +374,19 @@ def run_eval(args: argparse.Namespace) -> None:
                 "is never cut longer than it is written; raise --max-new-tokens or drop them."
             )
         plan = variant_plan(encoder, greedy=args.greedy, lengths=args.lengths or ())
+        if plan and args.results_cache:
+            raise UsageError(
+                "--results-cache resumes one suite of one encoding; --lengths and --greedy "
+                "score several from one generation: drop one or the other."
+            )
     if not plan:
-        report = evaluate(model, args.suite, output=args.output, label=args.label)
+        report = evaluate(
+            model,
+            args.suite,
+            output=args.output,
+            label=args.label,
+            results_cache=args.results_cache,
+        )
         variants = {}
     else:  # every draw, mean, greedy rationale and length from one generation pass
         from grace.evaluation.noise import evaluate_variants

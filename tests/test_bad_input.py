@@ -98,6 +98,11 @@ PROBES = [
         ["train", "--config", "tiny", "--set", "run.output_dir={file}/run"],
         "run.output_dir: {file}/run: {file} is a file, not a folder",
     ),
+    (
+        ["eval", "--model", "tiny-random", "--mode", "rationale", "--max-new-tokens", "4"]
+        + ["--lengths", "0,2", "--results-cache", "{folder}"],
+        "--results-cache resumes one suite of one encoding",
+    ),
     # Issue 24: outputs that would overwrite an input, values that would train on nothing.
     (
         ["embed", "--model", "tiny-random", "--input", "{texts}", "--output", "{texts}"],

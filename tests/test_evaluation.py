@@ -307,3 +307,26 @@ def test_headline_figure_plots_curves_and_every_row_with_its_interval():
     assert list(left.lines[0].get_ydata()) == [0.1, 0.3]
     points = [bar.lines[0].get_xdata()[0] for bar in right.containers]  # one errorbar per row
     assert points == [10.0, 30.0]
+
+
+def test_a_suite_with_a_results_cache_resumes_task_by_task(tiny, tmp_path):
+    encoded = []
+
+    class Counting(GraceMTEBModel):
+        def __init__(self):
+            super().__init__(GraceEncoder(*tiny), mode="direct")
+            inner = self.encode_texts
+            self.encode_texts = lambda texts: encoded.extend(texts) or inner(texts)
+
+    cache = tmp_path / "mteb-cache"
+    first = evaluate(Counting(), "LeeSTS", results_cache=cache)  # as if stopped after LeeSTS
+    lee_texts = set(encoded)
+    encoded.clear()
+    both = evaluate(Counting(), "LeeSTS,RTMovieClustering", results_cache=cache)
+    assert encoded and not lee_texts & set(encoded)  # LeeSTS was read back, not embedded
+    scores = {r["task"]: r["score"] for r in both["tasks"]}
+    assert scores["LeeSTS"] == pytest.approx(first["tasks"][0]["score"], abs=1e-6)  # mteb rounds
+    assert "LeeSTS" not in both["intervals"] and "RTMovieClustering" in both["intervals"]
+    encoded.clear()
+    evaluate(Counting(), "LeeSTS")  # no cache: measured again
+    assert lee_texts <= set(encoded)

@@ -161,19 +161,24 @@ def evaluate(
     suite: str = "offline",
     output: str | Path | None = None,
     label: str | None = None,
+    results_cache: str | Path | None = None,
 ) -> dict:
-    """Run a suite with mteb (no result cache: a rerun measures again) and return a report.
+    """Run a suite with mteb and return a report.
 
     The report holds the per-task main scores, the category summary, the wall time, and
-    mteb's full results; ``output`` also writes it as JSON.
+    mteb's full results; ``output`` also writes it as JSON. ``results_cache`` is a folder for
+    mteb's ``ResultCache``: each task's result is kept there as it finishes, under the model's
+    name and revision (its weights and encoding settings), so a suite stopped midway resumes
+    task by task; without it a rerun measures everything again.
     """
     import mteb
 
     tasks = resolve_tasks(suite)
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)  # fails now, not after the run
+    cache = mteb.ResultCache(cache_path=results_cache) if results_cache else None
     start = time.perf_counter()
-    result = mteb.evaluate(model, tasks, cache=None, show_progress_bar=True)
+    result = mteb.evaluate(model, tasks, cache=cache, show_progress_bar=True)
     seconds = time.perf_counter() - start
     label = label or model.mteb_model_meta.name
     records = task_records(result, tasks)

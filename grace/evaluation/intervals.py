@@ -32,6 +32,10 @@ def unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True).clip(min=1e-12)
 
 
+class NotEmbedded(KeyError):
+    """A task's texts were not embedded in this process (its score came from mteb's cache)."""
+
+
 class Embeddings:
     """Unit vectors of the texts an encoder has seen (``TextEncoder.memory``)."""
 
@@ -39,6 +43,9 @@ class Embeddings:
         self.memory = memory
 
     def __call__(self, texts: list[str]) -> np.ndarray:
+        missing = [text for text in texts if text not in self.memory]
+        if missing:
+            raise NotEmbedded(f"{len(missing)} texts were not embedded here, e.g. {missing[0]!r}")
         return unit(np.stack([self.memory[text] for text in texts]))
 
 
@@ -130,7 +137,8 @@ def bootstrap_interval(
 
 def task_intervals(tasks: list, records: list[dict], memory: dict[str, np.ndarray]) -> dict:
     """``{task: {"recomputed": x, "ci95": [low, high]}}`` (scores 0..1) for the offline
-    tasks among ``tasks``; tasks this module cannot recompute are left out."""
+    tasks among ``tasks``; tasks this module cannot recompute are left out, and so are tasks
+    whose score was read from mteb's result cache (their embeddings are not in ``memory``)."""
     from grace.evaluation.tasks import OFFLINE_TASKS
 
     offline = {cls.metadata.name for cls in OFFLINE_TASKS}
@@ -143,11 +151,14 @@ def task_intervals(tasks: list, records: list[dict], memory: dict[str, np.ndarra
             continue
         if not task.data_loaded:
             task.load_data()
-        if kind == "Clustering":
-            point, low, high = clustering_interval(task, embed)
-        else:
-            size, statistic = STATISTICS[kind](task, embed)
-            point, low, high = bootstrap_interval(size, statistic, RESAMPLES)
+        try:
+            if kind == "Clustering":
+                point, low, high = clustering_interval(task, embed)
+            else:
+                size, statistic = STATISTICS[kind](task, embed)
+                point, low, high = bootstrap_interval(size, statistic, RESAMPLES)
+        except NotEmbedded:
+            continue
         shift = scores[name] - point
         intervals[name] = {"recomputed": point, "ci95": [low + shift, high + shift]}
     return intervals
