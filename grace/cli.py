@@ -351,6 +351,11 @@ def run_eval(args: argparse.Namespace) -> None:
     from grace.evaluation.model import MINILM
     from grace.runs import write_text_atomically
 
+    if args.results_cache and (args.lengths or args.greedy):
+        raise UsageError(
+            "--results-cache resumes one suite of one encoding; --lengths and --greedy "
+            "score several from one generation: drop one or the other."
+        )
     resolve_tasks(args.suite)  # unknown names or an unreachable hub fail before the model loads
     if args.model == MINILM:
         model = minilm_encoder()
@@ -374,11 +379,6 @@ def run_eval(args: argparse.Namespace) -> None:
                 "is never cut longer than it is written; raise --max-new-tokens or drop them."
             )
         plan = variant_plan(encoder, greedy=args.greedy, lengths=args.lengths or ())
-        if plan and args.results_cache:
-            raise UsageError(
-                "--results-cache resumes one suite of one encoding; --lengths and --greedy "
-                "score several from one generation: drop one or the other."
-            )
     if not plan:
         report = evaluate(
             model,
