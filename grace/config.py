@@ -584,14 +584,31 @@ def merge(base: dict, changes: dict) -> dict:
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """``["optim.learning_rate=1e-5", "lora=true"]`` -> a dict (values parsed as YAML)."""
+    """``["optim.learning_rate=1e-5", "lora=true"]`` -> a dict. Values are parsed as YAML,
+    except for text settings, which are taken as written (a ``#`` in a system prompt or a
+    folder name is not a comment there); ``null`` still clears an optional one."""
     values = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise ConfigError(f"Expected key=value, got {pair!r}.")
-        values[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        hint = field_type(key)
+        if hint is str or (hint == str | None and value not in ("null", "~")):
+            values[key] = value
+            continue
+        try:
+            values[key] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as error:
+            problem = str(error).splitlines()[0]
+            raise ConfigError(f"--set {key}: {value!r} is not a YAML value ({problem}).") from None
     return values
+
+
+def field_type(key: str):
+    """The type hint of a setting named as ``--set`` names it (dotted or bare)."""
+    section, name = full_key(key)
+    return typing.get_type_hints(SECTIONS[section]).get(name)
 
 
 def profile_path(name_or_path: str) -> Path:
@@ -620,6 +637,9 @@ def read_profile(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
         return values
     if not isinstance(base, str) or base in seen or base == name_or_path:
         raise ConfigError(f"{path}: `extends` must name another profile, without a loop.")
+    beside = path.parent / base  # a relative YAML path is read beside the profile naming it
+    if Path(base).suffix in (".yaml", ".yml") and not Path(base).is_absolute() and beside.exists():
+        base = str(beside)
     return merge(read_profile(base, (*seen, name_or_path)), values)
 
 

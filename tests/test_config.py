@@ -235,3 +235,25 @@ def test_a_notebook_on_an_offline_profile_switches_the_imported_hub_off(tmp_path
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the environment still decides where it speaks
     setup_notebook("tiny", str(tmp_path))
     assert not hub.is_offline_mode()
+
+
+def test_text_settings_are_taken_as_written_and_bad_yaml_is_one_line():
+    config = load_config(
+        "tiny",
+        ["policy.system_prompt=Answer in steps #1 and #2: think", "output_dir=runs/a #b"],
+    )
+    assert config.policy.system_prompt == "Answer in steps #1 and #2: think"
+    assert config.run.output_dir == "runs/a #b"
+    assert load_config("tiny", ["run.max_examples=null"]).run.max_examples is None
+    with pytest.raises(ConfigError, match=r"--set learning_rate: '\[x' is not a YAML value"):
+        load_config("tiny", ["learning_rate=[x"])
+
+
+def test_a_relative_extends_is_read_beside_the_profile(tmp_path, monkeypatch):
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    (folder / "base.yaml").write_text("extends: tiny\noptim:\n  learning_rate: 0.002\n")
+    (folder / "child.yaml").write_text("extends: base.yaml\noptim:\n  max_steps: 3\n")
+    monkeypatch.chdir(tmp_path)  # not the profiles' folder
+    config = load_config(str(folder / "child.yaml"))
+    assert config.optim.learning_rate == 0.002 and config.optim.max_steps == 3
