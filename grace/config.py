@@ -81,6 +81,12 @@ class RunConfig:
             f"run.output_dir must name a folder for the run, got {self.output_dir!r}.",
         )
         self.output_dir = str(folder)
+        model = Path(self.model).expanduser()
+        check(
+            not (model.exists() and model.resolve() == folder.resolve()),
+            f"run.model and run.output_dir are one folder ({self.output_dir}): the run would "
+            "move its own model aside; train into another folder.",
+        )
 
     @property
     def uses_sentences(self) -> bool:

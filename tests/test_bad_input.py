@@ -103,6 +103,18 @@ PROBES = [
         + ["--lengths", "0,2", "--results-cache", "{folder}"],
         "--results-cache resumes one suite of one encoding",
     ),
+    (
+        [
+            "train",
+            "--config",
+            "tiny",
+            "--set",
+            "run.model={folder}",
+            "--set",
+            "output_dir={folder}",
+        ],
+        "run.model and run.output_dir are one folder",
+    ),
     # Issue 24: outputs that would overwrite an input, values that would train on nothing.
     (
         ["embed", "--model", "tiny-random", "--input", "{texts}", "--output", "{texts}"],
