@@ -88,6 +88,16 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if has_native_bf16(device) else torch.float32
 
 
+def allow_tf32(device: torch.device) -> bool:
+    """On Ampere or newer, let fp32 matrix products use TF32 tensor cores (as the Trainer's ``tf32``
+    sets): fp32 work there (a merged LoRA model, fp32 master weights) runs several times
+    faster, with a 10-bit mantissa in the products. True when it was turned on."""
+    if not has_native_bf16(device):
+        return False
+    torch.set_float32_matmul_precision("high")
+    return True
+
+
 def load_model(
     name_or_path: str,
     device: str | torch.device | None = None,
@@ -98,6 +108,7 @@ def load_model(
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     dtype = dtype or saved_in_float32(name_or_path, device) or default_dtype(device)
+    allow_tf32(device)
 
     if name_or_path == TINY_RANDOM:
         model, tokenizer = build_tiny_random()

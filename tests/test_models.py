@@ -96,6 +96,21 @@ def test_bf16_only_where_the_gpu_has_it_in_hardware(monkeypatch, capability, exp
     assert default_dtype(torch.device("cpu")) == torch.float32
 
 
+@pytest.mark.parametrize(("capability", "expected"), [((7, 5), False), ((8, 0), True)])
+def test_tf32_only_on_ampere_or_newer(monkeypatch, capability, expected):
+    from grace.models import allow_tf32
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    before = torch.get_float32_matmul_precision()
+    try:
+        assert allow_tf32(torch.device("cpu")) is False
+        assert torch.get_float32_matmul_precision() == before
+        assert allow_tf32(torch.device("cuda")) is expected
+        assert (torch.get_float32_matmul_precision() == "high") is expected
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def test_a_folder_saved_in_fp32_stays_fp32_on_a_bf16_gpu(tiny, tmp_path, monkeypatch):
     from grace.models import saved_in_float32
 
