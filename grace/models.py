@@ -89,9 +89,9 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def allow_tf32(device: torch.device) -> bool:
-    """On Ampere or newer, let fp32 matrix products use TF32 tensor cores (as the Trainer's ``tf32``
-    sets): fp32 work there (a merged LoRA model, fp32 master weights) runs several times
-    faster, with a 10-bit mantissa in the products. True when it was turned on."""
+    """On Ampere or newer, let fp32 matrix products use TF32 tensor cores (the Trainer's
+    ``tf32`` setting): fp32 work there (a merged LoRA model, fp32 master weights) runs
+    several times faster, with a 10-bit mantissa in the products. True when turned on."""
     if not has_native_bf16(device):
         return False
     torch.set_float32_matmul_precision("high")
