@@ -323,7 +323,7 @@ def run_embed(args: argparse.Namespace) -> None:
 def run_train(args: argparse.Namespace) -> None:
     from grace.config import ConfigError, load_config
     from grace.runs import is_finished
-    from grace.train import train
+    from grace.train import reuse, train
 
     overrides = [*args.set, *([f"run.method={args.method}"] if args.method else [])]
     config = load_config(args.config, overrides)
@@ -332,6 +332,7 @@ def run_train(args: argparse.Namespace) -> None:
     except argparse.ArgumentTypeError as error:
         raise ConfigError(f"run.output_dir: {error}") from error
     if is_finished(config.run.output_dir, config):  # training again would add steps
+        reuse(config)
         print(f"{config.run.output_dir} holds a finished run with these settings; reused.")
         return
     trainer = train(config)

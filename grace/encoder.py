@@ -619,8 +619,10 @@ PORTABLE = (
 
 def save_encoder_settings(folder: str | Path, config: EncoderConfig) -> Path:
     """``encoder_config.json`` beside a model's weights: how this model embeds text."""
+    from grace.runs import write_text_atomically  # not at the top: grace.runs imports us
+
     path = Path(folder) / ENCODER_CONFIG
-    path.write_text(json.dumps({k: getattr(config, k) for k in PORTABLE}, indent=2))
+    write_text_atomically(path, json.dumps({k: getattr(config, k) for k in PORTABLE}, indent=2))
     return path
 
 

@@ -514,6 +514,14 @@ def last_step_state(checkpoint: str | None) -> TrainerState | None:
 def trained_model(config: TrainConfig) -> Path:
     """The folder of a finished run with these settings, training (or resuming) it if needed:
     a rerun reuses the model, and a change of any setting that decides the weights trains again."""
-    if not is_finished(config.run.output_dir, config):
+    if is_finished(config.run.output_dir, config):
+        reuse(config)
+    else:
         train(config)
     return Path(config.run.output_dir)
+
+
+def reuse(config: TrainConfig) -> None:
+    """A finished run reused under these settings: its weights stand, but how it embeds
+    (``encoder_config.json``) follows this config's evaluation settings, which may differ."""
+    save_encoder_settings(config.run.output_dir, encoder_config(config))

@@ -2,6 +2,7 @@
 before any model loads, or the behaviour the issue asked for. One row or test per probe, so
 none comes back."""
 
+import json
 import os
 import re
 import sqlite3
@@ -339,6 +340,10 @@ def test_the_same_train_command_twice_reuses_the_finished_run(tmp_path, capsys):
     assert main(argv) == 0
     assert "holds a finished run with these settings; reused" in capsys.readouterr().out
     assert (tmp_path / "model.safetensors").read_bytes() == weights
+    # Evaluation settings do not retrain, but the reused folder embeds by the new ones.
+    assert main([*argv, "--set", "evaluation.max_new_tokens=7"]) == 0
+    assert "reused" in capsys.readouterr().out
+    assert json.loads((tmp_path / "encoder_config.json").read_text())["max_new_tokens"] == 7
 
 
 @pytest.mark.parametrize("logger", ["wandb", "bogus"])
