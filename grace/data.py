@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import dataclasses
 import hashlib
 import json
 import random
@@ -331,7 +332,8 @@ class OfflineTask:
     ``train`` rows are ``(query, document index, negative text)``. ``held_out`` rows are
     ``(query, target, cluster)``: the target is a document index (retrieval) or, when
     ``labels`` is set, a label that the query's nearest documents vote on
-    (``grace.headroom.NEIGHBOURS`` of them).
+    (``grace.headroom.NEIGHBOURS`` of them). ``test`` rows, where a task has them, are held
+    out like ``held_out`` but read once, after every choice was made on ``held_out``.
     """
 
     name: str
@@ -341,6 +343,7 @@ class OfflineTask:
     held_out: list[tuple[str, int, str]]
     labels: list[int] | None = None
     cluster_name: str = "movie"
+    test: list[tuple[str, int, str]] = dataclasses.field(default_factory=list)
 
     @property
     def metric(self) -> str:
@@ -436,11 +439,17 @@ def sentiment_task(
 
 
 def lee_topic_task(
-    documents: int = 100, lead: int = 2, train_sentences: int = 3, held_sentences: int = 2
+    documents: int = 100,
+    lead: int = 2,
+    train_sentences: int = 3,
+    held_sentences: int = 2,
+    test_sentences: int = 2,
 ) -> OfflineTask:
     """News topic: documents are the first ``lead`` sentences of Lee background articles;
     training queries are later sentences of the same article (negative: the lead of the
-    article sharing the most words); held out are sentences after those."""
+    article sharing the most words); held out are sentences after those, and the test up to
+    ``test_sentences`` after those again (articles long enough have them; the choice of
+    articles does not depend on it)."""
     needed = lead + train_sentences + held_sentences
     articles = [
         s for s in (sentences([d]) for d in lee_documents(background=True)) if len(s) >= needed
@@ -448,11 +457,13 @@ def lee_topic_task(
     articles = sorted(articles, key=lambda s: stable_fraction(s[0], "headroom-lee"))[:documents]
     leads = [" ".join(s[:lead]) for s in articles]
     nearest = rank_by_word_overlap(leads)
-    train, held = [], []
+    train, held, test = [], [], []
+    seen = train_sentences + held_sentences
     for i, article in enumerate(articles):
         body = article[lead:]
         train += [(s, i, leads[nearest[i][0]]) for s in body[:train_sentences]]
-        held += [(s, i, str(i)) for s in body[train_sentences : train_sentences + held_sentences]]
+        held += [(s, i, str(i)) for s in body[train_sentences:seen]]
+        test += [(s, i, str(i)) for s in body[seen : seen + test_sentences]]
     return OfflineTask(
         "lee-topic",
         "Lee news sentence -> the lead (first two sentences) of its article",
@@ -460,6 +471,7 @@ def lee_topic_task(
         train,
         held,
         cluster_name="article",
+        test=test,
     )
 
 

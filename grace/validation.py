@@ -55,23 +55,34 @@ class ValidationSet:
 
 
 def validation_set(
-    movies: int | None, reviews_per_movie: int, task: str = "review-plot"
+    movies: int | None,
+    reviews_per_movie: int,
+    task: str = "review-plot",
+    split: str = "validation",
 ) -> ValidationSet:
     """``reviews_per_movie`` validation reviews of each of ``movies`` training movies that have
     that many, or (``movies=None``) up to ``reviews_per_movie`` of every training movie with a
     validation review; picked by a stable hash, the same in every run. Another retrieval
     ``task`` of ``grace.data.TASKS`` gives its held-out queries and documents instead (the
-    hard negative of each: the document sharing the most words with its own)."""
+    hard negative of each: the document sharing the most words with its own), or with
+    ``split="test"`` its test queries, to be read once."""
+    if split not in ("validation", "test"):
+        raise ValueError(f"split is validation or test, not {split!r}")
     if task != "review-plot":
         built = TASKS[task]()
+        rows = built.held_out if split == "validation" else built.test
+        if not rows:
+            raise ConfigError(f"The {task} task has no {split} queries.")
         nearest = rank_by_word_overlap(built.documents)
-        targets = [target for _, target, _ in built.held_out]
+        targets = [target for _, target, _ in rows]
         return ValidationSet(
-            [query for query, _, _ in built.held_out],
+            [query for query, _, _ in rows],
             built.documents,
             targets,
             [nearest[target][0] for target in targets],
         )
+    if split == "test":
+        raise ConfigError("review-plot's test is the offline suite's held-out movies (grace eval).")
     by_movie: dict[str, list[dict]] = {}
     for triple in movie_triples("validation"):
         by_movie.setdefault(triple["movie"], []).append(triple)
@@ -562,14 +573,19 @@ def swap_test(base: GraceEncoder, trained: GraceEncoder, data: ValidationSet) ->
     return {"queries": count, "clusters": len(set(data.clusters)), "rows": rows}
 
 
-def run_swap_test(folder: str | Path) -> dict:
+def run_swap_test(folder: str | Path, split: str = "validation") -> dict:
     """``swap_test`` of a run folder against the base model it was trained from, on the run's
-    validation queries. Both write greedy rationales of the training length, a contrastive
-    baseline too (it is validated direct, but the question is what a rationale does)."""
+    validation queries (or its task's test queries, read once). Both write greedy rationales
+    of the training length, a contrastive baseline too (it is validated direct, but the
+    question is what a rationale does)."""
     config = saved_config(folder)
     held = config.validation
-    data = validation_set(held.movies, held.reviews_per_movie, held.task)
+    data = validation_set(held.movies, held.reviews_per_movie, held.task, split)
     settings = vars(validation_encoder(config)) | {"mode": "rationale"}
     base = GraceEncoder.from_pretrained(config.run.model, **settings)
     trained = GraceEncoder.from_pretrained(str(folder), **settings)
-    return swap_test(base, trained, data) | {"task": held.task, "method": config.run.method}
+    return swap_test(base, trained, data) | {
+        "task": held.task,
+        "split": split,
+        "method": config.run.method,
+    }

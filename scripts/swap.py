@@ -7,6 +7,7 @@ every cell is paired per query with the base model writing and embedding
 chapter reads them.
 
     python scripts/swap.py task-lee-topic-cl /root/grace-runs/task-lee-topic-cl
+    python scripts/swap.py task-lee-topic-cl-test /root/grace-runs/task-lee-topic-cl --split test
 """
 
 from __future__ import annotations
@@ -29,11 +30,17 @@ def main() -> None:
     parser.add_argument("name", help=f"record name: {RESULTS}/<name>.json")
     parser.add_argument("folder", type=Path, help="a trained run folder")
     parser.add_argument("--note", default="", help="how the run was made")
+    parser.add_argument(
+        "--split",
+        choices=("validation", "test"),
+        default="validation",
+        help="the task's test queries are read once, after every choice is made on validation",
+    )
     args = parser.parse_args()
     if Path(args.name).name != args.name:
         parser.error(f"NAME is a file name under {RESULTS}, not a path: {args.name!r}")
     started = time.perf_counter()
-    record = run_swap_test(args.folder) | {
+    record = run_swap_test(args.folder, args.split) | {
         "name": args.name,
         "note": args.note,
         "seconds": round(time.perf_counter() - started, 1),

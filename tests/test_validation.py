@@ -259,6 +259,11 @@ def test_a_retrieval_task_validates_on_its_held_out_queries_never_trained_on():
     assert not set(data.queries) & trained
     assert all(p != n for p, n in zip(data.positive, data.negative, strict=True))
     assert data.clusters == data.positive  # two sentences of each article
+    test = validation_set(None, 1, task="lee-topic", split="test")
+    assert test.plots == data.plots and len(test.queries) > 100
+    assert not set(test.queries) & (trained | set(data.queries))
+    with pytest.raises(ConfigError, match="offline suite"):
+        validation_set(None, 1, split="test")
 
 
 def test_validation_refuses_a_classification_task():
