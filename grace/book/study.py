@@ -262,7 +262,8 @@ def swap_markdown(records: dict[str, dict]) -> str:
         lines.append(f"| {cell} | {' | '.join(cells)} |")
     return (
         "\n".join(lines)
-        + f"\n\n{first['task']} validation, {first['queries']} queries in {first['clusters']}"
+        + f"\n\n{first['task']} {first.get('split', 'validation')}, {first['queries']} queries"
+        f" in {first['clusters']}"
         " clusters; greedy rationales of the training length; *trained* is each column's model."
     )
 
