@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from contextlib import nullcontext
 from pathlib import Path
 
 import datasets
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, set_seed
 from transformers.integrations import integration_utils
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import TrainerState
@@ -444,6 +445,24 @@ def train(config: TrainConfig, callbacks: list | None = None):
         return _train(config, callbacks, main)
 
 
+class Diverged(ConfigError):
+    """Training produced a non-finite loss or gradient norm: the run stops unfinished."""
+
+
+class StopOnNonFinite(TrainerCallback):
+    """Stop a run whose loss or gradient norm is NaN or infinite, naming the step: its weights
+    are lost to NaN, and a run marked finished would be reused and score as if it were fine."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "grad_norm"):
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(float(value)):
+                raise Diverged(
+                    f"training diverged at step {state.global_step} ({key} {value}); the run "
+                    f"is not finished: lower the learning rate (now {args.learning_rate:g})."
+                )
+
+
 def check_reporters(report_to: list[str] | str) -> None:
     """Refuse a ``logging.report_to`` integration that is not installed before any folder is
     touched: the Trainer would fail only after the model loads (a fresh GPU box has no
@@ -480,6 +499,7 @@ def _train(config: TrainConfig, callbacks: list | None, main: bool):
             f"{config.run.data}: {rows} training rows, but one step needs {needed}: "
             "give more data (or a larger run.max_examples)."
         )
+    trainer.add_callback(StopOnNonFinite())
     if config.validation.every:
         trainer.add_callback(validation_callback(config, trainer))
     for callback in callbacks or []:

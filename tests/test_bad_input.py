@@ -395,6 +395,18 @@ def test_embed_over_a_hard_link_leaves_the_other_name_whole(tmp_path, files):
     np.testing.assert_array_equal(np.load(tmp_path / "kept.npy"), np.ones(3))
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [["learning_rate=1e12"], ["run.method=contrastive", "baselines.lr=1e12", "baselines.steps=3"]],
+)
+def test_a_diverged_run_stops_unfinished_naming_the_step(tmp_path, settings, capsys):
+    argv = ["train", "--config", "tiny", "--set", f"output_dir={tmp_path}"]
+    assert main([*argv, *(f"--set={s}" for s in settings)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.search(r"training diverged at step \d+ \((loss|grad_norm) (nan|inf)\)", err)
+    assert not (tmp_path / "log_history.json").exists()
+
+
 def test_ctrl_c_says_how_to_resume_without_a_traceback(monkeypatch, capsys):
     def interrupted(config, callbacks=None):
         raise KeyboardInterrupt
