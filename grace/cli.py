@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     from grace.config import ConfigError
     from grace.data import DataError
     from grace.encoder import CacheError
-    from grace.models import ModelLoadError
+    from grace.models import ContextTooLong, ModelLoadError
     from grace.runs import WriteError
 
     try:
@@ -447,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     except (
         CacheError,
         ConfigError,
+        ContextTooLong,
         DataError,
         ModelLoadError,
         ReproduceError,

@@ -25,7 +25,13 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grace.constants import MAX_NEW_TOKENS, MODES
-from grace.models import ModelLoadError, load_model, model_fingerprint, quantize_int8
+from grace.models import (
+    ModelLoadError,
+    check_fits,
+    load_model,
+    model_fingerprint,
+    quantize_int8,
+)
 from grace.prompts import SYSTEM_PROMPT, build_prompts, system_prefix_length
 from grace.rationale import (
     Branch,
@@ -233,6 +239,14 @@ class GraceEncoder:
                 "GraceEncoder.from_pretrained(..., int8=True) or grace.models.quantize_int8."
             )
         self.prefix_length = system_prefix_length(tokenizer, self.config.system_prompt)
+        new = 0 if self.config.mode == "direct" else self.config.max_new_tokens
+        check_fits(
+            model,
+            self.prefix_length,
+            self.config.max_input_tokens,
+            new,
+            "max_input_tokens + max_new_tokens",
+        )
         self.cache = None
         if self.config.cache_dir:
             self.cache = RationaleCache(self.config.cache_dir, model.config.vocab_size)

@@ -52,6 +52,25 @@ class ModelLoadError(RuntimeError):
     """A model name could not be turned into a model; the message says what was tried."""
 
 
+class ContextTooLong(ValueError):
+    """Token lengths that the model's positions cannot hold."""
+
+
+def check_fits(model: PreTrainedModel, prefix: int, text: int, new: int, names: str) -> None:
+    """Refuse a prompt of ``prefix`` + ``text`` tokens plus ``new`` generated ones beyond the
+    model's positions: generation would run for hours, then fail or wrap around."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    needed = prefix + text + new + TEMPLATE_SLACK
+    if positions and needed > positions:
+        raise ContextTooLong(
+            f"{names} ({text} + {new}) with the {prefix}-token system prefix need {needed} "
+            f"positions; the model has {positions}: lower them."
+        )
+
+
+TEMPLATE_SLACK = 16  # the user turn's end and the assistant header, about 5 tokens in ChatML
+
+
 def cache_dir() -> Path:
     """Where converted models live: ``$GRACE_CACHE`` or ``~/.cache/grace``."""
     return Path(os.environ.get("GRACE_CACHE", Path.home() / ".cache" / "grace"))

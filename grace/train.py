@@ -29,7 +29,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from grace.baselines import build_contrastive_trainer
 from grace.config import ConfigError, TrainConfig
 from grace.encoder import EncoderConfig, save_encoder_settings
-from grace.models import load_model
+from grace.models import check_fits, load_model
 from grace.prompts import build_prompts, prompt_token_ids, system_prefix_length
 from grace.rationale import (
     SamplingConfig,
@@ -331,6 +331,14 @@ def build_grpo_trainer(config: TrainConfig, single_pass: bool = True):
     from grace.rollouts import GraceGRPOTrainer
 
     model, tokenizer = load_model(config.run.model, dtype=config.adaptation.torch_dtype)
+    policy = config.policy
+    check_fits(
+        model,
+        system_prefix_length(tokenizer, policy.system_prompt),
+        policy.max_prompt_tokens,
+        policy.max_completion_length,
+        "policy.max_prompt_tokens + policy.max_completion_length",
+    )
     peft_config = config.peft_config(model)
     top = config.adaptation.train_top_layers
     if top is not None:

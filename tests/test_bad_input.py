@@ -151,6 +151,27 @@ def test_bad_argument_is_one_line_and_status_2(argv, message, files, tmp_path, n
     assert not os.path.exists(names["out"])
 
 
+TRAIN_RUN = ["train", "--config", "tiny", "--set", "output_dir={folder}/run"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (EMBED + ["--max-new-tokens", "20000"], "max_input_tokens + max_new_tokens (1024 + 20000)"),
+        (
+            TRAIN_RUN + ["--set", "policy.max_completion_length=100000"],
+            "policy.max_prompt_tokens + policy.max_completion_length (64 + 100000)",
+        ),
+    ],
+)
+def test_lengths_beyond_the_models_positions_are_one_line(argv, message, files, tmp_path, capsys):
+    names = {**files, "out": str(tmp_path / "out.npy")}
+    assert main([arg.format(**names) for arg in argv]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in last and "the model has 4096" in last
+    assert not os.path.exists(names["out"])
+
+
 def test_embed_writes_the_output_path_exactly_as_given(tmp_path, files, capsys):
     for name in ("emb.bin", "no_suffix"):
         output = tmp_path / name
