@@ -581,6 +581,19 @@ def test_book_refuses_a_folder_missing_some_notebooks(tmp_path, capsys):
     assert f"lacks executed copies of {notebooks()[1].name}" in err and err.count("\n") == 1
 
 
+def test_reproduce_refuses_an_unknown_profile_and_its_own_sources_before_running(tmp_path, capsys):
+    from grace.book.reproduce import NOTEBOOK_DIR
+
+    assert main(["reproduce", "--profile", "nosuch", "--output", str(tmp_path)]) == 2
+    assert "No profile 'nosuch'" in capsys.readouterr().err
+    sources = {p.name: p.read_bytes() for p in NOTEBOOK_DIR.glob("*.ipynb")}
+    root = NOTEBOOK_DIR.parent
+    assert main(["reproduce", "--profile", "tiny", "--only", "1", "--output", str(root)]) == 2
+    assert "over their sources" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in NOTEBOOK_DIR.glob("*.ipynb")} == sources
+    assert not list(tmp_path.iterdir())  # nothing written for the unknown profile
+
+
 def test_reproduce_says_how_many_notebooks_ran(monkeypatch, capsys):
     """Issue 24: `--only 1` printed "All notebooks done"."""
     import grace.book.reproduce

@@ -82,9 +82,17 @@ def reproduce(
     """Execute the notebooks; returns the summary written to ``output/reproduce.json``."""
     import papermill
 
+    from grace.config import load_config
+
     selected = notebooks(only, folder)  # before anything is written: refuses an empty folder
+    load_config(profile)  # an unknown profile fails here, not inside the first notebook
     output = Path(output or workdir() / "runs" / profile).resolve()
     executed = output / "notebooks"
+    if executed == folder.resolve():
+        raise ReproduceError(
+            f"--output {output} would write the executed notebooks over their sources in "
+            f"{folder}: choose another folder."
+        )
     executed.mkdir(parents=True, exist_ok=True)
     summary = read_summary(output)
     if summary.get("profile") not in (None, profile):
