@@ -123,11 +123,11 @@ def contrastive_arguments(config: TrainConfig) -> TrainingArguments:
         arguments["max_steps"] = steps
     if baselines.lr is not None:
         arguments["learning_rate"] = baselines.lr
-    return TrainingArguments(
-        **arguments,
+    arguments |= dict(
         per_device_train_batch_size=config.baselines.batch_size,
         dataloader_drop_last=True,  # in-batch negatives want full batches
     )
+    return config.build_arguments(TrainingArguments, arguments)
 
 
 def build_contrastive_trainer(config: TrainConfig) -> ContrastiveTrainer:

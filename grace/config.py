@@ -137,6 +137,9 @@ class OptimConfig:
     warmup_steps: int = 0
     num_train_epochs: float = 2.0
     max_steps: int = -1  # > 0 overrides num_train_epochs
+    # Any other keyword of transformers' TrainingArguments or trl's GRPOConfig, passed as is:
+    # fp16, tf32, optim, ddp_timeout, deepspeed, fsdp, vllm_gpu_memory_utilization, ...
+    trainer_arguments: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}.")
@@ -411,6 +414,21 @@ class TrainConfig:
             max_tokens=self.policy.max_prompt_tokens,
         )
 
+    def build_arguments(self, cls: type, arguments: dict):
+        """``cls(**arguments)`` (``TrainingArguments`` or trl's ``GRPOConfig``) with
+        ``optim.trainer_arguments`` added; what grace sets is set only by its own settings, and
+        a keyword ``cls`` refuses is one line."""
+        extra = self.optim.trainer_arguments
+        clash = sorted(set(extra) & set(arguments))
+        check(
+            not clash,
+            f"optim.trainer_arguments {clash} are set from grace's own settings; use those.",
+        )
+        try:
+            return cls(**arguments, **extra)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"optim.trainer_arguments {extra}: {error}") from None
+
     def trainer_arguments(self) -> dict:
         """The ``TrainingArguments`` every method shares (trl's configs extend them)."""
         import torch
@@ -491,6 +509,10 @@ def coerce(value, hint, where: str):
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}.")
         return [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is dict:
+        if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+            return dict(value)
+        raise ConfigError(f"{where}: expected a mapping of names to values, got {value!r}.")
     if hint is bool:
         if isinstance(value, bool):
             return value

@@ -302,21 +302,24 @@ def grpo_arguments(config: TrainConfig):
     from trl import GRPOConfig
 
     policy, grpo = config.policy, config.grpo
-    return GRPOConfig(
-        **config.trainer_arguments(),
-        per_device_train_batch_size=grpo.per_device_train_batch_size,
-        gradient_accumulation_steps=grpo.gradient_accumulation_steps,
-        generation_batch_size=grpo.prompts_per_generation * policy.num_generations,
-        num_generations=policy.num_generations,
-        max_completion_length=policy.max_completion_length,
-        temperature=policy.temperature,
-        top_p=policy.top_p,
-        top_k=0,
-        beta=grpo.beta,
-        epsilon=grpo.epsilon,
-        scale_rewards=grpo.scale_rewards,
-        use_vllm=config.adaptation.use_vllm,
-        vllm_mode=config.adaptation.vllm_mode,
+    return config.build_arguments(
+        GRPOConfig,
+        config.trainer_arguments()
+        | dict(
+            per_device_train_batch_size=grpo.per_device_train_batch_size,
+            gradient_accumulation_steps=grpo.gradient_accumulation_steps,
+            generation_batch_size=grpo.prompts_per_generation * policy.num_generations,
+            num_generations=policy.num_generations,
+            max_completion_length=policy.max_completion_length,
+            temperature=policy.temperature,
+            top_p=policy.top_p,
+            top_k=0,
+            beta=grpo.beta,
+            epsilon=grpo.epsilon,
+            scale_rewards=grpo.scale_rewards,
+            use_vllm=config.adaptation.use_vllm,
+            vllm_mode=config.adaptation.vllm_mode,
+        ),
     )
 
 

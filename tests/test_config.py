@@ -257,3 +257,19 @@ def test_a_relative_extends_is_read_beside_the_profile(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # not the profiles' folder
     config = load_config(str(folder / "child.yaml"))
     assert config.optim.learning_rate == 0.002 and config.optim.max_steps == 3
+
+
+def test_trainer_arguments_pass_any_other_trl_keyword_and_refuse_ours():
+    from grace.baselines import contrastive_arguments
+
+    config = load_config("tiny", ["trainer_arguments={optim: adafactor, ddp_timeout: 60}"])
+    arguments = grpo_arguments(config)
+    assert arguments.optim == "adafactor" and arguments.ddp_timeout == 60
+    assert contrastive_arguments(config).optim == "adafactor"
+    assert config.settings_hash() != load_config("tiny").settings_hash()  # it may change weights
+    with pytest.raises(ConfigError, match=r"\['learning_rate'\] are set from grace's own"):
+        grpo_arguments(load_config("tiny", ["trainer_arguments={learning_rate: 1}"]))
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'nosuch'"):
+        grpo_arguments(load_config("tiny", ["trainer_arguments={nosuch: 1}"]))
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config("tiny", ["trainer_arguments=[1]"])
