@@ -385,6 +385,8 @@ class TrainConfig:
         """What makes two runs train the same weights: all but logging, evaluation, folder and
         the sections this run's method never reads."""
         left_out = {*NOT_TRAINING, *UNREAD_BY[self.run.method], "run.output_dir"}
+        if not self.optim.trainer_arguments:  # added later: runs recorded before keep their hash
+            left_out.add("optim.trainer_arguments")
         return {
             section: {k: v for k, v in values.items() if f"{section}.{k}" not in left_out}
             for section, values in self.to_dict().items()

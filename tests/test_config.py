@@ -267,6 +267,8 @@ def test_trainer_arguments_pass_any_other_trl_keyword_and_refuse_ours():
     assert arguments.optim == "adafactor" and arguments.ddp_timeout == 60
     assert contrastive_arguments(config).optim == "adafactor"
     assert config.settings_hash() != load_config("tiny").settings_hash()  # it may change weights
+    # Left out of a run's identity while empty, so runs recorded before it keep theirs.
+    assert "trainer_arguments" not in load_config("tiny").training_settings()["optim"]
     with pytest.raises(ConfigError, match=r"\['learning_rate'\] are set from grace's own"):
         grpo_arguments(load_config("tiny", ["trainer_arguments={learning_rate: 1}"]))
     with pytest.raises(ConfigError, match="unexpected keyword argument 'nosuch'"):
