@@ -302,7 +302,7 @@ def distinct_files(**paths: str | None) -> None:
 def run_embed(args: argparse.Namespace) -> None:
     from grace.data import read_texts
     from grace.encoder import GraceEncoder
-    from grace.runs import atomic_output
+    from grace.files import atomic_output
 
     distinct_files(input=args.input, output=args.output, rationales_out=args.rationales_out)
     texts = read_texts(args.input, skip_blank=False)  # row i of the output is line i
@@ -350,7 +350,7 @@ def run_eval(args: argparse.Namespace) -> None:
         to_markdown,
     )
     from grace.evaluation.model import MINILM
-    from grace.runs import write_text_atomically
+    from grace.files import write_text_atomically
 
     if args.results_cache and (args.lengths or args.greedy):
         raise UsageError(
@@ -439,8 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     from grace.config import ConfigError
     from grace.data import DataError
     from grace.encoder import CacheError
+    from grace.files import WriteError
     from grace.models import ContextTooLong, ModelLoadError
-    from grace.runs import WriteError
 
     try:
         args.run(args)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grace.constants import MAX_NEW_TOKENS, MODES
+from grace.files import write_text_atomically
 from grace.models import (
     ModelLoadError,
     check_fits,
@@ -633,8 +634,6 @@ PORTABLE = (
 
 def save_encoder_settings(folder: str | Path, config: EncoderConfig) -> Path:
     """``encoder_config.json`` beside a model's weights: how this model embeds text."""
-    from grace.runs import write_text_atomically  # not at the top: grace.runs imports us
-
     path = Path(folder) / ENCODER_CONFIG
     write_text_atomically(path, json.dumps({k: getattr(config, k) for k in PORTABLE}, indent=2))
     return path

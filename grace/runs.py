@@ -23,39 +23,13 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 
 from grace.config import ConfigError, TrainConfig, from_dict
 from grace.constants import RUN_CONFIG_FILE
+from grace.files import appended_records, write_text_atomically
 from grace.models import safetensors_problem
 
 HISTORY_FILE = "log_history.json"
-
-
-class WriteError(RuntimeError):
-    """A file could not be written (a full disk, say); the file it would replace is kept."""
-
-
-@contextmanager
-def atomic_output(path: str | Path, binary: bool = False) -> Iterator[IO]:
-    """A handle whose contents replace ``path`` only once all are written: a full disk, an
-    error or a stop midway leaves the previous file whole, and a hard link to the old file
-    (an input, say) keeps its contents."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with open(partial, "wb" if binary else "w", encoding=None if binary else "utf-8") as out:
-            yield out
-        os.replace(partial, path)
-    except OSError as error:
-        raise WriteError(f"{path}: could not be written ({error}); nothing was replaced.") from None
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def write_text_atomically(path: str | Path, text: str) -> None:
-    with atomic_output(path) as out:
-        out.write(text)
 
 
 def saved_hash(folder: str | Path) -> str | None:
@@ -194,26 +168,6 @@ def check_checkpoint(checkpoint: str | Path | None) -> None:
 
 #: A GRACE run's sampled rollouts, one JSON line per sampled step (``GraceReward``).
 SAMPLES_FILE = "rationales.jsonl"
-
-
-def appended_records(path: str | Path, repair: bool = False) -> list[dict]:
-    """The records of a JSON-lines file a run appends to, without a last line cut by a stop;
-    ``repair`` also cuts it from the file, so the next append starts a line of its own rather
-    than gluing onto it. A damaged earlier line is an error naming it."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            if number < len(lines):
-                message = f"{path}:{number} is not a JSON record: the file is damaged."
-                raise ConfigError(message) from None
-    if repair and (len(records) < len(lines) or not text.endswith("\n")):
-        path.write_text("".join(f"{line}\n" for line in lines[: len(records)]), encoding="utf-8")
-    return records
 
 
 def forget_samples_from(folder: str | Path, step: int) -> None:

@@ -33,7 +33,8 @@ from grace.config import ConfigError
 from grace.data import TASKS, movie_triples, rank_by_word_overlap, stable_fraction
 from grace.diagnostics import collapse_diagnostics
 from grace.encoder import EncoderConfig, GraceEncoder
-from grace.runs import appended_records, saved_config
+from grace.files import appended_records
+from grace.runs import saved_config
 
 METRICS = ("mrr", "margin")
 

@@ -392,7 +392,7 @@ def test_an_output_hard_linked_to_the_input_is_refused(tmp_path, files, capsys):
 
 
 def test_a_write_that_fails_midway_keeps_the_previous_file(tmp_path):
-    from grace.runs import WriteError, atomic_output
+    from grace.files import WriteError, atomic_output
 
     path = tmp_path / "report.json"
     path.write_text("previous")

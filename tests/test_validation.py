@@ -274,11 +274,12 @@ def test_validation_refuses_a_classification_task():
 
 
 def test_a_damaged_earlier_line_of_a_run_log_is_named(tmp_path):
-    from grace.runs import appended_records
+    from grace.data import DataError
+    from grace.files import appended_records
 
     path = tmp_path / "validation.jsonl"
     path.write_text('{"step": 0}\n{"st\n{"step": 2}\n')
-    with pytest.raises(ConfigError, match=r"validation.jsonl:2 is not a JSON record"):
+    with pytest.raises(DataError, match=r"validation.jsonl:2 is not a JSON record"):
         appended_records(path)
     path.write_text('{"step": 0}\n{"step": 1}')  # whole, but no line end: repaired
     assert appended_records(path, repair=True) == [{"step": 0}, {"step": 1}]

@@ -20,7 +20,7 @@ from grace.evaluation.intervals import task_intervals
 from grace.evaluation.model import MINILM, GraceMTEBModel, TextEncoder, minilm_encoder
 from grace.evaluation.results import bar_chart, summarize, to_markdown, with_paper
 from grace.evaluation.tasks import OFFLINE_TASKS
-from grace.runs import write_text_atomically
+from grace.files import write_text_atomically
 
 PAPER_TASKS = {
     "Retrieval": "ArguAna CQADupstackRetrieval FiQA2018 NFCorpus SCIDOCS SciFact ClimateFEVER "
