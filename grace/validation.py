@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 
 from grace.config import ConfigError
@@ -538,7 +539,9 @@ def sweep_table(records: list[dict]):
     return pd.DataFrame(rows).set_index("variant")
 
 
-def swap_test(base: GraceEncoder, trained: GraceEncoder, data: ValidationSet) -> dict:
+def swap_test(
+    base: GraceEncoder, trained: GraceEncoder, data: ValidationSet, show_progress: bool = True
+) -> dict:
     """Writer or weights? Each model writes its rationales (greedy, as validation runs) and
     each embeds both models' rationales: the 2 x 2 cells, plus each model's direct and echo
     rows, scored on ``data`` and paired per query with the base model writing and embedding.
@@ -549,15 +552,22 @@ def swap_test(base: GraceEncoder, trained: GraceEncoder, data: ValidationSet) ->
     texts = data.queries + data.plots
     count = len(data.queries)
     models = {"base": base, "trained": trained}
-    written = {name: model.write(texts) for name, model in models.items()}
+    # Two writing passes and six embedding passes over every text: minutes on a CPU.
+    progress = tqdm(total=8, desc="swap test passes", disable=not show_progress)
+    written = {}
+    for name, model in models.items():
+        written[name] = model.write(texts)
+        progress.update()
     cap = base.config.max_new_tokens
     echo = [base.echo_ids(text, cap) for text in texts]
     values = {}
     for embedder, model in models.items():
-        for writer, completions in written.items():
-            values[f"{writer} writes, {embedder} embeds"] = model.embed_written(texts, completions)
-        values[f"{embedder}, direct"] = model.embed_written(texts, [[] for _ in texts])
-        values[f"{embedder}, echo"] = model.embed_written(texts, echo)
+        cells = {f"{writer} writes, {embedder} embeds": ids for writer, ids in written.items()}
+        cells |= {f"{embedder}, direct": [[] for _ in texts], f"{embedder}, echo": echo}
+        for cell, completions in cells.items():
+            values[cell] = model.embed_written(texts, completions)
+            progress.update()
+    progress.close()
     mrr = {
         name: query_scores(vectors[:count], vectors[count:], data)["mrr"]
         for name, vectors in values.items()
