@@ -77,11 +77,11 @@ def task_runs() -> str:
     return "\n\n".join(readings)
 
 
-def swaps(suffix: str = "") -> str:  # suffix "-test": the test split, read once
+def swaps() -> str:
     records = {
         label: json.loads(path.read_text())
         for name, label in SWAPS.items()
-        if (path := ROOT / "results" / "swap" / f"{name}{suffix}.json").exists()
+        if (path := ROOT / "results" / "swap" / f"{name}.json").exists()
     }
     return swap_markdown(records) if records else "No swap test recorded yet."
 
@@ -102,7 +102,6 @@ BLOCKS = {
     "headroom-table": ("book/study.md", lambda: headroom_markdown(headroom())),
     "task-run": ("book/study.md", task_runs),
     "swap-table": ("book/study.md", swaps),
-    "swap-test": ("book/study.md", lambda: swaps("-test")),
 }
 
 
