@@ -482,10 +482,10 @@ def check_reporters(report_to: list[str] | str) -> None:
     for name in names:
         if name in ("none", "all"):
             continue
-        available = getattr(integration_utils, f"is_{name}_available", None)
         if name not in integration_utils.INTEGRATION_TO_CALLBACK:
             known = ", ".join(integration_utils.INTEGRATION_TO_CALLBACK)
             raise ConfigError(f"logging.report_to={name} is not a logger; use none or {known}.")
+        available = getattr(integration_utils, f"is_{name}_available", None)
         if available is not None and not available():
             extra = " (the package's `gpu` extra has it)" if name == "tensorboard" else ""
             raise ConfigError(

@@ -105,6 +105,11 @@ def validation_set(
     return ValidationSet(queries, list(plots), positive, negative)
 
 
+def run_validation_set(settings, split: str = "validation") -> ValidationSet:
+    """``validation_set`` as a run's ``ValidationConfig`` (``config.validation``) names it."""
+    return validation_set(settings.movies, settings.reviews_per_movie, settings.task, split)
+
+
 def mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
 
@@ -319,7 +324,7 @@ def prompts_per_step(config) -> int:
 def validation_callback(config, trainer: Trainer) -> ValidationCallback:
     """The callback for a run's ``TrainConfig``."""
     settings = config.validation
-    data = validation_set(settings.movies, settings.reviews_per_movie, settings.task)
+    data = run_validation_set(settings)
     return ValidationCallback(
         trainer,
         trainer.processing_class,
@@ -337,8 +342,7 @@ def paired_change(
     each as the run validates it (``after_changes``: encoder settings changed for ``after``,
     e.g. ``{"mode": "echo"}``): their scores and the paired change, each with its standard
     error."""
-    held = config.validation
-    data = validation_set(held.movies, held.reviews_per_movie, held.task)
+    data = run_validation_set(config.validation)
     settings = vars(validation_encoder(config))
     sides = (("before", before, settings), ("after", after, settings | (after_changes or {})))
     values = {}
@@ -591,7 +595,7 @@ def run_swap_test(folder: str | Path, split: str = "validation") -> dict:
     question is what a rationale does)."""
     config = saved_config(folder)
     held = config.validation
-    data = validation_set(held.movies, held.reviews_per_movie, held.task, split)
+    data = run_validation_set(held, split)
     settings = vars(validation_encoder(config)) | {"mode": "rationale"}
     base = GraceEncoder.from_pretrained(config.run.model, **settings)
     trained = GraceEncoder.from_pretrained(str(folder), **settings)

@@ -29,8 +29,8 @@ from grace.validation import (  # noqa: E402
     clustered_stderr,
     mean_and_stderr,
     query_scores,
+    run_validation_set,
     validation_encoder,
-    validation_set,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ def system_turn_length(encoder: GraceEncoder) -> int:
 
 def main() -> None:
     config = load_config("cpu-long")
-    data = validation_set(config.validation.movies, config.validation.reviews_per_movie)
+    data = run_validation_set(config.validation)
     tokens = config.policy.max_completion_length
     variants = {
         "direct": Variant(0),

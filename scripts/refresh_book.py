@@ -68,21 +68,19 @@ TASK_RUNS = {"task-lee-topic-paper": "GRACE on lee-topic", "task-lee-topic-cl": 
 SWAPS = {"task-lee-topic-paper-40": "GRACE, 40 steps", "task-lee-topic-cl": "+CL, 150 steps"}
 
 
+def recorded(folder: str, labels: dict[str, str]) -> dict[str, dict]:
+    """Book label -> record, for the names in ``labels`` recorded under ``results/folder``."""
+    paths = {label: ROOT / "results" / folder / f"{name}.json" for name, label in labels.items()}
+    return {label: json.loads(path.read_text()) for label, path in paths.items() if path.exists()}
+
+
 def task_runs() -> str:
-    readings = [
-        task_run_reading(json.loads(path.read_text()), label)
-        for name, label in TASK_RUNS.items()
-        if (path := ROOT / "results" / "sweep" / f"{name}.json").exists()
-    ]
-    return "\n\n".join(readings)
+    runs = recorded("sweep", TASK_RUNS)
+    return "\n\n".join(task_run_reading(record, label) for label, record in runs.items())
 
 
 def swaps() -> str:
-    records = {
-        label: json.loads(path.read_text())
-        for name, label in SWAPS.items()
-        if (path := ROOT / "results" / "swap" / f"{name}.json").exists()
-    }
+    records = recorded("swap", SWAPS)
     return swap_markdown(records) if records else "No swap test recorded yet."
 
 
