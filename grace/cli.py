@@ -83,8 +83,10 @@ def input_file(text: str) -> str:
     path = Path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text}: no such file")
-    if not path.is_file():
+    if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: is a folder, not a file")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: not a regular file (a pipe or a device)")
     return text
 
 
@@ -96,7 +98,7 @@ def existing_folder(text: str) -> str:
 
 def output_file(text: str) -> str:
     """A file path that can be written: not a folder, and in a folder that can be made."""
-    if Path(text).is_dir():
+    if Path(text).is_dir() or text.endswith(("/", os.sep)):
         raise argparse.ArgumentTypeError(f"{text}: is a folder; give a file name")
     if Path(text).exists() and not os.access(text, os.W_OK):
         raise argparse.ArgumentTypeError(f"{text}: the file is not writable")
@@ -276,8 +278,16 @@ def encoder_settings(args: argparse.Namespace) -> dict:
         "batch_size",
         "cache_dir",
     )
+    from grace.encoder import EncoderConfig, saved_encoder_settings
+
     settings = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    return settings | ({"int8": True} if args.int8 else {})
+    settings |= {"int8": True} if args.int8 else {}
+    try:  # options that are each fine may not fit together, or with the folder's saved ones
+        merged = saved_encoder_settings(args.model) | settings
+        EncoderConfig(**{name: value for name, value in merged.items() if name != "device"})
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return settings
 
 
 class UsageError(ValueError):
@@ -359,6 +369,13 @@ def run_eval(args: argparse.Namespace) -> None:
         )
     resolve_tasks(args.suite)  # unknown names or an unreachable hub fail before the model loads
     if args.model == MINILM:
+        ignored = [f"--{name.replace('_', '-')}" for name in encoder_settings(args)]
+        ignored += ["--lengths"] * bool(args.lengths) + ["--greedy"] * args.greedy
+        if ignored:
+            raise UsageError(
+                f"{', '.join(ignored)}: {MINILM} is a sentence-transformers encoder, with no "
+                "rationales to write; drop them."
+            )
         model = minilm_encoder()
     else:
         model = GraceMTEBModel(args.model, **encoder_settings(args))

@@ -45,18 +45,19 @@ def read_lines(path: str | Path, skip_blank: bool = True) -> list[tuple[int, str
         raise DataError(f"{path}: no such file.")
     if path.is_dir():
         raise DataError(f"{path}: is a folder, not a file.")
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file (a pipe or a device); give a file.")
     lines = []
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise DataError(
-                    f"{path}, line {number}: not UTF-8 (byte {error.start + 1} of the line is "
-                    f"{raw[error.start]:#04x}); save the file as UTF-8."
-                ) from error
-            line = line.removesuffix("\n").removesuffix("\r")
-            lines.append((number, line.removeprefix("\ufeff") if number == 1 else line))
+    # bytes.splitlines ends lines at \n, \r\n and \r alone (old Mac files), nothing else.
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DataError(
+                f"{path}, line {number}: not UTF-8 (byte {error.start + 1} of the line is "
+                f"{raw[error.start]:#04x}); save the file as UTF-8."
+            ) from error
+        lines.append((number, line.removeprefix("\ufeff") if number == 1 else line))
     while lines and not lines[-1][1].strip():
         lines.pop()
     blank = {number for number, line in lines if not line.strip()}

@@ -70,9 +70,17 @@ class EncoderConfig:
         for name in ("num_rationales", "batch_size", "max_input_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.seed < 0:
+            raise ValueError(f"seed must be 0 or more, got {self.seed}.")
         SamplingConfig(  # checks those three
             temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens
         )
+        if self.draws > self.batch_size:
+            raise ValueError(
+                f"num_rationales={self.num_rationales} is more than batch_size={self.batch_size}: "
+                "a text's rationales are sampled together, in one batch. Raise batch_size or "
+                "lower num_rationales."
+            )
 
     @property
     def draws(self) -> int:
@@ -652,7 +660,9 @@ def saved_encoder_settings(name_or_path: str) -> dict:
         unknown = sorted(set(settings) - set(PORTABLE))
         if unknown:
             raise ValueError(f"unknown keys {unknown}; valid: {sorted(PORTABLE)}")
-        EncoderConfig(**settings)  # values checked as any EncoderConfig's
+        from grace.config import build_section  # grace.config imports this module
+
+        build_section(EncoderConfig, settings, str(path))  # types and values, as a profile's
     except (ValueError, TypeError) as error:  # JSONDecodeError and UnicodeDecodeError included
         raise ModelLoadError(
             f"{path}: not a usable encoder configuration ({error}); fix it, or delete it to "

@@ -138,6 +138,11 @@ PROBES = [
         "must split into micro-batches of grpo.per_device_train_batch_size=3",
     ),
     (["book", "--executed", "{folder}"], "holds no executed notebooks"),
+    # Issue 36: a hang, a file named after a folder, options silently ignored.
+    (EMBED + ["--num-rationales", "100000"], "num_rationales=100000 is more than batch_size=8"),
+    (["eval", "--model", "tiny-random", "--output", "{folder}/new/"], "is a folder; give a file"),
+    (["eval", "--model", "minilm", "--lengths", "0,8"], "--lengths: minilm is a sentence-"),
+    (["eval", "--model", "minilm", "--greedy", "--max-new-tokens", "4"], "--max-new-tokens, --gr"),
 ]
 
 
@@ -187,6 +192,7 @@ def test_embed_writes_the_output_path_exactly_as_given(tmp_path, files, capsys):
     [
         (b"\xef\xbb\xbffirst\nsecond\n", ["first", "second"]),  # the BOM is dropped
         (b"first\r\nsecond\r\n\r\n\n", ["first", "second"]),  # CRLF; blank lines at the end
+        (b"first\rsecond\rthird\r", ["first", "second", "third"]),  # CR alone (old Mac)
         (b"first\n \nthird\n", "line 2: blank line"),  # row i of the output must be line i
         (b"first\n\xff\n", "line 2: not UTF-8 (byte 1 of the line is 0xff)"),
         (b'{"text": "a"}\n\n{"text": "c"}\n', "line 2: blank line"),
@@ -475,6 +481,10 @@ def test_a_damaged_checkpoint_is_named_before_resuming(tmp_path, capsys):
         ("{broken", "not a usable encoder configuration (Expecting property name"),
         ('{"mode": "rationale", "colour": 1}', "unknown keys ['colour']"),
         ('{"max_new_tokens": 0}', "max_new_tokens"),
+        ('{"seed": -5}', "seed must be 0 or more"),
+        ('{"seed": 1.5}', "seed: expected int, got 1.5"),
+        ('{"system_prompt": 42}', "system_prompt: expected str, got 42"),
+        ('{"num_rationales": 16}', "num_rationales=16 is more than batch_size=8"),
         ("[1, 2]", "expected a JSON object"),
     ],
 )
@@ -605,3 +615,13 @@ def test_reproduce_says_how_many_notebooks_ran(monkeypatch, capsys):
     assert main(["reproduce", "--only", "1", "--profile", "tiny"]) == 0
     out = capsys.readouterr().out
     assert f"1 of {len(notebooks())} notebooks done" in out and "without --only" in out
+
+
+def test_a_pipe_as_input_is_named_a_pipe(tmp_path, no_model, capsys):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    argv = ["embed", "--model", "tiny-random", "--input", str(fifo), "--output", "e.npy"]
+    assert main(argv) == 2
+    assert f"--input: {fifo}: not a regular file (a pipe or a device)" in capsys.readouterr().err
+    with pytest.raises(DataError, match="not a regular file"):
+        read_texts(fifo)
