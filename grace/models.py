@@ -16,6 +16,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -166,6 +167,22 @@ def safetensors_problem(path: Path) -> str | None:
     return None if actual >= expected else f"truncated: {actual} of {expected} bytes"
 
 
+def pickle_problem(path: Path) -> str | None:
+    """Why a torch pickle (a checkpoint's optimizer, scheduler or RNG state) cannot be loaded
+    safely, or None: damaged, or holding objects beyond tensors and numpy arrays, which
+    could run code and are refused unread (``weights_only``)."""
+    from transformers.trainer_pt_utils import safe_globals  # the numpy types trl's RNG state holds
+
+    try:
+        with safe_globals():
+            torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        return "holds objects beyond tensors (a pickle that could run code), refused unread"
+    except (OSError, RuntimeError, EOFError, ValueError) as error:
+        return f"unreadable ({str(error).splitlines()[0]})"
+    return None
+
+
 def _load_pretrained(
     name_or_path: str, dtype: torch.dtype
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -187,6 +204,11 @@ def _load_pretrained(
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    except pickle.UnpicklingError:
+        raise ModelLoadError(
+            f"{name_or_path}: its weights are a pickle holding objects beyond tensors (it could "
+            "run code), refused unread; use a safetensors copy from a source you trust."
+        ) from None
     except (OSError, ValueError) as error:
         local = Path(name_or_path).exists()
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")

@@ -27,7 +27,7 @@ from pathlib import Path
 from grace.config import ConfigError, TrainConfig, from_dict
 from grace.constants import RUN_CONFIG_FILE
 from grace.files import appended_records, write_text_atomically
-from grace.models import safetensors_problem
+from grace.models import pickle_problem, safetensors_problem
 
 HISTORY_FILE = "log_history.json"
 
@@ -158,6 +158,10 @@ def check_checkpoint(checkpoint: str | Path | None) -> None:
         problem = safetensors_problem(weights)
         if problem:
             problems[weights.name] = problem
+    for state in sorted([*folder.glob("*.pt"), *folder.glob("*.pth")]):  # what resuming loads
+        problem = pickle_problem(state)
+        if problem:
+            problems[state.name] = problem
     if problems:
         found = "; ".join(f"{folder / name}: {why}" for name, why in problems.items())
         raise ConfigError(

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import grace.baselines
 import grace.encoder
 import grace.train
 from grace.book.reproduce import ReproduceError, notebooks
 from grace.cli import main
+from grace.config import ConfigError
 from grace.data import DataError, read_texts, read_triples
 from grace.encoder import CacheError, EncoderConfig, GraceEncoder
 from grace.evaluation import HubRequired, resolve_tasks
@@ -462,7 +464,16 @@ def test_a_damaged_checkpoint_is_named_before_resuming(tmp_path, capsys):
     argv = ["train", "--config", "tiny", "--set", f"run.output_dir={tmp_path}"]
     assert main([*argv, "--set", "optim.max_steps=1"]) == 0
     checkpoint = tmp_path / "checkpoint-1"
-    check_checkpoint(checkpoint)  # a good one passes
+    check_checkpoint(checkpoint)  # a good one passes: optimizer, scheduler and RNG state load
+    optimizer = checkpoint / "optimizer.pt"
+    kept = optimizer.read_bytes()
+    torch.save({"state": Path("anything")}, optimizer)  # an object, not tensors: refused unread
+    with pytest.raises(ConfigError, match="optimizer.pt: holds objects beyond tensors"):
+        check_checkpoint(checkpoint)
+    optimizer.write_bytes(kept[:100])
+    with pytest.raises(ConfigError, match=r"optimizer.pt: unreadable \("):
+        check_checkpoint(checkpoint)
+    optimizer.write_bytes(kept)
     (tmp_path / "log_history.json").unlink()  # as if stopped after the checkpoint
     weights = checkpoint / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
@@ -625,3 +636,18 @@ def test_a_pipe_as_input_is_named_a_pipe(tmp_path, no_model, capsys):
     assert f"--input: {fifo}: not a regular file (a pipe or a device)" in capsys.readouterr().err
     with pytest.raises(DataError, match="not a regular file"):
         read_texts(fifo)
+
+
+def test_pickled_model_weights_beyond_tensors_are_refused_in_one_line(tmp_path, files, capsys):
+    from grace.models import build_tiny_random
+
+    model, tokenizer = build_tiny_random()
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "model.safetensors").unlink()
+    torch.save({"weights": Path("anything")}, tmp_path / "model" / "pytorch_model.bin")
+    argv = ["embed", "--model", str(tmp_path / "model"), "--input", files["texts"]]
+    assert main([*argv, "--output", str(tmp_path / "e.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "its weights are a pickle holding objects beyond tensors" in err
+    assert err.count("\n") == 1 and "weights_only=False" not in err
