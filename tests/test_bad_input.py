@@ -646,6 +646,7 @@ def test_pickled_model_weights_beyond_tensors_are_refused_in_one_line(tmp_path, 
     tokenizer.save_pretrained(tmp_path / "model")
     (tmp_path / "model" / "model.safetensors").unlink()
     torch.save({"weights": Path("anything")}, tmp_path / "model" / "pytorch_model.bin")
+    capsys.readouterr()  # the save's progress bar
     argv = ["embed", "--model", str(tmp_path / "model"), "--input", files["texts"]]
     assert main([*argv, "--output", str(tmp_path / "e.npy")]) == 2
     err = capsys.readouterr().err
