@@ -16,8 +16,10 @@ so a report written under other settings is never reused.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import time
 import warnings
 from collections.abc import Iterator
@@ -61,33 +63,64 @@ def prepare_run_folder(config: TrainConfig) -> Path:
     """Make ``run.output_dir`` the folder of these settings; returns it.
 
     A run folder written under other settings is moved aside to ``<name>.previous-<its
-    hash>`` (a new name each time: nothing is deleted), with a warning. A folder that holds
+    hash>`` (a new name each time: nothing is deleted), with a warning; a run of these
+    settings moved aside earlier is moved back (``restore_moved_run``). A folder that holds
     files but no run is refused: it is not ours to move.
     """
     folder = Path(config.run.output_dir)
-    if folder.exists() and any(folder.iterdir()):
-        found = saved_hash(folder)
-        if found is None:
-            raise ConfigError(
-                f"run.output_dir={folder} holds files but no run ({RUN_CONFIG_FILE} is missing or "
-                "unreadable); choose an empty or new folder."
-            )
-        if found != config.settings_hash():
-            aside = folder.with_name(f"{folder.name}.previous-{found}")
-            number = 1
-            while aside.exists():
-                number += 1
-                aside = folder.with_name(f"{folder.name}.previous-{found}-{number}")
-            folder.rename(aside)
-            warnings.warn(
-                f"{folder} held a run with other settings; moved it to {aside} (kept, not "
-                "deleted) and training anew.",
-                stacklevel=2,
-            )
+    restore_moved_run(config)
+    if saved_hash(folder) != config.settings_hash():
+        move_aside(folder)
     folder.mkdir(parents=True, exist_ok=True)
     record = {"settings_hash": config.settings_hash(), "config": config.to_dict()}
     write_text_atomically(folder / RUN_CONFIG_FILE, json.dumps(record, indent=2))
     return folder
+
+
+def move_aside(folder: Path) -> None:
+    """Move a run folder of other settings to ``<name>.previous-<its hash>[-n]``."""
+    if not folder.exists() or not any(folder.iterdir()):
+        return
+    found = saved_hash(folder)
+    if found is None:
+        raise ConfigError(
+            f"run.output_dir={folder} holds files but no run ({RUN_CONFIG_FILE} is missing or "
+            "unreadable); choose an empty or new folder."
+        )
+    aside = folder.with_name(f"{folder.name}.previous-{found}")
+    number = 1
+    while aside.exists():
+        number += 1
+        aside = folder.with_name(f"{folder.name}.previous-{found}-{number}")
+    folder.rename(aside)
+    warnings.warn(
+        f"{folder} held a run with other settings; moved it to {aside} (kept, not deleted).",
+        stacklevel=3,
+    )
+
+
+def restore_moved_run(config: TrainConfig) -> None:
+    """Move back the latest run of these settings that a start with other settings moved
+    aside: a command with one bad value, then the original command again, finds its run
+    (finished or resumable) instead of training from scratch."""
+    folder = Path(config.run.output_dir)
+    wanted = config.settings_hash()
+    if saved_hash(folder) == wanted:
+        return
+    prefix = f"{folder.name}.previous-{wanted}"
+    numbers = {}  # <prefix> is the first moved aside, <prefix>-2 the second, ...
+    for path in folder.parent.glob(glob.escape(prefix) + "*"):
+        rest = path.name.removeprefix(prefix)
+        if path.is_dir() and (not rest or re.fullmatch(r"-[0-9]+", rest)):
+            numbers[path] = int(rest[1:]) if rest else 1
+    if not numbers:
+        return
+    latest = max(numbers, key=numbers.get)
+    move_aside(folder)
+    if folder.exists():
+        folder.rmdir()  # empty: move_aside leaves only those
+    latest.rename(folder)
+    warnings.warn(f"{latest} held the run of these settings; moved it back to {folder}.", stacklevel=3)
 
 
 def is_main_process() -> bool:

@@ -46,6 +46,7 @@ from grace.runs import (
     is_main_process,
     mark_finished,
     prepare_run_folder,
+    restore_moved_run,
     run_lock,
     wait_for_run_folder,
 )
@@ -545,6 +546,7 @@ def last_step_state(checkpoint: str | None) -> TrainerState | None:
 def trained_model(config: TrainConfig) -> Path:
     """The folder of a finished run with these settings, training (or resuming) it if needed:
     a rerun reuses the model, and a change of any setting that decides the weights trains again."""
+    restore_moved_run(config)
     if is_finished(config.run.output_dir, config):
         reuse(config)
     else:

@@ -303,13 +303,13 @@ def test_a_run_folder_is_never_deleted_and_a_foreign_folder_never_moved(tmp_path
 
     folder = tmp_path / "run"
     config = load_config("tiny", [f"output_dir={folder}"])
-    for rate in (1e-3, 2e-3, 3e-3):  # settings changed twice: both earlier runs kept
+    for rate in (2e-3, 3e-3, 4e-3):  # settings changed twice: both earlier runs kept
         prepare_run_folder(config.with_changes({"optim.learning_rate": rate}))
         (folder / f"lr{rate}").write_text("weights")
     with pytest.warns(UserWarning, match="kept, not deleted"):
         prepare_run_folder(config)
     kept = sorted(p.name for p in tmp_path.glob("run.previous-*/lr*"))
-    assert kept == ["lr0.001", "lr0.002", "lr0.003"]
+    assert kept == ["lr0.002", "lr0.003", "lr0.004"]
     other = tmp_path / "notes"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
@@ -387,6 +387,21 @@ def test_a_logger_not_installed_is_refused_before_the_run_folder_moves(tmp_path,
     err = capsys.readouterr().err
     assert f"logging.report_to={logger}" in err and err.count("\n") == 1
     assert not [p for p in tmp_path.iterdir() if ".previous-" in p.name]  # nothing moved aside
+    assert (run / "model.safetensors").read_bytes() == weights
+
+
+def test_a_run_moved_aside_by_a_failed_start_is_moved_back(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--config", "tiny", "--set", f"run.output_dir={run}"]
+    assert main(argv) == 0
+    weights = (run / "model.safetensors").read_bytes()
+    typo = ["--set", "adaptation.lora=true", "--set", "adaptation.lora_target_modules=[nosuch]"]
+    with pytest.warns(UserWarning, match="kept, not deleted"):
+        assert main([*argv, *typo]) == 2  # refused only once the model is loaded
+    assert "name no linear layer of the model" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="moved it back"):
+        assert main(argv) == 0
+    assert "holds a finished run with these settings; reused" in capsys.readouterr().out
     assert (run / "model.safetensors").read_bytes() == weights
 
 

@@ -140,6 +140,13 @@ def test_a_finished_run_is_reused_only_under_equal_settings(tmp_path, monkeypatc
     assert (aside / "model.safetensors").read_bytes() == weights
     assert folder == tmp_path
 
+    # The first settings again: their run, moved aside, is moved back and reused.
+    monkeypatch.setattr(grace.train, "build_grpo_trainer", lambda c: pytest.fail("retrained"))
+    with pytest.warns(UserWarning, match="moved it back"):
+        assert trained_model(first) == tmp_path
+    assert (tmp_path / "model.safetensors").read_bytes() == weights
+    assert not aside.exists()
+
 
 def test_split_groups_are_refused():
     assert check_whole_groups(["a"] * 4 + ["b"] * 4, 4) == 2
