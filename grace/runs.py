@@ -120,7 +120,9 @@ def restore_moved_run(config: TrainConfig) -> None:
     if folder.exists():
         folder.rmdir()  # empty: move_aside leaves only those
     latest.rename(folder)
-    warnings.warn(f"{latest} held the run of these settings; moved it back to {folder}.", stacklevel=3)
+    warnings.warn(
+        f"{latest} held the run of these settings; moved it back to {folder}.", stacklevel=3
+    )
 
 
 def is_main_process() -> bool:
