@@ -23,7 +23,7 @@ import re
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from grace.config import ConfigError, TrainConfig, from_dict
@@ -146,24 +146,36 @@ def wait_for_run_folder(config: TrainConfig, seconds: float = 600.0) -> Path:
     return folder
 
 
-@contextmanager
-def run_lock(folder: str | Path) -> Iterator[None]:
-    """Hold ``<folder>.lock`` (beside the folder, which may be moved aside) while a run writes:
-    a second process on the same folder stops with an error instead of resuming the first's
-    checkpoints or writing its log twice. The lock goes with the process that holds it."""
-    import fcntl
-
+def run_lock(folder: str | Path) -> AbstractContextManager[None]:
+    """Hold ``<folder>.lock`` while a run writes. It lies beside the folder, not in it, because
+    a folder of other settings is moved aside under the lock."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    path = folder.with_name(folder.name + ".lock")
-    with open(path, "a+", encoding="utf-8") as handle:
+    return folder_lock(folder, folder.with_name(folder.name + ".lock"))
+
+
+@contextmanager
+def folder_lock(folder: Path, path: Path) -> Iterator[None]:
+    """Hold the lock file ``path`` for ``folder``: a second process writing the same folder
+    stops with an error instead of resuming the first's checkpoints or overwriting its
+    records. The lock goes with the process that holds it."""
+    import fcntl
+
+    try:
+        handle = open(path, "a+", encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(
+            f"{path}: cannot write the lock that guards {folder} ({error.strerror}); choose a "
+            "folder inside one you can write."
+        ) from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as error:
             handle.seek(0)
             raise ConfigError(
-                f"{folder} is being written by another run (process {handle.read().strip()}); "
-                "wait for it, or choose another run.output_dir."
+                f"{folder} is being written by another process ({handle.read().strip()}); "
+                "wait for it, or choose another folder."
             ) from error
         except OSError as error:  # a file system without locks (some network mounts)
             warnings.warn(f"{path}: cannot lock ({error}); not guarding {folder}.", stacklevel=3)

@@ -330,11 +330,22 @@ def test_one_run_at_a_time_writes_a_folder(tmp_path):
     from grace.runs import run_lock
 
     with run_lock(tmp_path / "run"):
-        with pytest.raises(ConfigError, match=f"another run \\(process {os.getpid()}\\)"):
+        with pytest.raises(ConfigError, match=f"another process \\({os.getpid()}\\)"):
             with run_lock(tmp_path / "run"):
                 pass
     with run_lock(tmp_path / "run"):  # released with the first holder
         pass
+
+
+def test_one_reproduce_at_a_time_writes_an_output_folder(tmp_path):
+    from grace.book.reproduce import reproduce
+    from grace.config import ConfigError
+    from grace.runs import folder_lock
+
+    with folder_lock(tmp_path, tmp_path / ".lock"):  # another `grace reproduce` holds it
+        with pytest.raises(ConfigError, match="being written by another process"):
+            reproduce("tiny", tmp_path, only=[1])
+    assert not (tmp_path / "reproduce.json").exists()
 
 
 def test_too_few_training_rows_is_an_error_not_an_untrained_model(tmp_path, capsys):

@@ -80,9 +80,8 @@ def reproduce(
     kernel: str = "python3",
 ) -> dict:
     """Execute the notebooks; returns the summary written to ``output/reproduce.json``."""
-    import papermill
-
     from grace.config import load_config
+    from grace.runs import folder_lock
 
     selected = notebooks(only, folder)  # before anything is written: refuses an empty folder
     load_config(profile)  # an unknown profile fails here, not inside the first notebook
@@ -94,6 +93,14 @@ def reproduce(
             f"{folder}: choose another folder."
         )
     executed.mkdir(parents=True, exist_ok=True)
+    with folder_lock(output, output / ".lock"):  # one reproduce at a time writes its summary
+        return _reproduce(profile, output, selected, resume, kernel)
+
+
+def _reproduce(profile: str, output: Path, selected: list[Path], resume: bool, kernel: str) -> dict:
+    import papermill
+
+    executed = output / "notebooks"
     summary = read_summary(output)
     if summary.get("profile") not in (None, profile):
         summary["notebooks"] = {}  # results of another profile are not ours to reuse
