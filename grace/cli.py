@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -476,13 +477,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"grace {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = {
-            "train": "run the same command again to resume from the last checkpoint",
-            "reproduce": "run it again: the finished notebooks are skipped",
-        }.get(args.command, "nothing was written")
-        print(f"\ngrace {args.command}: interrupted; {hint}.", file=sys.stderr)
+        print(f"\ngrace {args.command}: interrupted; {rerun_hint(args.command)}.", file=sys.stderr)
         return 130
+    except (OSError, RuntimeError) as error:
+        if not disk_full(error):
+            raise
+        where = f" while writing {error.filename}" if getattr(error, "filename", None) else ""
+        print(
+            f"grace {args.command}: error: the disk is full{where}; free some space, then "
+            f"{rerun_hint(args.command, after_stop=False)}.",
+            file=sys.stderr,
+        )
+        return 2
     return 0
+
+
+def rerun_hint(command: str, after_stop: bool = True) -> str:
+    """What to do after a stop: a run resumes, a reproduce skips what finished."""
+    return {
+        "train": "run the same command again to resume from the last checkpoint",
+        "reproduce": "run it again: the finished notebooks are skipped",
+    }.get(command, "nothing was written" if after_stop else "run it again")
+
+
+def disk_full(error: BaseException) -> bool:
+    """A write that failed for want of space: an OSError, or torch's checkpoint writer."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "PytorchStreamWriter failed writing" in str(error) or "unexpected pos" in str(error)
 
 
 if __name__ == "__main__":

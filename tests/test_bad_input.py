@@ -472,6 +472,33 @@ def test_ctrl_c_says_how_to_resume_without_a_traceback(monkeypatch, capsys):
     assert "interrupted; run the same command again to resume" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("error", "where"),
+    [
+        (OSError(28, "No space left on device", "run/checkpoint-3/optimizer.pt"), "optimizer.pt"),
+        (RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0"), ""),
+    ],
+)
+def test_a_full_disk_while_training_is_one_line(monkeypatch, error, where, capsys):
+    def full(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(grace.train, "train", full)
+    assert main(["train", "--config", "tiny", "--set", "run.output_dir=/tmp/unused-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("grace train: error: the disk is full") and err.count("\n") == 1
+    assert where in err and "run the same command again to resume" in err
+
+
+def test_other_runtime_errors_are_not_called_a_full_disk(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(grace.train, "train", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["train", "--config", "tiny", "--set", "run.output_dir=/tmp/unused-run"])
+
+
 def test_ctrl_c_during_embed_writes_nothing(monkeypatch, files, tmp_path, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
