@@ -154,8 +154,8 @@ class RationaleCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = self._open()
         except sqlite3.DatabaseError as error:
-            if "locked" in str(error) or "unable to open" in str(error):  # not the file's fault
-                raise CacheError(
+            if any(cause in str(error) for cause in ("locked", "unable to open", "disk is full")):
+                raise CacheError(  # not the file's fault: it is kept as it is
                     f"Cannot open the rationale cache {self.path} ({error})."
                 ) from error
             aside = self.path.with_name(self.path.name + ".corrupt")
@@ -217,8 +217,9 @@ class RationaleCache:
         try:
             yield
         except sqlite3.Error as error:
+            fix = "Free some space" if "disk is full" in str(error) else "Delete it"
             raise CacheError(
-                f"The rationale cache {self.path} failed ({error}). Delete it, or run without "
+                f"The rationale cache {self.path} failed ({error}). {fix}, or run without "
                 "a cache (no --cache-dir; cache_dir=None)."
             ) from error
 

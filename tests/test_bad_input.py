@@ -282,6 +282,31 @@ def test_cache_failing_mid_run_names_the_file_and_the_fix(tiny, texts, tmp_path)
         encoder.encode(texts[:1])
 
 
+def test_a_full_disk_is_never_blamed_on_the_cache_file(tiny, texts, tmp_path, monkeypatch):
+    from grace.encoder import RationaleCache
+
+    encoder = GraceEncoder(*tiny, max_new_tokens=6, cache_dir=str(tmp_path))
+    encoder.encode(texts[:1])
+    kept = (tmp_path / "rationales.sqlite").read_bytes()
+
+    def full(self):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(RationaleCache, "_open", full)
+    with pytest.raises(CacheError, match="Cannot open the rationale cache .*disk is full"):
+        GraceEncoder(*tiny, max_new_tokens=6, cache_dir=str(tmp_path))
+    assert (tmp_path / "rationales.sqlite").read_bytes() == kept  # neither moved nor rebuilt
+    assert not (tmp_path / "rationales.sqlite.corrupt").exists()
+
+    class FullDisk:
+        def __getattr__(self, name):
+            raise sqlite3.OperationalError("database or disk is full")
+
+    encoder.cache.db = FullDisk()
+    with pytest.raises(CacheError, match=r"disk is full\)\. Free some space, or run without"):
+        encoder.encode(texts[1:2])
+
+
 def test_unopenable_cache_is_an_error_with_status_2(tmp_path, files, capsys):
     (tmp_path / "cache" / "rationales.sqlite").mkdir(parents=True)  # a folder where the file goes
     argv = ["embed", "--model", "tiny-random", "--input", files["texts"], "--device", "cpu"]
