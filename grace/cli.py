@@ -310,12 +310,27 @@ def distinct_files(**paths: str | None) -> None:
                 )
 
 
+def outside_model(model: str, **paths: str | None) -> None:
+    """Refuse an output inside a local model folder: it could replace the model's own files
+    (``--output M/model.safetensors``)."""
+    if not Path(model).is_dir():
+        return
+    folder = Path(model).resolve()
+    for name, path in paths.items():
+        if path and folder in Path(path).expanduser().resolve().parents:
+            raise UsageError(
+                f"--{name.replace('_', '-')} {path} lies inside the model folder {model}, "
+                "where it could replace the model's files; write it elsewhere."
+            )
+
+
 def run_embed(args: argparse.Namespace) -> None:
     from grace.data import read_texts
     from grace.encoder import GraceEncoder
     from grace.files import atomic_output
 
     distinct_files(input=args.input, output=args.output, rationales_out=args.rationales_out)
+    outside_model(args.model, output=args.output, rationales_out=args.rationales_out)
     texts = read_texts(args.input, skip_blank=False)  # row i of the output is line i
     encoder = GraceEncoder.from_pretrained(args.model, **encoder_settings(args))
     embeddings, rationales = encoder.encode_with_rationales(texts, show_progress_bar=True)
@@ -369,6 +384,7 @@ def run_eval(args: argparse.Namespace) -> None:
             "--results-cache resumes one suite of one encoding; --lengths and --greedy "
             "score several from one generation: drop one or the other."
         )
+    outside_model(args.model, output=args.output, results_cache=args.results_cache)
     resolve_tasks(args.suite)  # unknown names or an unreachable hub fail before the model loads
     if args.model == MINILM:
         ignored = [f"--{name.replace('_', '-')}" for name in encoder_settings(args)]

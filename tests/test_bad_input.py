@@ -441,6 +441,19 @@ def test_a_run_moved_aside_by_a_failed_start_is_moved_back(tmp_path, capsys):
     assert (run / "model.safetensors").read_bytes() == weights
 
 
+def test_no_output_lands_inside_the_model_folder(tmp_path, files, no_model, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    for argv in (
+        ["eval", "--model", str(model), "--output", str(model / "model.safetensors")],
+        ["embed", "--model", str(model), "--input", files["texts"], "--output", f"{model}/e.npy"],
+    ):
+        assert main(argv) == 2
+        assert "lies inside the model folder" in capsys.readouterr().err
+    assert (model / "model.safetensors").read_bytes() == b"weights"
+
+
 def test_an_output_hard_linked_to_the_input_is_refused(tmp_path, files, capsys):
     linked = tmp_path / "linked.npy"
     os.link(files["texts"], linked)
