@@ -429,7 +429,8 @@ class TrainConfig:
         try:
             return cls(**arguments, **extra)
         except (TypeError, ValueError) as error:
-            raise ConfigError(f"optim.trainer_arguments {extra}: {error}") from None
+            where = f"optim.trainer_arguments {extra}" if extra else cls.__name__
+            raise ConfigError(f"{where}: {error}") from None
 
     def trainer_arguments(self) -> dict:
         """The ``TrainingArguments`` every method shares (trl's configs extend them)."""

@@ -13,6 +13,7 @@ trainer embeds with a second pass), and hands them to the reward, which only sco
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import math
 from contextlib import nullcontext
@@ -495,9 +496,24 @@ def check_reporters(report_to: list[str] | str) -> None:
             )
 
 
+def check_machine(config: TrainConfig) -> None:
+    """Refuse settings this machine cannot run before any folder is touched or model loaded:
+    a logger or vLLM that is not installed, bf16 autocast without a GPU."""
+    check_reporters(config.logging.report_to)
+    if config.adaptation.use_vllm and importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            "adaptation.use_vllm=true but vLLM is not installed: pip install 'trl[vllm]' (on a "
+            "CUDA machine), or --set use_vllm=false."
+        )
+    if config.adaptation.bf16 and not torch.cuda.is_available():
+        raise ConfigError(
+            "adaptation.bf16=true needs a CUDA GPU and this machine has none: --set bf16=false."
+        )
+
+
 def _train(config: TrainConfig, callbacks: list | None, main: bool):
     set_seed(config.run.seed)
-    check_reporters(config.logging.report_to)
+    check_machine(config)
     output = prepare_run_folder(config) if main else wait_for_run_folder(config)
     if config.run.method == "grace":
         trainer = build_grpo_trainer(config)

@@ -93,6 +93,12 @@ def validation_set(
         for movie, rows in by_movie.items()
         if movies is None or len(rows) >= reviews_per_movie
     ]
+    if not eligible:
+        most = max(len(rows) for rows in by_movie.values())
+        raise ConfigError(
+            f"validation.reviews_per_movie={reviews_per_movie}: no training movie has that many "
+            f"validation reviews (the most is {most}); lower it."
+        )
     chosen = sorted(eligible, key=lambda m: stable_fraction(m, "validation-movies"))[:movies]
     plots: dict[str, int] = {}
     queries, positive, negative = [], [], []

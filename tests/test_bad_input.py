@@ -140,7 +140,10 @@ PROBES = [
         "must split into micro-batches of grpo.per_device_train_batch_size=3",
     ),
     (["book", "--executed", "{folder}"], "holds no executed notebooks"),
-    # Issue 36: a hang, a file named after a folder, options silently ignored.
+    # Issue 36: a hang, a file named after a folder, options silently ignored, settings this
+    # machine cannot run.
+    (["train", "--config", "tiny", "--set", "use_vllm=true"], "vLLM is not installed"),
+    (["train", "--config", "tiny", "--set", "bf16=true"], "bf16=true needs a CUDA GPU"),
     (EMBED + ["--num-rationales", "100000"], "num_rationales=100000 is more than batch_size=8"),
     (["eval", "--model", "tiny-random", "--output", "{folder}/new/"], "is a folder; give a file"),
     (["eval", "--model", "minilm", "--lengths", "0,8"], "--lengths: minilm is a sentence-"),
@@ -743,3 +746,11 @@ def test_pickled_model_weights_beyond_tensors_are_refused_in_one_line(tmp_path, 
     err = capsys.readouterr().err
     assert "its weights are a pickle holding objects beyond tensors" in err
     assert err.count("\n") == 1 and "weights_only=False" not in err
+
+
+def test_more_validation_reviews_than_any_movie_has_is_one_line():
+    from grace.config import ConfigError
+    from grace.validation import validation_set
+
+    with pytest.raises(ConfigError, match="reviews_per_movie=1000: no training movie has that"):
+        validation_set(4, 1000)
