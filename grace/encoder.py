@@ -664,7 +664,7 @@ def saved_encoder_settings(name_or_path: str) -> dict:
         from grace.config import build_section  # grace.config imports this module
 
         build_section(EncoderConfig, settings, str(path))  # types and values, as a profile's
-    except (ValueError, TypeError) as error:  # JSONDecodeError and UnicodeDecodeError included
+    except (ValueError, TypeError, RecursionError) as error:  # also JSON nested too deep
         raise ModelLoadError(
             f"{path}: not a usable encoder configuration ({error}); fix it, or delete it to "
             "embed with the defaults."

@@ -41,7 +41,7 @@ def saved_hash(folder: str | Path) -> str | None:
         return None
     try:
         return json.loads(path.read_text())["settings_hash"]
-    except (json.JSONDecodeError, KeyError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: nested too deep
         return None
 
 

@@ -590,6 +590,8 @@ def test_a_damaged_checkpoint_is_named_before_resuming(tmp_path, capsys):
         ('{"seed": 1.5}', "seed: expected int, got 1.5"),
         ('{"system_prompt": 42}', "system_prompt: expected str, got 42"),
         ('{"num_rationales": 16}', "num_rationales=16 is more than batch_size=8"),
+        ('{"unused": ' + "[" * 100_000 + "]" * 100_000 + "}", "not a usable encoder"),
+        ('{"seed": ' + "9" * 5000 + "}", "Exceeds the limit (4300 digits)"),
         ("[1, 2]", "expected a JSON object"),
     ],
 )
@@ -607,7 +609,13 @@ def test_a_damaged_encoder_config_is_one_line(tmp_path, files, content, message,
 
 
 def test_a_damaged_run_record_is_one_line(tmp_path, capsys):
-    for content, message in (("{oops", "Expecting property name"), ("{}", "'notebooks' mapping")):
+    deep = "[" * 100_000 + "]" * 100_000
+    for content, message in (
+        ("{oops", "Expecting property name"),
+        ("{}", "'notebooks' mapping"),
+        ('{"notebooks": {}, "x": ' + deep + "}", "not a readable run record"),
+        ('{"notebooks": {}, "x": ' + "7" * 5000 + "}", "Exceeds the limit"),
+    ):
         (tmp_path / "reproduce.json").write_text(content)
         assert main(["reproduce", "--profile", "tiny", "--output", str(tmp_path)]) == 2
         err = capsys.readouterr().err
@@ -754,3 +762,11 @@ def test_more_validation_reviews_than_any_movie_has_is_one_line():
 
     with pytest.raises(ConfigError, match="reviews_per_movie=1000: no training movie has that"):
         validation_set(4, 1000)
+
+
+def test_a_run_record_nested_too_deep_or_with_a_huge_number_is_no_run(tmp_path):
+    from grace.runs import saved_hash
+
+    for content in ("[" * 100_000 + "]" * 100_000, '{"settings_hash": ' + "1" * 5000 + "}", "[]"):
+        (tmp_path / "grace_config.json").write_text(content)
+        assert saved_hash(tmp_path) is None

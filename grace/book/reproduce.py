@@ -64,7 +64,7 @@ def read_summary(output: Path) -> dict:
         summary = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(summary, dict) or not isinstance(summary.get("notebooks"), dict):
             raise ValueError("expected an object with a 'notebooks' mapping")
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:  # RecursionError: JSON nested too deep
         raise ReproduceError(
             f"{path}: not a readable run record ({error}); delete it to run every notebook again."
         ) from error
