@@ -249,8 +249,11 @@ def model_identity(model: str) -> str:
     return saved_hash(model) or model
 
 
-# Encoder settings that never change a score (where rationales are stored, how rows are
-# batched), and those that only matter when rationales are sampled.
+# Encoder settings that change a score only by float rounding (where rationales are stored,
+# how rows are batched): another batch's padding, or a cached rationale fed in one forward
+# pass instead of decoded token by token, moves an embedding by ~1e-7, which can still flip a
+# k-means assignment in a clustering task. Then those that only matter when rationales are
+# sampled.
 NOT_SCORING = ("cache_dir", "batch_size")
 SAMPLING = ("max_new_tokens", "temperature", "top_p", "seed", "num_rationales", "single_pass")
 
