@@ -6,6 +6,7 @@ import mteb
 import numpy as np
 import pytest
 from mteb.models.model_meta import ScoringFunction
+from mteb.types import PromptType
 
 from grace.cli import main
 from grace.encoder import GraceEncoder
@@ -34,7 +35,7 @@ SCORE_RANGE = {"STS": (-1.0, 1.0)}
 def random_encoder() -> TextEncoder:
     """Embeddings drawn from a text's hash: same text, same vector; no meaning at all."""
 
-    def encode(texts):
+    def encode(texts, batch_size=None):
         seeds = [int(hashlib.sha256(t.encode()).hexdigest()[:8], 16) for t in texts]
         return np.stack([np.random.default_rng(s).standard_normal(64) for s in seeds])
 
@@ -145,7 +146,9 @@ def test_model_meta_names_weights_and_settings(tiny):
 def test_each_distinct_text_is_encoded_once():
     seen = []
     encoder = TextEncoder(
-        lambda texts: seen.extend(texts) or np.eye(4)[len(seen) - len(texts) : len(seen)],
+        lambda texts, batch_size: (
+            seen.extend(texts) or np.eye(4)[len(seen) - len(texts) : len(seen)]
+        ),
         model_meta("test/count", "1", 4, None),
     )
     batches = [{"text": ["a", "b"]}, {"text": ["a", "c", "b"]}]
@@ -316,7 +319,7 @@ def test_a_suite_with_a_results_cache_resumes_task_by_task(tiny, tmp_path):
         def __init__(self):
             super().__init__(GraceEncoder(*tiny), mode="direct")
             inner = self.encode_texts
-            self.encode_texts = lambda texts: encoded.extend(texts) or inner(texts)
+            self.encode_texts = lambda texts, size: encoded.extend(texts) or inner(texts, size)
 
     cache = tmp_path / "mteb-cache"
     first = evaluate(Counting(), "LeeSTS", results_cache=cache)  # as if stopped after LeeSTS
@@ -330,3 +333,48 @@ def test_a_suite_with_a_results_cache_resumes_task_by_task(tiny, tmp_path):
     encoded.clear()
     evaluate(Counting(), "LeeSTS")  # no cache: measured again
     assert lee_texts <= set(encoded)
+
+
+def test_mtebs_batch_size_and_prompt_types_reach_the_encoder():
+    calls = []
+    encoder = TextEncoder(
+        lambda texts, batch_size: (
+            calls.append((list(texts), batch_size)) or np.eye(4)[: len(texts)]
+        ),
+        model_meta("test/prompts", "1", 4, None),
+        batch_size=7,
+        prompts={"query": "query: "},
+    )
+    batches = [{"text": ["a", "b"]}]
+    encoder.encode(batches, task_metadata=None, hf_split="t", hf_subset="d")
+    encoder.encode(
+        batches,
+        task_metadata=None,
+        hf_split="t",
+        hf_subset="d",
+        prompt_type=PromptType.query,
+        batch_size=16,
+    )
+    encoder.encode(
+        batches,
+        task_metadata=None,
+        hf_split="t",
+        hf_subset="d",
+        prompt_type=PromptType.document,
+        batch_size=16,
+    )
+    # Documents take no prompt: the same texts as before, already encoded.
+    assert calls == [(["a", "b"], 7), (["query: a", "query: b"], 16)]
+    with pytest.raises(ValueError, match="prompt types are query and document"):
+        TextEncoder(lambda t, b: None, model_meta("test/x", "1", 4, None), prompts={"passage": "p"})
+
+
+def test_grace_model_card_and_batch_size_come_from_the_encoder(tiny):
+    model = GraceMTEBModel(GraceEncoder(*tiny), mode="direct", batch_size=5)
+    meta = model.mteb_model_meta
+    assert model.batch_size == 5
+    assert meta.max_tokens == tiny[0].config.max_position_embeddings
+    assert meta.memory_usage_mb == round(tiny[0].num_parameters() * 4 / 2**20)
+    assert meta.reference == "https://arxiv.org/abs/2510.04506"
+    prompted = GraceMTEBModel(GraceEncoder(*tiny), mode="direct", prompts={"query": "q: "})
+    assert prompted.mteb_model_meta.revision != meta.revision

@@ -178,7 +178,8 @@ def evaluate(
         Path(output).parent.mkdir(parents=True, exist_ok=True)  # fails now, not after the run
     cache = mteb.ResultCache(cache_path=results_cache) if results_cache else None
     start = time.perf_counter()
-    result = mteb.evaluate(model, tasks, cache=cache, show_progress_bar=True)
+    batch = {"batch_size": model.batch_size} if model.batch_size else {}  # else mteb's 32
+    result = mteb.evaluate(model, tasks, cache=cache, encode_kwargs=batch, show_progress_bar=True)
     seconds = time.perf_counter() - start
     label = label or model.mteb_model_meta.name
     records = task_records(result, tasks)

@@ -17,13 +17,26 @@ import numpy as np
 from mteb.models import ModelMeta
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ScoringFunction
+from mteb.types import PromptType
 
 from grace.data import package_file
 from grace.encoder import GraceEncoder
 from grace.models import model_fingerprint
 
+GRACE_PAPER = "https://arxiv.org/abs/2510.04506"
 
-def model_meta(name: str, revision: str, embed_dim: int, n_parameters: int | None) -> ModelMeta:
+
+def model_meta(
+    name: str,
+    revision: str,
+    embed_dim: int,
+    n_parameters: int | None,
+    max_tokens: int | None = None,
+    bytes_per_parameter: int = 4,
+    reference: str | None = None,
+) -> ModelMeta:
+    """mteb's model card: what is known offline (size, memory, context, where it is from)."""
+    memory = None if n_parameters is None else round(n_parameters * bytes_per_parameter / 2**20)
     return ModelMeta(
         loader=None,
         name=name,
@@ -31,39 +44,60 @@ def model_meta(name: str, revision: str, embed_dim: int, n_parameters: int | Non
         release_date=None,
         languages=["eng-Latn"],
         n_parameters=n_parameters,
-        memory_usage_mb=None,
-        max_tokens=None,
+        memory_usage_mb=memory,
+        max_tokens=max_tokens,
         embed_dim=embed_dim,
         license=None,
         open_weights=True,
         public_training_code=None,
         public_training_data=None,
         framework=["PyTorch"],
+        reference=reference,
         similarity_fn_name=ScoringFunction.COSINE,
         use_instructions=False,
         training_datasets=None,
     )
 
 
+Encode = Callable[[list[str], int | None], np.ndarray]
+
+
 class TextEncoder(AbsEncoder):
-    """An mteb encoder around any ``encode(list[str]) -> (N, H) array`` function.
+    """An mteb encoder around any ``encode(texts, batch_size) -> (N, H) array`` function.
 
     Each distinct text is encoded once for the encoder's lifetime: tasks share texts, STS and
     pair tasks repeat them, and a rationale costs seconds (a text keeps the one rationale it
-    got, as with the on-disk rationale cache). No task instructions are added, as in the paper.
+    got, as with the on-disk rationale cache). mteb's ``batch_size`` is passed on (``None``
+    when mteb gives none: the encoder's own). No instruction is added by default, as in the
+    paper, which embeds queries and documents alike; ``prompts`` (``{"query": "...",
+    "document": "..."}``, as sentence-transformers names them) puts one before each text of
+    that type.
     """
 
-    def __init__(self, encode: Callable[[list[str]], np.ndarray], meta: ModelMeta) -> None:
+    def __init__(
+        self,
+        encode: Encode,
+        meta: ModelMeta,
+        batch_size: int | None = None,
+        prompts: dict[str, str] | None = None,
+    ) -> None:
+        unknown = sorted(set(prompts or {}) - {t.value for t in PromptType})
+        if unknown:
+            raise ValueError(f"prompts {unknown}: mteb's prompt types are query and document.")
         self.encode_texts = encode
         self.mteb_model_meta = meta
+        self.batch_size = batch_size
+        self.prompts = dict(prompts or {})
         self.model = None
         self.memory: dict[str, np.ndarray] = {}
 
     def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
-        texts = [text for batch in inputs for text in batch["text"]]
+        prompt = self.prompts.get(prompt_type.value, "") if prompt_type else ""
+        texts = [prompt + text for batch in inputs for text in batch["text"]]
         new = [text for text in dict.fromkeys(texts) if text not in self.memory]
         if new:
-            embeddings = np.asarray(self.encode_texts(new), dtype=np.float32)
+            batch_size = kwargs.get("batch_size", self.batch_size)
+            embeddings = np.asarray(self.encode_texts(new, batch_size), dtype=np.float32)
             self.memory.update(zip(new, embeddings, strict=True))
         return np.stack([self.memory[text] for text in texts])
 
@@ -81,6 +115,7 @@ class GraceMTEBModel(TextEncoder):
         mode: str | None = None,
         name: str | None = None,
         device: str | None = None,
+        prompts: dict[str, str] | None = None,
         **config,
     ) -> None:
         if mode is not None:
@@ -93,17 +128,25 @@ class GraceMTEBModel(TextEncoder):
             name = name or encoder.model.name_or_path
         self.encoder = encoder
         settings = {k: v for k, v in asdict(encoder.config).items() if k != "cache_dir"}
-        revision = hashlib.sha256(
-            json.dumps([model_fingerprint(encoder.model), settings], sort_keys=True).encode()
-        ).hexdigest()[:12]
+        identity = [model_fingerprint(encoder.model), settings] + ([prompts] if prompts else [])
+        revision = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+        weights = encoder.model
         meta = model_meta(
             f"grace/{Path(name).name}-{encoder.config.mode}",
             revision,
-            encoder.model.config.hidden_size,
-            encoder.model.num_parameters(),
+            weights.config.hidden_size,
+            weights.num_parameters(),
+            max_tokens=getattr(weights.config, "max_position_embeddings", None),
+            bytes_per_parameter=weights.dtype.itemsize,
+            reference=GRACE_PAPER,
         )
-        super().__init__(lambda texts: encoder.encode(texts, show_progress_bar=True), meta)
-        self.model = encoder.model
+        super().__init__(
+            lambda texts, batch_size: encoder.encode(texts, batch_size, show_progress_bar=True),
+            meta,
+            batch_size=encoder.config.batch_size,
+            prompts=prompts,
+        )
+        self.model = weights
 
 
 MINILM = "minilm"
@@ -125,7 +168,12 @@ def sentence_transformer_encoder(path: str, name: str | None = None) -> TextEnco
         "local",
         model.get_embedding_dimension(),
         sum(p.numel() for p in model.parameters()),
+        max_tokens=model.get_max_seq_length(),
+        reference=f"https://huggingface.co/{name}" if name else None,
     )
     return TextEncoder(
-        lambda texts: model.encode(texts, batch_size=32, normalize_embeddings=True), meta
+        lambda texts, batch_size: model.encode(
+            texts, batch_size=batch_size or 32, normalize_embeddings=True
+        ),
+        meta,
     )

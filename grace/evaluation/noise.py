@@ -64,7 +64,7 @@ class VariantBank:
             model.config.hidden_size,
             model.num_parameters(),
         )
-        return TextEncoder(lambda texts: self(texts, variants), meta)
+        return TextEncoder(lambda texts, batch_size=None: self(texts, variants), meta)
 
 
 def draw_variants(encoder: GraceEncoder, name: str, means: tuple[int, ...] = (2, 4)) -> dict:
