@@ -66,6 +66,12 @@ def headroom() -> list[dict]:  # written by scripts/headroom.py, by task then le
 # record name -> the book's label.
 TASK_RUNS = {"task-lee-topic-paper": "GRACE on lee-topic", "task-lee-topic-cl": "+CL on lee-topic"}
 SWAPS = {"task-lee-topic-paper-40": "GRACE, 40 steps", "task-lee-topic-cl": "+CL, 150 steps"}
+# The test split, read once after every choice was made on validation (40 steps: +CL's
+# plateau starts there, and GRACE's swap was measured there).
+SWAP_TESTS = {
+    "task-lee-topic-paper-40-test": "GRACE, 40 steps",
+    "task-lee-topic-cl-40-test": "+CL, 40 steps",
+}
 
 
 def recorded(folder: str, labels: dict[str, str]) -> dict[str, dict]:
@@ -79,8 +85,8 @@ def task_runs() -> str:
     return "\n\n".join(task_run_reading(record, label) for label, record in runs.items())
 
 
-def swaps() -> str:
-    records = recorded("swap", SWAPS)
+def swaps(labels: dict[str, str] = SWAPS) -> str:
+    records = recorded("swap", labels)
     return swap_markdown(records) if records else "No swap test recorded yet."
 
 
@@ -100,6 +106,7 @@ BLOCKS = {
     "headroom-table": ("book/study.md", lambda: headroom_markdown(headroom())),
     "task-run": ("book/study.md", task_runs),
     "swap-table": ("book/study.md", swaps),
+    "swap-test": ("book/study.md", lambda: swaps(SWAP_TESTS)),
 }
 
 
