@@ -347,22 +347,9 @@ def test_mtebs_batch_size_and_prompt_types_reach_the_encoder():
     )
     batches = [{"text": ["a", "b"]}]
     encoder.encode(batches, task_metadata=None, hf_split="t", hf_subset="d")
-    encoder.encode(
-        batches,
-        task_metadata=None,
-        hf_split="t",
-        hf_subset="d",
-        prompt_type=PromptType.query,
-        batch_size=16,
-    )
-    encoder.encode(
-        batches,
-        task_metadata=None,
-        hf_split="t",
-        hf_subset="d",
-        prompt_type=PromptType.document,
-        batch_size=16,
-    )
+    for prompt_type in (PromptType.query, PromptType.document):
+        split = dict(task_metadata=None, hf_split="t", hf_subset="d", prompt_type=prompt_type)
+        encoder.encode(batches, **split, batch_size=16)
     # Documents take no prompt: the same texts as before, already encoded.
     assert calls == [(["a", "b"], 7), (["query: a", "query: b"], 16)]
     with pytest.raises(ValueError, match="prompt types are query and document"):
