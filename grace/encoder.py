@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import sqlite3
+import typing
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -661,15 +662,26 @@ def saved_encoder_settings(name_or_path: str) -> dict:
         unknown = sorted(set(settings) - set(PORTABLE))
         if unknown:
             raise ValueError(f"unknown keys {unknown}; valid: {sorted(PORTABLE)}")
-        from grace.config import build_section  # grace.config imports this module
-
-        build_section(EncoderConfig, settings, str(path))  # types and values, as a profile's
+        check_types(settings)
+        EncoderConfig(**settings)  # values checked as any EncoderConfig's
     except (ValueError, TypeError, RecursionError) as error:  # also JSON nested too deep
         raise ModelLoadError(
             f"{path}: not a usable encoder configuration ({error}); fix it, or delete it to "
             "embed with the defaults."
         ) from error
     return settings
+
+
+def check_types(settings: dict) -> None:
+    """Refuse saved settings of the wrong JSON type (a seed of 1.5, a system prompt of 42),
+    which EncoderConfig itself would take and fail on only after generation."""
+    hints = typing.get_type_hints(EncoderConfig)
+    for name, value in settings.items():
+        allowed = typing.get_args(hints[name]) or (hints[name],)
+        accepted = allowed + ((int,) if float in allowed else ())
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, accepted):
+            wanted = " or ".join(t.__name__ for t in allowed)
+            raise ValueError(f"{name}: expected {wanted}, got {value!r}")
 
 
 def mean_of_draws(draws: np.ndarray) -> np.ndarray:
