@@ -514,6 +514,12 @@ def read_sweep(folder: str | Path) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted(Path(folder).glob("*.json"))]
 
 
+def tuning_sweep(folder: str | Path) -> list[dict]:
+    """The records of the ``cpu`` profile's tuning sweep (48 validation queries): those of the
+    study (``study-*``, 268 queries) and of other tasks (``task-*``) are the study chapter's."""
+    return [r for r in read_sweep(folder) if not r["variant"].startswith(("study-", "task-"))]
+
+
 def describe_sweep(records: list[dict]) -> str:
     """How many sweep records rose on validation, judged from each curve (``verdict``)."""
     if not records:

@@ -79,3 +79,72 @@ def test_prose_quotes_only_numbers_the_results_hold(page):
     numbers_in(chance_level(RTReviewPlotRetrieval()), known)
     assert len(quoted) > 5  # the section was found and holds its numbers
     assert sorted(quoted - known) == []
+
+
+def test_legends_use_the_books_names_not_folder_names():
+    from grace.book.notebooks import book_label
+
+    assert book_label("contrastive") == "+CL" and book_label("simcse") == "SimCSE"
+    assert book_label("grace-supervised") == "GRACE supervised"
+    assert book_label("grace-contrastive-lr1e-4") == "GRACE, contrastive reward, lr 1e-4"
+    assert book_label("grace-paper-lr1e-5-top6") == "GRACE, paper's reward, lr 1e-5, top 6 layers"
+    assert book_label("cl-lr2e-5-150") == "+CL, lr 2e-5, 150 steps"
+    assert book_label("study-cl") == "+CL" and book_label("study-kl-400") == "kl-400"
+
+
+def test_the_tuning_sweep_leaves_the_study_and_other_tasks_out():
+    from grace.validation import read_sweep, tuning_sweep
+
+    folder = Path(__file__).resolve().parent.parent / "results" / "sweep"
+    tuning = {r["variant"] for r in tuning_sweep(folder)}
+    everything = {r["variant"] for r in read_sweep(folder)}
+    assert tuning and tuning < everything
+    assert not any(v.startswith(("study-", "task-")) for v in tuning)
+    assert {v for v in everything - tuning} == {
+        v for v in everything if v.startswith(("study-", "task-"))
+    }
+
+
+def executed_outputs(notebook: str) -> str:
+    """Everything the committed executed copy of a notebook shows (markdown and plain text)."""
+    import json
+
+    cells = json.loads((ROOT / "book" / "executed" / notebook).read_text())["cells"]
+    shown = []
+    for cell in cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            for kind in ("text/markdown", "text/plain"):
+                shown.append("".join(data.get(kind, "")))
+            shown.append("".join(output.get("text", "")))
+    return "\n".join(shown)
+
+
+def sweep_views() -> dict[str, list]:
+    """What the executed notebooks print about the committed sweep and study records."""
+    from grace.book.study import describe_study, study_records
+    from grace.evaluation import to_markdown
+    from grace.validation import describe_sweep, sweep_table, tuning_sweep
+
+    folder = ROOT / "results" / "sweep"
+    tuning = tuning_sweep(folder)
+    grace_tuning = [r for r in tuning if r["variant"].startswith("grace")]
+    return {
+        "05_grace_supervised.ipynb": [
+            to_markdown(sweep_table(grace_tuning)),
+            describe_study(study_records(folder)),
+        ],
+        "10_length_generation_tuning.ipynb": [
+            to_markdown(sweep_table(tuning)),
+            describe_sweep(tuning),
+        ],
+    }
+
+
+@pytest.mark.parametrize("notebook", list(sweep_views()))
+def test_executed_notebooks_show_the_records_results_holds_now(notebook):
+    """A notebook that reads results/sweep was executed before the records changed: its page
+    shows counts and tables that results/ no longer has. Rerun it (grace reproduce)."""
+    shown = executed_outputs(notebook)
+    for expected in sweep_views()[notebook]:
+        assert expected in shown, f"{notebook} is staler than results/sweep:\n{expected[:400]}"

@@ -4,6 +4,7 @@ import math
 
 import mteb
 import numpy as np
+import pandas as pd
 import pytest
 from mteb.models.model_meta import ScoringFunction
 from mteb.types import PromptType
@@ -365,3 +366,18 @@ def test_grace_model_card_and_batch_size_come_from_the_encoder(tiny):
     assert meta.reference == "https://arxiv.org/abs/2510.04506"
     prompted = GraceMTEBModel(GraceEncoder(*tiny), mode="direct", prompts={"query": "q: "})
     assert prompted.mteb_model_meta.revision != meta.revision
+
+
+def test_bar_chart_draws_error_bars_only_for_rows_that_have_them(tmp_path):
+    records = {
+        "sampled": [{"task": "A", "type": "STS", "score": 0.5}],
+        "direct": [{"task": "A", "type": "STS", "score": 0.2}],
+    }
+    table = summarize(records)
+    errors = pd.DataFrame({column: [1.5] for column in table.columns}, index=["sampled"])
+    figure = bar_chart(table, errors=errors)
+    # One error bar (a LineCollection) per bar of the sampled row: STS and the two overall means.
+    bars = [c for c in figure.axes[0].containers if getattr(c, "errorbar", None) is not None]
+    assert len(bars) == 1 and bars[0].get_label() == "sampled"
+    segments = bars[0].errorbar.lines[2][0].get_segments()
+    assert len(segments) == 3 and all(abs(s[1][1] - s[0][1] - 3.0) < 1e-9 for s in segments)

