@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import sqlite3
-import typing
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -45,6 +44,7 @@ from grace.rationale import (
     generate_shared,
     rollouts_from_completions,
 )
+from grace.sections import build_section
 
 
 @dataclass(kw_only=True)
@@ -662,26 +662,14 @@ def saved_encoder_settings(name_or_path: str) -> dict:
         unknown = sorted(set(settings) - set(PORTABLE))
         if unknown:
             raise ValueError(f"unknown keys {unknown}; valid: {sorted(PORTABLE)}")
-        check_types(settings)
-        EncoderConfig(**settings)  # values checked as any EncoderConfig's
+        # Types and values checked as a profile's are (a seed of 1.5, a system prompt of 42).
+        config = build_section(EncoderConfig, settings, ENCODER_CONFIG)
     except (ValueError, TypeError, RecursionError) as error:  # also JSON nested too deep
         raise ModelLoadError(
             f"{path}: not a usable encoder configuration ({error}); fix it, or delete it to "
             "embed with the defaults."
         ) from error
-    return settings
-
-
-def check_types(settings: dict) -> None:
-    """Refuse saved settings of the wrong JSON type (a seed of 1.5, a system prompt of 42),
-    which EncoderConfig itself would take and fail on only after generation."""
-    hints = typing.get_type_hints(EncoderConfig)
-    for name, value in settings.items():
-        allowed = typing.get_args(hints[name]) or (hints[name],)
-        accepted = allowed + ((int,) if float in allowed else ())
-        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, accepted):
-            wanted = " or ".join(t.__name__ for t in allowed)
-            raise ValueError(f"{name}: expected {wanted}, got {value!r}")
+    return {name: getattr(config, name) for name in settings}
 
 
 def mean_of_draws(draws: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The GRACE study (issue 20): does GRPO training improve embeddings here, for what budget?
+"""The GRACE study: does GRPO training improve embeddings here, for what budget?
 
 Reads the study's sweep records (``scripts/sweep.py``, ``results/sweep/study-*.json``): each is a
 validation curve whose points also carry the prompts seen, the training CPU seconds and the
