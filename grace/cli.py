@@ -348,8 +348,7 @@ def run_embed(args: argparse.Namespace) -> None:
 
 def run_train(args: argparse.Namespace) -> None:
     from grace.config import ConfigError, load_config
-    from grace.runs import is_finished, restore_moved_run
-    from grace.train import reuse, train
+    from grace.train import reuse_finished, train
 
     overrides = [*args.set, *([f"run.method={args.method}"] if args.method else [])]
     config = load_config(args.config, overrides)
@@ -357,9 +356,7 @@ def run_train(args: argparse.Namespace) -> None:
         output_folder(config.run.output_dir)
     except argparse.ArgumentTypeError as error:
         raise ConfigError(f"run.output_dir: {error}") from error
-    restore_moved_run(config)
-    if is_finished(config.run.output_dir, config):  # training again would add steps
-        reuse(config)
+    if reuse_finished(config):
         print(f"{config.run.output_dir} holds a finished run with these settings; reused.")
         return
     trainer = train(config)

@@ -562,15 +562,17 @@ def last_step_state(checkpoint: str | None) -> TrainerState | None:
 def trained_model(config: TrainConfig) -> Path:
     """The folder of a finished run with these settings, training (or resuming) it if needed:
     a rerun reuses the model, and a change of any setting that decides the weights trains again."""
-    restore_moved_run(config)
-    if is_finished(config.run.output_dir, config):
-        reuse(config)
-    else:
+    if not reuse_finished(config):
         train(config)
     return Path(config.run.output_dir)
 
 
-def reuse(config: TrainConfig) -> None:
-    """A finished run reused under these settings: its weights stand, but how it embeds
-    (``encoder_config.json``) follows this config's evaluation settings, which may differ."""
+def reuse_finished(config: TrainConfig) -> bool:
+    """Reuse a finished run of these settings, if there is one (moved back first if a failed
+    start had moved it aside): its weights stand, but how it embeds (``encoder_config.json``)
+    follows this config's evaluation settings, which may differ. False: it must be trained."""
+    restore_moved_run(config)
+    if not is_finished(config.run.output_dir, config):  # training again would add steps
+        return False
     save_encoder_settings(config.run.output_dir, encoder_config(config))
+    return True

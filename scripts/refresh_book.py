@@ -112,8 +112,17 @@ BLOCKS = {
 
 def split_block(text: str, name: str) -> tuple[str, str, str]:
     """``text`` as (before the block, the block, after it), the markers left out."""
-    head, rest = text.split(f"<!-- {name} -->\n")
-    inside, tail = rest.split(f"\n<!-- /{name} -->")
+    opening, closing = f"<!-- {name} -->\n", f"\n<!-- /{name} -->"
+    if text.count(opening) != 1 or text.count(closing) != 1:
+        raise SystemExit(
+            f"Block {name!r}: the page needs exactly one '{opening.strip()}' line and one "
+            f"'{closing.strip()}' line after it, found {text.count(opening)} and "
+            f"{text.count(closing)} (an empty block still needs both, on lines of their own)."
+        )
+    head, rest = text.split(opening)
+    if rest.startswith(closing[1:]):  # an empty block: its closing line follows at once
+        return head, "", rest[len(closing) - 1 :]
+    inside, tail = rest.split(closing)
     return head, inside, tail
 
 

@@ -148,3 +148,10 @@ def test_executed_notebooks_show_the_records_results_holds_now(notebook):
     shown = executed_outputs(notebook)
     for expected in sweep_views()[notebook]:
         assert expected in shown, f"{notebook} is staler than results/sweep:\n{expected[:400]}"
+
+
+def test_a_generated_block_may_be_empty_and_a_missing_marker_is_named():
+    page = "intro\n<!-- answer -->\n<!-- /answer -->\nrest"
+    assert refresh_book.split_block(page, "answer") == ("intro\n", "", "\nrest")
+    with pytest.raises(SystemExit, match="'<!-- results-table -->' line"):
+        refresh_book.split_block(page, "results-table")
