@@ -258,7 +258,11 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--int8", action="store_true", help="dynamic int8 quantisation (CPU)")
     parser.add_argument("--seed", type=seed, help="sampling seed (default 0)")
-    parser.add_argument("--batch-size", type=count, help="generated rows per batch (default 8)")
+    parser.add_argument(
+        "--batch-size",
+        type=count,
+        help="generated rows per batch (default: a run folder's evaluation.batch_size, else 8)",
+    )
     parser.add_argument(
         "--cache-dir", type=output_folder, help="reuse rationales sampled before (SQLite cache)"
     )
@@ -280,9 +284,14 @@ def encoder_settings(args: argparse.Namespace) -> dict:
         "cache_dir",
     )
     from grace.encoder import EncoderConfig, saved_encoder_settings
+    from grace.runs import saved_config, saved_hash
 
     settings = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     settings |= {"int8": True} if args.int8 else {}
+    if args.batch_size is None and saved_hash(args.model):
+        # A run folder's profile sized evaluation batches for the machines it is meant for
+        # (32-64 rows); the library default of 8 would decode it several times slower.
+        settings["batch_size"] = saved_config(args.model).evaluation.batch_size
     try:  # options that are each fine may not fit together, or with the folder's saved ones
         merged = saved_encoder_settings(args.model) | settings
         EncoderConfig(**{name: value for name, value in merged.items() if name != "device"})

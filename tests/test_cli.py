@@ -116,3 +116,28 @@ def test_help_and_argument_errors_load_neither_torch_nor_transformers():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr[-500:]
+
+
+def test_a_run_folder_is_evaluated_with_its_profiles_batch_size(tmp_path):
+    """encoder_config.json keeps no batch size (a machine's choice), so without --batch-size
+    the run's own evaluation.batch_size is used rather than the library's 8."""
+    from grace.cli import build_parser, encoder_settings
+    from grace.config import load_config
+    from grace.models import build_tiny_random
+    from grace.runs import prepare_run_folder
+
+    folder = tmp_path / "run"
+    config = load_config("tiny", [f"output_dir={folder}", "evaluation.batch_size=24"])
+    prepare_run_folder(config)
+    model, tokenizer = build_tiny_random()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    texts = tmp_path / "t.txt"
+    texts.write_text("one\n")
+    output = str(tmp_path / "e.npy")
+    argv = ["embed", "--model", str(folder), "--input", str(texts), "--output", output]
+    assert encoder_settings(build_parser().parse_args(argv))["batch_size"] == 24
+    given = build_parser().parse_args([*argv, "--batch-size", "5"])
+    assert encoder_settings(given)["batch_size"] == 5
+    plain = build_parser().parse_args(["embed", "--model", "tiny-random", *argv[3:]])
+    assert "batch_size" not in encoder_settings(plain)  # the library's default applies
