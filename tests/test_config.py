@@ -1,4 +1,6 @@
 import dataclasses
+import sys
+import types
 
 import pytest
 
@@ -275,3 +277,17 @@ def test_trainer_arguments_pass_any_other_trl_keyword_and_refuse_ours():
         grpo_arguments(load_config("tiny", ["trainer_arguments={nosuch: 1}"]))
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config("tiny", ["trainer_arguments=[1]"])
+
+
+def test_a_notebook_keeps_each_profiles_runs_apart(tmp_path, monkeypatch, capsys):
+    """A parameters cell whose profile was changed but whose output_dir was left at another
+    profile's default gets the new profile's folder; any other folder is kept."""
+    from grace.book.notebooks import output_for, setup_notebook
+
+    assert output_for("cpu", "runs/tiny") == "runs/cpu"
+    assert output_for("tiny", "runs/tiny") == "runs/tiny"
+    assert output_for("cpu", "runs/mine") == "runs/mine"
+    assert output_for("cpu", str(tmp_path / "tiny")) == str(tmp_path / "tiny")
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    setup_notebook("tiny", str(tmp_path / "out"))
+    assert "Colab deletes this folder" in capsys.readouterr().out

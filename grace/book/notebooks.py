@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 from grace.config import TrainConfig, load_config
+from grace.constants import known_profiles
 from grace.models import ALIASES
 from grace.runs import is_finished
 from grace.train import trained_model
@@ -145,8 +147,28 @@ def setup_notebook(profile: str, output_dir: str) -> tuple[TrainConfig, Path]:
     import huggingface_hub.constants as hub
 
     hub.HF_HUB_OFFLINE = os.environ["HF_HUB_OFFLINE"].upper() in hub.ENV_VARS_TRUE_VALUES
+    output_dir = output_for(profile, output_dir)
     config = load_config(profile, {"run.output_dir": output_dir})
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     print(f"profile={profile} model={config.run.model} output_dir={output_dir}")
+    if "google.colab" in sys.modules and not out.resolve().is_relative_to("/content/drive"):
+        print(
+            "Colab deletes this folder when the runtime ends. To resume in a later session, "
+            "mount Google Drive (from google.colab import drive; drive.mount('/content/drive')) "
+            "and set output_dir = '/content/drive/MyDrive/grace-runs'; training resumes from "
+            "its last checkpoint (every logging.save_steps) and finished runs are reused."
+        )
     return config, out
+
+
+def output_for(profile: str, output_dir: str) -> str:
+    """The parameters cell's folder, unless it is another profile's default (``runs/tiny``
+    left as it was after ``profile`` changed): then ``runs/<profile>``, so two profiles'
+    runs never share a folder."""
+    folder = Path(output_dir)
+    name = Path(profile).stem
+    if folder.parent == Path("runs") and folder.name in known_profiles() and folder.name != name:
+        print(f"output_dir {output_dir} is the {folder.name} profile's; using runs/{name}.")
+        return str(Path("runs") / name)
+    return output_dir
