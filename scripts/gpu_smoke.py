@@ -143,8 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("skipped: no CUDA device here (run with --device cpu to check the CPU paths)")
-        return 0
+        # A check asked for CUDA that finds none has checked nothing: it must not pass.
+        print(
+            "error: --device cuda but torch sees no CUDA device (torch.cuda.is_available() is "
+            "False: a CPU build of torch, or no GPU visible); run with --device cpu to check "
+            "the CPU paths.",
+            file=sys.stderr,
+        )
+        return 1
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}; native bf16: {has_native_bf16(device)}")
     with tempfile.TemporaryDirectory() as folder:

@@ -67,7 +67,7 @@ def wheel_env(tmp_path_factory) -> Path:
         ],
         check=True,
     )
-    (wheel,) = dist.glob("grace-*.whl")
+    (wheel,) = dist.glob("grace_book-*.whl")
     env = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
     python = env / "bin" / "python"
@@ -217,3 +217,20 @@ def test_the_device_smoke_check_passes_on_the_cpu():
     lines = result.stdout.splitlines()
     assert lines[-1] == "all checks passed"
     assert sum(line.startswith("ok  ") for line in lines) == 7
+
+
+def test_the_device_smoke_check_fails_when_asked_for_cuda_that_is_not_there():
+    """A check of the CUDA paths that finds no CUDA has checked nothing: non-zero, one line."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the check would run")
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, str(root / "scripts" / "gpu_smoke.py"), "--device", "cuda"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert "no CUDA device" in result.stderr and result.stderr.count("\n") == 1

