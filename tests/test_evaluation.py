@@ -381,3 +381,41 @@ def test_bar_chart_draws_error_bars_only_for_rows_that_have_them(tmp_path):
     assert len(bars) == 1 and bars[0].get_label() == "sampled"
     segments = bars[0].errorbar.lines[2][0].get_segments()
     assert len(segments) == 3 and all(abs(s[1][1] - s[0][1] - 3.0) < 1e-9 for s in segments)
+
+
+def test_embeddings_past_the_ram_limit_are_kept_on_disk_and_read_back_unchanged(tmp_path):
+    from grace.evaluation.model import EmbeddingMemory
+
+    rng = np.random.default_rng(0)
+    texts = [f"text {i}" for i in range(50)]
+    vectors = rng.standard_normal((50, 8)).astype(np.float32)
+    in_ram, on_disk = EmbeddingMemory(), EmbeddingMemory(ram_mb=1e-4, folder=tmp_path)
+    for memory in (in_ram, on_disk):
+        memory.update(texts[:30], vectors[:30])
+        memory.update(texts[20:], vectors[20:] + 1)  # texts 20-29 keep their first vector
+    assert in_ram.path is None and on_disk.path is not None and on_disk.path.parent == tmp_path
+    assert on_disk.path.stat().st_size == 50 * 8 * 4  # each text once
+    order = texts[::-1] + texts[:3]
+    expected = np.concatenate([vectors[:30], vectors[30:] + 1])
+    for memory in (in_ram, on_disk):
+        assert len(memory) == 50 and "text 7" in memory and "text 77" not in memory
+        rows = [texts.index(t) for t in order]
+        np.testing.assert_array_equal(memory.stack(order), expected[rows])
+    with pytest.raises(KeyError, match="never embedded"):
+        on_disk.stack(["text 77"])
+
+
+def test_an_encoder_past_its_memory_limit_scores_what_one_in_ram_does():
+    from grace.evaluation.model import TextEncoder, model_meta
+
+    def encode(texts, batch_size):
+        return np.stack([[len(t), t.count("a"), 1.0] for t in texts]).astype(np.float32)
+
+    meta = model_meta("test/lengths", "1", 3, None)
+    small, large = TextEncoder(encode, meta, memory_mb=1e-5), TextEncoder(encode, meta)
+    batches = [{"text": ["a", "bb", "a"]}, {"text": ["aaa", "bb"]}]
+    shown = [m.encode(batches, task_metadata=None, hf_split="test", hf_subset="default")
+             for m in (small, large)]
+    assert small.memory.path is not None and large.memory.path is None
+    np.testing.assert_array_equal(shown[0], shown[1])
+    assert shown[0].shape == (5, 3)

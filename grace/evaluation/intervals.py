@@ -39,13 +39,15 @@ class NotEmbedded(KeyError):
 class Embeddings:
     """Unit vectors of the texts an encoder has seen (``TextEncoder.memory``)."""
 
-    def __init__(self, memory: dict[str, np.ndarray]) -> None:
+    def __init__(self, memory) -> None:  # an EmbeddingMemory, or any text -> vector mapping
         self.memory = memory
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         missing = [text for text in texts if text not in self.memory]
         if missing:
             raise NotEmbedded(f"{len(missing)} texts were not embedded here, e.g. {missing[0]!r}")
+        if hasattr(self.memory, "stack"):  # EmbeddingMemory: one read for all rows
+            return unit(self.memory.stack(texts))
         return unit(np.stack([self.memory[text] for text in texts]))
 
 
@@ -135,7 +137,7 @@ def bootstrap_interval(
     return statistic(np.arange(size)), float(low), float(high)
 
 
-def task_intervals(tasks: list, records: list[dict], memory: dict[str, np.ndarray]) -> dict:
+def task_intervals(tasks: list, records: list[dict], memory) -> dict:
     """``{task: {"recomputed": x, "ci95": [low, high]}}`` (scores 0..1) for the offline
     tasks among ``tasks``; tasks this module cannot recompute are left out, and so are tasks
     whose score was read from mteb's result cache (their embeddings are not in ``memory``)."""

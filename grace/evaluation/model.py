@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -62,6 +63,82 @@ def model_meta(
 Encode = Callable[[list[str], int | None], np.ndarray]
 
 
+class EmbeddingMemory:
+    """Each distinct text's embedding, kept once: in RAM up to ``ram_mb``, then in a float32
+    file on disk read back through a memory map, so a corpus larger than RAM can be scored
+    (MSMARCO's 8.8M passages at 1,536 dimensions are 54 GB). Keys are digests of the texts,
+    not the texts themselves. The file lives in ``folder`` (default: a temporary folder,
+    deleted with this object)."""
+
+    def __init__(self, ram_mb: float = 4096, folder: str | Path | None = None) -> None:
+        self.ram_bytes = ram_mb * 2**20
+        self.folder = Path(folder) if folder else None
+        self.rows: dict[bytes, int] = {}
+        self.in_ram: list[np.ndarray] = []
+        self.path: Path | None = None  # set once the embeddings move to disk
+        self._temporary: tempfile.TemporaryDirectory | None = None
+        self._mapped: np.ndarray | None = None
+
+    @staticmethod
+    def key(text: str) -> bytes:
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+    def __contains__(self, text: str) -> bool:
+        return self.key(text) in self.rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, text: str) -> np.ndarray:
+        return self.stack([text])[0]
+
+    def update(self, texts: list[str], vectors: np.ndarray) -> None:
+        """Keep ``vectors[i]`` for ``texts[i]`` (texts already kept keep their first vector)."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        fresh: dict[bytes, np.ndarray] = {}
+        for text, vector in zip(texts, vectors, strict=True):
+            key = self.key(text)
+            if key not in self.rows and key not in fresh:
+                fresh[key] = vector
+        if not fresh:
+            return
+        for key in fresh:
+            self.rows[key] = len(self.rows)
+        block = np.stack(list(fresh.values()))
+        if self.path is None:
+            self.in_ram.extend(block)
+            if len(self.in_ram) * block.shape[1] * 4 > self.ram_bytes:
+                self._spill()
+        else:
+            with self.path.open("ab") as handle:
+                handle.write(block.tobytes())
+            self._mapped = None
+
+    def stack(self, texts: list[str]) -> np.ndarray:
+        """(N, H) embeddings of ``texts``, in order; a KeyError names a text not kept."""
+        missing = [t for t in texts if t not in self]
+        if missing:
+            raise KeyError(f"{len(missing)} texts were never embedded, e.g. {missing[0]!r}")
+        rows = [self.rows[self.key(t)] for t in texts]
+        if self.path is None:
+            return np.stack([self.in_ram[r] for r in rows])
+        if self._mapped is None or len(self._mapped) < len(self.rows):
+            width = self.path.stat().st_size // (4 * len(self.rows))
+            self._mapped = np.memmap(self.path, np.float32, "r", shape=(len(self.rows), width))
+        return np.asarray(self._mapped[rows])
+
+    def _spill(self) -> None:
+        if self.folder is None:
+            self._temporary = tempfile.TemporaryDirectory(prefix="grace-embeddings-")
+            folder = Path(self._temporary.name)
+        else:
+            folder = self.folder
+            folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"embeddings-{id(self):x}.f32"
+        self.path.write_bytes(np.stack(self.in_ram).tobytes())
+        self.in_ram = []
+
+
 class TextEncoder(AbsEncoder):
     """An mteb encoder around any ``encode(texts, batch_size) -> (N, H) array`` function.
 
@@ -71,7 +148,7 @@ class TextEncoder(AbsEncoder):
     when mteb gives none: the encoder's own). No instruction is added by default, as in the
     paper, which embeds queries and documents alike; ``prompts`` (``{"query": "...",
     "document": "..."}``, as sentence-transformers names them) puts one before each text of
-    that type.
+    that type. Embeddings past ``memory_mb`` go to disk (``EmbeddingMemory``).
     """
 
     def __init__(
@@ -80,6 +157,7 @@ class TextEncoder(AbsEncoder):
         meta: ModelMeta,
         batch_size: int | None = None,
         prompts: dict[str, str] | None = None,
+        memory_mb: float = 4096,
     ) -> None:
         unknown = sorted(set(prompts or {}) - {t.value for t in PromptType})
         if unknown:
@@ -89,7 +167,7 @@ class TextEncoder(AbsEncoder):
         self.batch_size = batch_size
         self.prompts = dict(prompts or {})
         self.model = None
-        self.memory: dict[str, np.ndarray] = {}
+        self.memory = EmbeddingMemory(memory_mb)
 
     def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
         prompt = self.prompts.get(prompt_type.value, "") if prompt_type else ""
@@ -97,9 +175,8 @@ class TextEncoder(AbsEncoder):
         new = [text for text in dict.fromkeys(texts) if text not in self.memory]
         if new:
             batch_size = kwargs.get("batch_size", self.batch_size)
-            embeddings = np.asarray(self.encode_texts(new, batch_size), dtype=np.float32)
-            self.memory.update(zip(new, embeddings, strict=True))
-        return np.stack([self.memory[text] for text in texts])
+            self.memory.update(new, self.encode_texts(new, batch_size))
+        return self.memory.stack(texts)
 
 
 class GraceMTEBModel(TextEncoder):
