@@ -100,7 +100,7 @@ BLOCKS = {
     "results-table": ("book/reproduce.md", lambda: table_json_markdown(table_rows())),
     "answer": ("book/intro.md", lambda: headline_answer(table_rows())),
     "study-table": ("book/study.md", lambda: study_markdown(study())),
-    "study-reading": ("book/study.md", lambda: describe_study(study())),
+    "study-reading": ("book/study_runs.md", lambda: describe_study(study())),
     "echo-control": ("book/study.md", echo),
     "pooling-change": ("book/method.md", lambda: pooling_change(pooling())),
     "headroom-table": ("book/study.md", lambda: headroom_markdown(headroom())),
