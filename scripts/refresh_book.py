@@ -73,6 +73,12 @@ SWAP_TESTS = {
     "task-lee-topic-cl-40-test": "+CL, 40 steps",
 }
 
+# The committed cpu run's GRACE models (notebooks 5 and 6) on that profile's validation.
+CPU_SWAPS = {
+    "cpu-grace-supervised": "GRACE supervised",
+    "cpu-grace-unsupervised": "GRACE unsupervised",
+}
+
 
 def recorded(folder: str, labels: dict[str, str]) -> dict[str, dict]:
     """Book label -> record, for the names in ``labels`` recorded under ``results/folder``."""
@@ -107,6 +113,7 @@ BLOCKS = {
     "task-run": ("book/study.md", task_runs),
     "swap-table": ("book/study.md", swaps),
     "swap-test": ("book/study.md", lambda: swaps(SWAP_TESTS)),
+    "cpu-swap": ("book/reproduce.md", lambda: swaps(CPU_SWAPS)),
 }
 
 
