@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from grace.book.notebooks import book_label
 from grace.diagnostics import first_to_last, formatted
 from grace.evaluation.results import (
     Difference,
@@ -39,13 +40,9 @@ def study_records(folder: str | Path) -> list[dict]:
     return [r for r in records if "prompts_seen" in r["curve"] and "seconds" in r["curve"]]
 
 
-BOOK_LABELS = {"cl": "+CL"}  # the book's name where it has one
-
-
 def label(record: dict) -> str:
-    """A record's name without the study prefix (``frozen``, ``+CL``, ...)."""
-    name = record["variant"].removeprefix(PREFIX)
-    return BOOK_LABELS.get(name, name)
+    """A record's name as the book writes it (``frozen``, ``+CL``, ...)."""
+    return book_label(record["variant"])
 
 
 def is_baseline(record: dict) -> bool:

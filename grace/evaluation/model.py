@@ -76,6 +76,7 @@ class EmbeddingMemory:
         self.rows: dict[bytes, int] = {}
         self.in_ram: list[np.ndarray] = []
         self.path: Path | None = None  # set once the embeddings move to disk
+        self.width = 0  # floats per vector in that file
         self._temporary: tempfile.TemporaryDirectory | None = None
         self._mapped: np.ndarray | None = None
 
@@ -116,15 +117,15 @@ class EmbeddingMemory:
 
     def stack(self, texts: list[str]) -> np.ndarray:
         """(N, H) embeddings of ``texts``, in order; a KeyError names a text not kept."""
-        missing = [t for t in texts if t not in self]
+        rows = [self.rows.get(self.key(t)) for t in texts]  # each text hashed once
+        missing = [t for t, row in zip(texts, rows, strict=True) if row is None]
         if missing:
             raise KeyError(f"{len(missing)} texts were never embedded, e.g. {missing[0]!r}")
-        rows = [self.rows[self.key(t)] for t in texts]
         if self.path is None:
             return np.stack([self.in_ram[r] for r in rows])
         if self._mapped is None or len(self._mapped) < len(self.rows):
-            width = self.path.stat().st_size // (4 * len(self.rows))
-            self._mapped = np.memmap(self.path, np.float32, "r", shape=(len(self.rows), width))
+            shape = (len(self.rows), self.width)
+            self._mapped = np.memmap(self.path, np.float32, "r", shape=shape)
         return np.asarray(self._mapped[rows])
 
     def _spill(self) -> None:
@@ -135,8 +136,9 @@ class EmbeddingMemory:
             folder = self.folder
             folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"embeddings-{id(self):x}.f32"
-        self.path.write_bytes(np.stack(self.in_ram).tobytes())
-        self.in_ram = []
+        block = np.stack(self.in_ram)
+        self.path.write_bytes(block.tobytes())
+        self.in_ram, self.width = [], block.shape[1]
 
 
 class TextEncoder(AbsEncoder):
