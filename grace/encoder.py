@@ -396,6 +396,7 @@ class GraceEncoder:
                 config.pooling,
                 known,
                 self.share_prefix,
+                feed_sampled=self.cache is not None,
             )
             fresh = [(b, r) for b, column in enumerate(known) for r, ids in enumerate(column)]
             fresh = [(b, r) for b, r in fresh if known[b][r] is None]
@@ -585,39 +586,27 @@ class GraceEncoder:
         keys = [self._cache_key(*row) for row in rows] if self.cache else [None] * len(rows)
         stored = [self.cache.get(k) if self.cache else None for k in keys]
         missing = [i for i, ids in enumerate(stored) if ids is None]
-        vectors: list[torch.Tensor | None] = [None] * len(prompts)
-        texts = [""] * len(prompts)
-
         if missing:
             fresh = generate_rationales(
                 self.model,
                 self.tokenizer,
                 [prompts[i] for i in missing],
                 self.config.sampling,
-                keep_hidden=self.config.single_pass,
+                keep_hidden=self.config.single_pass and not self.cache,
                 draws=[rows[i][1] for i in missing],
             )
             self.generated += len(missing)
-            for i, vector, text in zip(missing, self._embed(fresh), fresh.texts, strict=True):
-                vectors[i], texts[i] = vector, text
-            if self.cache:
-                self.cache.put(
-                    {
-                        keys[i]: ids[mask].tolist()
-                        for i, ids, mask in zip(
-                            missing, fresh.completion_ids, fresh.completion_mask, strict=True
-                        )
-                    }
-                )
-
-        hits = [i for i, ids in enumerate(stored) if ids is not None]
-        if hits:
-            cached = rollouts_from_completions(
-                self.tokenizer, [prompts[i] for i in hits], [stored[i] for i in hits], device
-            )
-            for i, vector, text in zip(hits, self._embed(cached), cached.texts, strict=True):
-                vectors[i], texts[i] = vector, text
-        return torch.stack(vectors), texts
+            if not self.cache:
+                return self._embed(fresh), fresh.texts
+            for i, ids, mask in zip(
+                missing, fresh.completion_ids, fresh.completion_mask, strict=True
+            ):
+                stored[i] = ids[mask].tolist()
+            self.cache.put({keys[i]: stored[i] for i in missing})
+        # Cached and freshly sampled rows alike are fed in one pass, so a warm cache gives
+        # exactly what a cold one gave.
+        fed = rollouts_from_completions(self.tokenizer, prompts, stored, device)
+        return self._embed(fed), fed.texts
 
     def _embed(self, rollouts: Rollouts) -> torch.Tensor:
         return embed_rollouts(self.model, rollouts, self.prefix_length, self.config.pooling)

@@ -335,6 +335,7 @@ def generate_shared(
     pooling: str = "mean",
     known: list[list[list[int] | None]] | None = None,
     share_prefix: bool = True,
+    feed_sampled: bool = False,
 ) -> SharedRollouts:
     """Every branch of every prompt, and the prompts' own embeddings, from one prefill.
 
@@ -345,7 +346,10 @@ def generate_shared(
     shorter length too (a row that ended earlier is the same at every longer length), and the
     state of the final token comes from feeding it once more, as in ``generate_rationales``.
     Rows leave the batch as they end. ``known[b][i]``, where not None, are completion ids (a
-    cache hit) fed in one forward pass instead of sampled.
+    cache hit) fed in one forward pass instead of sampled. With ``feed_sampled`` the sampled
+    rows are then fed too, with the known ones, in that one pass: every row is pooled the same
+    way whatever was cached, so a warm cache gives exactly what a cold one gave (decoding
+    step by step and feeding at once differ by ~1e-7, enough to flip a k-means assignment).
     """
     if pooling not in POOLERS:
         raise ValueError(f"Unknown pooling {pooling!r}; choose one of {sorted(POOLERS)}.")
@@ -366,12 +370,19 @@ def generate_shared(
     rows = [(i, b) for b in range(len(branches)) for i in range(n)]
     stored = {(i, b): known[b][i] for i, b in rows if known and known[b][i] is not None}
     positions = mask.long().sum(dim=1)  # the next token's position: the count of real tokens
-    if stored:
+    if stored and not feed_sampled:
         _feed_known(model, cache, mask, positions, pooled, stored, points, pooling, result)
+    prefilled = DynamicCache([(layer.keys, layer.values) for layer in cache.layers])
     fresh = [row for row in rows if row not in stored]
     if fresh:
         state = (cache, mask, positions, pooled, logits)
         _decode(model, tokenizer, prompts, branches, points, pooling, fresh, state, result)
+    if feed_sampled:
+        decoded = [seconds.clone() for seconds in result.decode_seconds]
+        every = {(i, b): stored.get((i, b), result.completions[b][i]) for i, b in rows}
+        _feed_known(model, prefilled, mask, positions, pooled, every, points, pooling, result)
+        for i, b in fresh:  # a sampled row keeps the time its sampling took
+            result.decode_seconds[b][i] = decoded[b][i]
     eos = set(eos_token_ids(model, tokenizer))
     for b, lengths in enumerate(points):
         for i, completion in enumerate(result.completions[b]):

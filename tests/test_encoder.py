@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -225,3 +226,20 @@ def test_two_processes_sharing_a_cache_agree_with_one_uncached_run(tiny, texts, 
     assert [run.wait(timeout=300) for run in runs] == [0, 0]
     assert np.allclose(np.load(tmp_path / "a.npy"), reference, atol=1e-5)
     assert np.allclose(np.load(tmp_path / "b.npy")[::-1], reference, atol=1e-5)
+
+
+@pytest.mark.parametrize("single_pass", [True, False])
+def test_a_warm_cache_gives_exactly_what_the_cold_one_gave(tiny, texts, tmp_path, single_pass):
+    """Cached and freshly sampled rationales are pooled by one path: bit for bit equal."""
+    config = EncoderConfig(
+        max_new_tokens=6, num_rationales=2, cache_dir=str(tmp_path), single_pass=single_pass
+    )
+    cold, written = GraceEncoder(*tiny, config).encode_draws(texts)
+    warm_encoder = GraceEncoder(*tiny, config)  # the same folder, now warm for every text
+    warm, again = warm_encoder.encode_draws(texts)
+    assert warm_encoder.generated == 0 and again == written
+    assert np.array_equal(cold, warm)
+    mixed_folder = tmp_path / "mixed"
+    mixed = GraceEncoder(*tiny, replace(config, cache_dir=str(mixed_folder)))
+    mixed.encode_draws(texts[1:3])  # some texts cached, the rest sampled in the same batch
+    assert np.array_equal(mixed.encode_draws(texts)[0], cold)
