@@ -32,6 +32,15 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 
 from grace.config import ConfigError
 from grace.data import TASKS, movie_triples, rank_by_word_overlap, stable_fraction
+from grace.decision import (
+    HIGHER,
+    LOWER,
+    MATTERS,
+    NO_DIFFERENCE,
+    TOO_NOISY,
+    Difference,
+    paired,
+)
 from grace.diagnostics import collapse_diagnostics
 from grace.encoder import EncoderConfig, GraceEncoder
 from grace.files import appended_records
@@ -418,15 +427,15 @@ def change_error(curve: dict) -> float:
     return errors[-1] or 0
 
 
-def rises(curve: dict, sigmas: float = 3.0) -> bool:
-    """Whether the last point is above the first by more than ``sigmas`` standard errors:
-    of the paired change where it was logged (``change_error``), else of the two points
-    combined."""
+def curve_change(curve: dict, sigmas: float = 3.0) -> Difference:
+    """The last point against the first, as the decision rule reads it (``results.paired``):
+    the paired change against ``sigmas`` of its standard errors where it was logged
+    (``change_error``), else the gap against the two points' errors combined."""
     change, error = (curve.get("change") or [None])[-1], change_error(curve)
     if change is not None and error:
-        return change > sigmas * error
+        return paired(change, error, sigmas)
     gap = curve["values"][-1] - curve["values"][0]
-    return gap > sigmas * math.hypot(curve["stderr"][-1], curve["stderr"][0])
+    return paired(gap, math.hypot(curve["stderr"][-1], curve["stderr"][0]), sigmas)
 
 
 def plot_curve(ax, curve: dict, label: str) -> None:
@@ -451,17 +460,6 @@ def export_curves(folders: dict[str, Path], target: Path) -> None:
             (target / f"{name}.json").write_text(json.dumps(curve, indent=1))
 
 
-def falls(curve: dict, sigmas: float = 3.0) -> bool:
-    """``rises`` the other way round."""
-    mirrored = {
-        "values": [-v for v in curve["values"]],
-        "stderr": curve["stderr"],
-        "change": [None if c is None else -c for c in curve.get("change") or []],
-        "change_stderr": [change_error(curve)] if curve.get("change") else [],
-    }
-    return rises(mirrored, sigmas)
-
-
 def describe(curve: dict, name: str) -> str:
     """One sentence on a validation curve, from its numbers: up, down, or within noise."""
     if len(curve["steps"]) < 2:
@@ -474,12 +472,15 @@ def describe(curve: dict, name: str) -> str:
     noise = (
         f"standard errors{clustered} of the paired change" if paired else "combined standard errors"
     )
-    if rises(curve):
-        verdict = f"up by more than three {noise}: it learned"
-    elif falls(curve):
-        verdict = f"down by more than three {noise}: it got worse"
-    else:
-        verdict = f"a change within three {noise}: no difference measured"
+    words = {
+        HIGHER: f"up by more than three {noise}: it learned",
+        LOWER: f"down by more than three {noise}: it got worse",
+        NO_DIFFERENCE: f"within three {noise}, a band narrower than a change that would "
+        f"matter ({MATTERS / 100:g} MRR): no measured difference",
+        TOO_NOISY: f"within three {noise}, a band wider than a change that would matter "
+        f"({MATTERS / 100:g} MRR): too noisy to tell",
+    }
+    verdict = words[curve_change(curve).verdict]
     detail = f" (change {change:+.3f} ± {error:.3f}, same queries)" if paired else ""
     return (
         f"{name}: validation MRR {first:.3f} ± {start:.3f} at step {curve['steps'][0]} → "
@@ -505,8 +506,8 @@ def describe_terms(history: list[dict], keys: tuple[str, ...], share: float = 0.
 
 
 def verdict(curve: dict) -> str:
-    """ "learned", "fell" or "no difference": the curve's last point against step 0."""
-    return "learned" if rises(curve) else "fell" if falls(curve) else "no difference"
+    """The decision rule's verdict on the curve's last point against step 0."""
+    return curve_change(curve).verdict
 
 
 def read_sweep(folder: str | Path) -> list[dict]:
@@ -524,7 +525,7 @@ def describe_sweep(records: list[dict]) -> str:
     """How many sweep records rose on validation, judged from each curve (``verdict``)."""
     if not records:
         return "No validation sweep recorded."
-    learned = [r["variant"] for r in records if verdict(r["curve"]) == "learned"]
+    learned = [r["variant"] for r in records if verdict(r["curve"]) == HIGHER]
     return (
         f"{len(learned)} of {len(records)} recorded variants rose on validation by more than "
         f"three standard errors of the paired change ({', '.join(learned) or 'none'})."

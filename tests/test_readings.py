@@ -112,13 +112,18 @@ def test_noise_adds_queries_and_draws():
         query_noise(one, "Mean (TaskType)")
 
 
-def test_differences_within_their_noise_are_no_difference():
-    assert Difference(0.5, 1.0).verdict == "no difference"
+def test_the_decision_rule_has_four_outcomes():
+    assert Difference(0.5, 1.0).verdict == "no measured difference"  # a band of 1 point rules
+    assert Difference(0.5, 2.0).verdict == "too noisy to tell"  # out what matters; 2 cannot
+    assert Difference.fraction(0.005, 0.02).verdict == "too noisy to tell"  # 0-1 scale
+    assert Difference.fraction(0.005, 0.008).verdict == "no measured difference"
+    assert Difference(0.5, math.nan).verdict == "too noisy to tell"
     assert Difference(-1.5, 1.0).verdict == "lower"
     change = difference(Estimate(12.0, 0.3), Estimate(10.0, 0.4))
     assert change.value == pytest.approx(2.0) and change.noise == pytest.approx(0.5)
     assert "a gain beyond the noise" in describe_change("GRACE", change)
-    assert "no difference" in describe_change("GRACE", Difference(0.2, 0.5))
+    assert "no measured difference" in describe_change("GRACE", Difference(0.2, 0.5))
+    assert "too noisy to tell" in describe_change("GRACE", Difference(0.2, 1.5))
 
 
 def test_paper_comparisons_put_our_change_beside_the_papers():
@@ -132,11 +137,11 @@ def test_paper_comparisons_put_our_change_beside_the_papers():
         "base + rationale vs base, direct",
         "GRACE supervised vs base, direct",
     ]
-    assert list(table["ours: verdict"]) == ["no difference", "higher"]
+    assert list(table["ours: verdict"]) == ["too noisy to tell", "higher"]
     assert list(table["paper (Avg as printed)"]) == ["+2.59", "+15.15"]
     sentence = describe_comparisons(table)
     assert (
-        "paper reports 2 as gains" in sentence and "no difference beyond the noise in 1" in sentence
+        "paper reports 2 as gains" in sentence and "cannot tell in 1" in sentence
     )
     assert len(PAPER_COMPARISONS) == 5
 
@@ -146,7 +151,7 @@ def test_chance_margins_name_rows_that_are_not_above_chance():
               {"task": "STSA", "type": "STS", "score": 0.0}]  # fmt: skip
     rows = {"model": [report({"RTA": 0.055, "STSA": 0.40}, 0.02, TYPES)]}
     margins = chance_margins(rows, chance)
-    assert margins["model"]["Retr"].verdict == "no difference"
+    assert margins["model"]["Retr"].verdict == "too noisy to tell"
     assert margins["model"]["STS"].verdict == "higher"
     assert describe_chance(margins) == (
         "Categories above the chance level beyond the noise: model 1 of 2."
@@ -176,7 +181,7 @@ def test_separation_of_few_pairs_is_no_difference():
     text = describe_separation(
         {"direct": direct, "with rationale": direct + 0.01}, [(0, 1), (2, 3)]
     )
-    assert "no difference beyond the noise of 2 related pairs; 4 sentences" in text
+    assert "too noisy to tell with 2 related pairs; 4 sentences" in text
     assert math.isnan(pair_margin(direct, [(0, 1)])[1])
     # With two related pairs the band uses t with 1 degree of freedom (12.7), not 1.96.
     close, other = np.array([0.9, 0.8]), np.array([0.5, 0.5, 0.4, 0.5])
@@ -224,7 +229,7 @@ def test_margins_and_paired_change():
     base = np.array([0.01, -0.02, 0.03, 0.00])
     text = describe_margins({"base": base, "GRACE": base + np.array([0.1, 0.11, 0.09, 0.1])})
     assert "positive plot closer in 2 of 4" in text and "a wider margin beyond the noise" in text
-    assert "no difference" in describe_margins({"base": base, "GRACE": base[::-1]})
+    assert "too noisy to tell" in describe_margins({"base": base, "GRACE": base[::-1]})
     assert mean_and_noise(np.array([1.0]))[1] != mean_and_noise(np.array([1.0]))[1]  # NaN
 
 
@@ -238,7 +243,7 @@ def test_generative_changes_are_paired_by_instruction():
         "GRACE": result(10.5, [1, 1, 0, 0]),
     }
     text = describe_generative(results)
-    assert "+CL: perplexity x4.00, instructions passed 0 of 4 (no difference" in text
+    assert "+CL: perplexity x4.00, instructions passed 0 of 4 (too noisy to tell" in text
     assert "GRACE: perplexity x1.05, instructions passed 2 of 4 (the same instructions" in text
 
 
@@ -251,7 +256,7 @@ def test_changes_against_a_reference_report():
     table = changes_against(reports, "direct", {"16 tokens": 2.0, "32 tokens": 2.0})
     assert list(table.index) == ["16 tokens", "32 tokens"]
     assert table.loc["16 tokens", "Mean (Task)"] == pytest.approx(33.0)
-    assert list(table["verdict"]) == ["no difference", "higher"]
+    assert list(table["verdict"]) == ["too noisy to tell", "higher"]
     assert table.loc["32 tokens", "change"].startswith("+10.00 ± ")
     assert list(changes_against(reports, "direct", 0.0)["verdict"]) == ["higher", "higher"]
 
@@ -265,10 +270,10 @@ def test_length_changes_compare_each_model_with_its_own_direct_point():
     }
     table = length_changes(reports, {"base": 1.0, "GRACE": 1.0})
     assert list(table.index) == ["base, 4", "GRACE, 4"]
-    assert list(table["verdict"]) == ["higher", "no difference"]
+    assert list(table["verdict"]) == ["higher", "too noisy to tell"]
     assert count_verdicts(table, "direct pooling") == (
         "Against direct pooling: a gain beyond the noise at 1 of 2 points, a loss at 0, "
-        "no difference at 1."
+        "no measured difference at 0, too noisy to tell at 1."
     )
 
 

@@ -8,13 +8,13 @@ from grace.data import movie_triples
 from grace.train import train
 from grace.validation import (
     ValidationSet,
+    curve_change,
     details_curve,
-    falls,
     query_scores,
-    rises,
     score,
     validation_curve,
     validation_set,
+    verdict,
 )
 
 
@@ -54,17 +54,20 @@ def test_score_by_hand():
     assert scores["margin"][1] == pytest.approx(0.1)  # std .1414 / sqrt(2 queries)
 
 
-def test_rises_needs_more_than_three_combined_errors():
+def test_curve_verdict_needs_more_than_three_errors_and_says_when_it_cannot_tell():
     curve = {"steps": [0, 4], "values": [0.30, 0.40], "stderr": [0.02, 0.02]}
-    assert rises(curve)  # gap .10 > 3 * .028
-    assert not rises(curve | {"stderr": [0.03, 0.03]})  # gap .10 < 3 * .042
+    assert verdict(curve) == "higher"  # gap .10 > 3 * .028
+    assert verdict(curve | {"stderr": [0.03, 0.03]}) == "too noisy to tell"  # .10 < 3 * .042
     # With the paired change logged, its own standard error decides.
     paired = curve | {"stderr": [0.03, 0.03], "change": [0.0, 0.10], "change_stderr": [0, 0.02]}
-    assert rises(paired)
+    assert verdict(paired) == "higher"
     # ... and where the record has it, the error bootstrapped over movies decides instead.
-    assert not rises(paired | {"change_stderr_clustered": [0, 0.04]})
-    assert falls({**paired, "change": [0.0, -0.10]})
-    assert not falls({**paired, "change": [0.0, -0.10], "change_stderr_clustered": [0, 0.04]})
+    assert verdict(paired | {"change_stderr_clustered": [0, 0.04]}) == "too noisy to tell"
+    assert verdict({**paired, "change": [0.0, -0.10]}) == "lower"
+    # Inside a band narrower than a change that would matter (0.01 MRR): no measured difference.
+    tight = {**paired, "change": [0.0, 0.002], "change_stderr": [0, 0.003]}
+    assert verdict(tight) == "no measured difference"
+    assert curve_change(tight).noise == pytest.approx(0.009)
 
 
 @pytest.mark.parametrize("method", ["grace", "contrastive", "simcse"])
@@ -118,7 +121,9 @@ def test_describe_says_up_down_or_no_difference():
     down = up | {"values": [0.40, 0.30]}
     assert "got worse" in describe(down, "+CL")
     flat = up | {"values": [0.30, 0.32]}
-    assert "no difference measured" in describe(flat, "+CL")
+    assert "too noisy to tell" in describe(flat, "+CL")
+    tight = flat | {"change": [0.0, 0.001], "change_stderr": [0.0, 0.002]}
+    assert "no measured difference" in describe(tight, "+CL")
     paired = flat | {"change": [0.0, 0.02], "change_stderr": [0.0, 0.005]}
     assert "it learned" in describe(paired, "+CL") and "+0.020 ± 0.005" in describe(paired, "x")
     assert "0.300 ± 0.020 at step 0" in describe(up, "x")
@@ -159,7 +164,7 @@ def test_sweep_table_reads_each_record_as_its_validation_verdict(tmp_path):
         (tmp_path / f"{name}.json").write_text(json.dumps(record))
     table = sweep_table(read_sweep(tmp_path))
     assert list(table.index) == ["flat", "up"]
-    assert list(table["verdict"]) == ["no difference", "learned"]
+    assert list(table["verdict"]) == ["too noisy to tell", "higher"]
     assert list(table["changes"]) == ["the profile", "lr=2e-05"]
     assert list(table["steps"]) == ["40 (stopped)", "40"]
     assert table.loc["up", "paired change"] == "+0.200 ± 0.050"
@@ -191,7 +196,7 @@ def test_describe_sweep_reads_the_committed_records_verdicts():
     from grace.validation import describe_sweep, read_sweep, verdict
 
     records = read_sweep(Path(__file__).resolve().parent.parent / "results" / "sweep")
-    learned = [r["variant"] for r in records if verdict(r["curve"]) == "learned"]
+    learned = [r["variant"] for r in records if verdict(r["curve"]) == "higher"]
     assert "cl-lr2e-5-150" in learned  # +0.229 ± 0.056
     text = describe_sweep(records)
     assert text.startswith(f"{len(learned)} of {len(records)} recorded variants rose")

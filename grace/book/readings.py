@@ -1,9 +1,9 @@
 """What a notebook's run shows, in sentences generated from its numbers.
 
 Each notebook of the book ends with a verdict computed from the run it just made, never typed
-in. A difference is only called a difference when it is larger than its noise (a 95 % band:
-``grace.evaluation.results.Difference``); counts that are too small to compare are said to be
-so. Helpers for the evaluation tables live in ``grace.evaluation.results``; the ones here
+in, and read by the book's one decision rule (``grace.decision``): a change is called only
+beyond its noise, and one inside a band wider than a change that would matter is "too noisy
+to tell". Helpers for the evaluation tables live in ``grace.evaluation.results``; the ones here
 serve the notebooks on the idea (1), generation (2), pooling (3), rewards (4), reading the
 rationales (9) and the length and generation checks (10).
 """
@@ -17,8 +17,16 @@ import numpy as np
 import pandas as pd
 from scipy.stats import t
 
+from grace.decision import (
+    HIGHER,
+    LOWER,
+    NO_DIFFERENCE,
+    PHRASES,
+    TOO_NOISY,
+    Difference,
+    paired_from,
+)
 from grace.diagnostics import first_to_last
-from grace.evaluation.results import Difference
 
 
 def mean_and_noise(values: np.ndarray) -> tuple[float, float]:
@@ -65,16 +73,18 @@ def describe_separation(
     )
     if len(margins) == 2:
         (first, (m1, e1)), (second, (m2, e2)) = margins.items()
-        change = Difference(m2 - m1, math.hypot(e1, e2))
+        change = Difference.fraction(m2 - m1, math.hypot(e1, e2))
         size = similarities[first].shape[0]
-        if math.isnan(change.noise) or change.verdict == "no difference":
+        if math.isnan(change.noise) or change.verdict == TOO_NOISY:
             text += (
-                f" {second.capitalize()} against {first}: {change}, no difference beyond the "
-                f"noise of {len(related)} related pairs; {size} sentences illustrate the idea "
-                "but cannot measure it."
+                f" {second.capitalize()} against {first}: {change}, too noisy to tell with "
+                f"{len(related)} related pairs; {size} sentences illustrate the idea but "
+                "cannot measure it."
             )
+        elif change.verdict == NO_DIFFERENCE:
+            text += f" {second.capitalize()} against {first}: {change}, {PHRASES[NO_DIFFERENCE]}."
         else:
-            way = "wider" if change.verdict == "higher" else "narrower"
+            way = "wider" if change.verdict == HIGHER else "narrower"
             text += (
                 f" {second.capitalize()} against {first}: {change}, a {way} margin beyond the "
                 f"noise of {len(related)} related pairs."
@@ -250,12 +260,13 @@ def describe_margins(margins: Mapping[str, np.ndarray]) -> str:
     if len(names) < 2:
         return text + "."
     before, after = (np.asarray(margins[n], dtype=float) for n in names[:2])
-    change = Difference(*mean_and_noise(after - before))
-    shown = f"{change.value:+.3f} ± {change.noise:.3f}"
-    if math.isnan(change.noise) or change.verdict == "no difference":
-        text += f". {names[1]} against {names[0]}: {shown}, no difference beyond the noise."
+    change = paired_from(after - before)
+    shown = f"{change.value:+.3f} ± {change.noise:.3f} (three standard errors, paired)"
+    if math.isnan(change.noise) or change.verdict in (NO_DIFFERENCE, TOO_NOISY):
+        word = TOO_NOISY if math.isnan(change.noise) else change.verdict
+        text += f". {names[1]} against {names[0]}: {shown}, {PHRASES[word]}."
     else:
-        way = "wider" if change.verdict == "higher" else "narrower"
+        way = "wider" if change.verdict == HIGHER else "narrower"
         text += f". {names[1]} against {names[0]}: {shown}, a {way} margin beyond the noise."
     return text
 
@@ -275,16 +286,17 @@ def describe_generative(results: Mapping[str, dict], reference: str = "base") ->
             continue
         ratio = result["perplexity"] / base["perplexity"]
         mine = np.array([r["passed"] for r in result["replies"]], dtype=float)
-        change = Difference(*mean_and_noise(mine - passed))
+        change = paired_from(mine - passed)
         if math.isnan(change.noise):
             verdict = "too few instructions to compare"
         elif change.noise == 0 and change.value == 0:
             verdict = "the same instructions pass and fail"
         else:
             verdict = {
-                "higher": "more than before, beyond the noise",
-                "lower": "fewer than before, beyond the noise",
-                "no difference": "no difference beyond the noise",
+                HIGHER: "more than before, beyond the noise",
+                LOWER: "fewer than before, beyond the noise",
+                NO_DIFFERENCE: PHRASES[NO_DIFFERENCE],
+                TOO_NOISY: PHRASES[TOO_NOISY],
             }[change.verdict]
         parts.append(
             f"{name}: perplexity x{ratio:.2f}, instructions passed {int(mine.sum())} of "

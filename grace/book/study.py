@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from grace.book.notebooks import book_label
+from grace.decision import paired
 from grace.diagnostics import first_to_last, formatted
 from grace.evaluation.results import (
-    Difference,
     interval_cell,
     interval_relation,
     table_json_markdown,
@@ -181,7 +181,7 @@ def echo_control(
     )
     (step0, (mean0, error0)), (_, (mean, error)) = validation["mrr"].items()
     change, change_error = validation["change"]
-    word = Difference(change, 3 * change_error).verdict
+    word = paired(change, change_error).verdict
     held_out = (
         f"Validation ({validation['profile']}, {validation['queries']} queries): echo MRR "
         f"{mean:.4f} ± {error:.4f} against {mean0:.4f} ± {error0:.4f} at {step0}, paired "
@@ -205,7 +205,7 @@ def pooling_change(record: dict) -> str:
         cosine = row["mean_pairwise_cosine"]
         lines.append(
             f"| {name} | {row['mrr'][old][0]:.4f} | {row['mrr'][new][0]:.4f} | "
-            f"{change:+.4f} ± {error:.4f} | {Difference(change, 3 * error).verdict} | "
+            f"{change:+.4f} ± {error:.4f} | {paired(change, error).verdict} | "
             f"{cosine[old]:.3f} → {cosine[new]:.3f} |"
         )
     return (
@@ -254,7 +254,7 @@ def swap_markdown(records: dict[str, dict]) -> str:
             change, error = row["change"], row["change_stderr_clustered"]
             cells.append(
                 f"{row['mrr'][0]:.3f} | {change:+.3f} ± {error:.3f} | "
-                f"{Difference(change, 3 * error).verdict}"
+                f"{paired(change, error).verdict}"
             )
         lines.append(f"| {cell} | {' | '.join(cells)} |")
     return (

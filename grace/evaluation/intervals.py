@@ -9,7 +9,7 @@ moved by the difference between mteb's score and the recomputed one where the tw
 mteb takes the best of several distances). Clustering gets a t-interval over its sets.
 
 Sampling a different rationale moves a score too; that spread is measured separately
-(``grace.evaluation.noise``). A difference smaller than either is no difference.
+(``grace.evaluation.noise``). Differences are read by the book's one rule, ``grace.decision``.
 """
 
 from __future__ import annotations

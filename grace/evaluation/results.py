@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from grace.decision import HIGHER, LOWER, NO_DIFFERENCE, PHRASES, TOO_NOISY, VERDICTS, Difference
+
 # mteb task type -> the paper's column name, in the paper's order.
 CATEGORIES = {
     "Retrieval": "Retr",
@@ -107,8 +109,9 @@ def bar_chart(
         spread = None
         if errors is not None and label in errors.index:
             spread = [errors.loc[label].get(c, 0.0) for c in columns]
-        ax.bar(positions, [row[c] for c in columns], width, yerr=spread, capsize=2,
-               label=str(label))
+        ax.bar(
+            positions, [row[c] for c in columns], width, yerr=spread, capsize=2, label=str(label)
+        )
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(columns))])
     ax.set_xticklabels(columns, rotation=20)
     ax.set_ylabel("score x 100")
@@ -163,24 +166,6 @@ class Estimate:
         return f"{self.value:.2f} ± {self.noise:.2f}"
 
 
-@dataclass(frozen=True)
-class Difference:
-    """``after - before`` (scores x 100 in tables) with the half-width of its 95 % noise band."""
-
-    value: float
-    noise: float
-
-    @property
-    def verdict(self) -> str:
-        """``"higher"``, ``"lower"``, or ``"no difference"`` when within the noise."""
-        if abs(self.value) <= self.noise:
-            return "no difference"
-        return "higher" if self.value > 0 else "lower"
-
-    def __str__(self) -> str:
-        return f"{self.value:+.2f} ± {self.noise:.2f}"
-
-
 def column_tasks(records: list[dict], column: str = MEAN_TASK) -> list[str]:
     """The task names a summary column averages: all tasks for ``Mean (Task)``, the tasks of
     one category for a category column (``Retr``, ``STS``, ...)."""
@@ -227,19 +212,13 @@ def estimate(reports: list[dict], column: str = MEAN_TASK, draw_std: float = 0.0
 
 
 def describe_change(label: str, change: Difference, unit: str = "points") -> str:
-    """``"<label>: +1.20 ± 0.90 points, a gain beyond the noise."``, or a loss, or no
-    difference when the change is within its noise."""
-    words = {
-        "higher": "a gain beyond the noise",
-        "lower": "a loss beyond the noise",
-        "no difference": "within the noise: no difference measured",
-    }
-    return f"{label}: {change} {unit}, {words[change.verdict]}."
+    """``"<label>: +1.20 ± 0.90 points, a gain beyond the noise."``, in ``PHRASES``."""
+    return f"{label}: {change} {unit}, {PHRASES[change.verdict]}."
 
 
 def difference(after: Estimate, before: Estimate) -> Difference:
     """``after - before`` with the two noise bands added in quadrature. Both rows see the same
-    queries, so this overstates the noise of the queries: a "no difference" may hide a small
+    queries, so this overstates the noise of the queries: a change inside it may hide a small
     real one, but a difference called real is one."""
     return Difference(after.value - before.value, math.hypot(after.noise, before.noise))
 
@@ -274,10 +253,11 @@ def changes_against(
 def count_verdicts(table: pd.DataFrame, against: str) -> str:
     """One sentence counting the ``verdict`` column of a ``changes_against`` table."""
     verdicts = list(table["verdict"])
-    counts = {v: verdicts.count(v) for v in ("higher", "lower", "no difference")}
+    counts = {v: verdicts.count(v) for v in VERDICTS}
     return (
-        f"Against {against}: a gain beyond the noise at {counts['higher']} of {len(verdicts)} "
-        f"points, a loss at {counts['lower']}, no difference at {counts['no difference']}."
+        f"Against {against}: a gain beyond the noise at {counts[HIGHER]} of {len(verdicts)} "
+        f"points, a loss at {counts[LOWER]}, no measured difference at {counts[NO_DIFFERENCE]}"
+        f", too noisy to tell at {counts[TOO_NOISY]}."
     )
 
 
@@ -324,12 +304,12 @@ def describe_comparisons(table: pd.DataFrame) -> str:
     """One sentence counting the verdicts of a ``paper_comparisons`` table against the signs
     of the paper's changes."""
     verdicts = list(table["ours: verdict"])
-    counts = {v: verdicts.count(v) for v in ("higher", "no difference", "lower")}
+    counts = {v: verdicts.count(v) for v in VERDICTS}
     gains = sum(float(change) > 0 for change in table["paper (Avg as printed)"])
     return (
         f"Of these {len(verdicts)} comparisons the paper reports {gains} as gains; this run "
-        f"measures a gain in {counts['higher']}, a loss in {counts['lower']} and no difference "
-        f"beyond the noise in {counts['no difference']}."
+        f"measures a gain in {counts[HIGHER]}, a loss in {counts[LOWER]}, no measured "
+        f"difference in {counts[NO_DIFFERENCE]} and cannot tell in {counts[TOO_NOISY]}."
     )
 
 
