@@ -377,7 +377,7 @@ def generate_shared(
     if fresh:
         state = (cache, mask, positions, pooled, logits)
         _decode(model, tokenizer, prompts, branches, points, pooling, fresh, state, result)
-    if feed_sampled:
+    if feed_sampled and rows:
         decoded = [seconds.clone() for seconds in result.decode_seconds]
         every = {(i, b): stored.get((i, b), result.completions[b][i]) for i, b in rows}
         _feed_known(model, prefilled, mask, positions, pooled, every, points, pooling, result)

@@ -325,3 +325,10 @@ def test_smollm2_shared_pass_equals_separate_generation(smollm2, texts):
     alone = rollouts_from_completions(tokenizer, prompts, [[]] * len(prompts), "cpu")
     direct = embed_rollouts(model, alone, prefix)
     assert (shared.prompt_embeddings * direct).sum(-1).min() > 0.99999
+
+
+def test_a_cached_encoder_gives_the_direct_variant_alone(tiny, texts, tmp_path):
+    encoder = GraceEncoder(*tiny, cache_dir=str(tmp_path), max_new_tokens=4)
+    direct = encoder.encode_variants(texts, [Variant(0)]).embeddings[Variant(0)]
+    plain = GraceEncoder(*tiny, mode="direct").encode(texts)
+    assert np.allclose(direct, plain, atol=1e-5) and encoder.generated == 0
