@@ -218,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(run=run_eval)
 
+    export = commands.add_parser(
+        "export", help="write a model's direct-mode encoder as a sentence-transformers folder"
+    )
+    export.add_argument("--model", required=True, help="hub id, local folder, or alias")
+    export.add_argument("--output", required=True, type=output_folder, help="a new or empty folder")
+    export.set_defaults(run=run_export)
+
     reproduce = commands.add_parser("reproduce", help="run the book's notebooks with papermill")
     reproduce.add_argument(
         "--profile", default="cpu", help=f"{' | '.join(known_profiles())} | YAML"
@@ -353,6 +360,24 @@ def run_embed(args: argparse.Namespace) -> None:
             for text, rationale in zip(texts, rationales, strict=True):
                 handle.write(json.dumps({"text": text, "rationale": rationale}) + "\n")
     print(f"Wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {args.output}")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from grace.encoder import GraceEncoder
+    from grace.export import export_sentence_transformer
+
+    output = Path(args.output)
+    if Path(args.model).is_dir() and output.resolve() == Path(args.model).resolve():
+        raise UsageError(f"--output {args.output} is the model folder; choose a new folder.")
+    outside_model(args.model, output=args.output)
+    if output.is_dir() and any(output.iterdir()):
+        raise UsageError(f"--output {args.output} is not empty; choose a new or empty folder.")
+    encoder = GraceEncoder.from_pretrained(args.model, device="cpu", mode="direct")
+    folder = export_sentence_transformer(encoder, output)
+    print(
+        f"Wrote a sentence-transformers folder to {folder}; load it with "
+        f"SentenceTransformer({str(folder)!r}, trust_remote_code=True)."
+    )
 
 
 def run_train(args: argparse.Namespace) -> None:

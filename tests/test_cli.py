@@ -13,7 +13,7 @@ def test_help_lists_commands():
     out = subprocess.run(
         [sys.executable, "-m", "grace.cli", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for command in ("embed", "train", "eval", "reproduce", "book"):
+    for command in ("embed", "train", "eval", "export", "reproduce", "book"):
         assert command in out
 
 

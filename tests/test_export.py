@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from grace.encoder import GraceEncoder
+from grace.export import export_sentence_transformer
+
+TEXTS = [
+    "A quiet film about a lighthouse keeper.",
+    "Two friends cross the desert on foot, and only one of them wants to.",
+    "",
+    "Short.",
+]
+
+
+def test_a_direct_mode_export_loads_in_sentence_transformers_with_the_same_embeddings(
+    tiny, tmp_path
+):
+    encoder = GraceEncoder(*tiny, mode="direct", system_prompt="Embed this text.")
+    folder = export_sentence_transformer(encoder, tmp_path / "st")
+    with pytest.warns(UserWarning, match="empty or whitespace"):
+        expected = encoder.encode(TEXTS)
+    loaded = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True)
+    got = loaded.encode(TEXTS, batch_size=3)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() < 1e-5
+    # The folder is still a grace model folder: the encoder reads its settings back.
+    again = GraceEncoder.from_pretrained(str(folder), device="cpu").encode(TEXTS[:2])
+    assert np.abs(again - expected[:2]).max() < 1e-5
+    with pytest.raises(ValueError, match="own system prompt"):
+        loaded.encode(TEXTS[:1], prompt="query: ")
+
+
+def test_only_direct_mode_exports(tiny, tmp_path):
+    with pytest.raises(ValueError, match="Only direct-mode encoders export"):
+        export_sentence_transformer(GraceEncoder(*tiny), tmp_path / "st")
+
+
+def test_grace_export_writes_a_folder_and_refuses_to_overwrite(tmp_path, capsys):
+    from grace.cli import main
+
+    folder = tmp_path / "st"
+    assert main(["export", "--model", "tiny-random", "--output", str(folder)]) == 0
+    assert "trust_remote_code=True" in capsys.readouterr().out
+    loaded = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True)
+    direct = GraceEncoder.from_pretrained("tiny-random", device="cpu", mode="direct")
+    assert np.abs(loaded.encode(TEXTS[:2]) - direct.encode(TEXTS[:2])).max() < 1e-5
+    assert main(["export", "--model", "tiny-random", "--output", str(folder)]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert main(["export", "--model", str(folder), "--output", str(folder / "x")]) == 2
