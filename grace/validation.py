@@ -428,7 +428,7 @@ def change_error(curve: dict) -> float:
 
 
 def curve_change(curve: dict, sigmas: float = 3.0) -> Difference:
-    """The last point against the first, as the decision rule reads it (``results.paired``):
+    """The last point against the first, as the decision rule reads it (``grace.decision.paired``):
     the paired change against ``sigmas`` of its standard errors where it was logged
     (``change_error``), else the gap against the two points' errors combined."""
     change, error = (curve.get("change") or [None])[-1], change_error(curve)
