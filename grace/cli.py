@@ -218,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(run=run_eval)
 
+    estimate = commands.add_parser(
+        "estimate", help="time a profile's training and evaluation on this machine, before a run"
+    )
+    estimate.add_argument(
+        "--config", required=True, help=f"profile ({', '.join(known_profiles())}) or YAML"
+    )
+    estimate.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="as for grace train"
+    )
+    estimate.set_defaults(run=run_estimate)
+
     export = commands.add_parser(
         "export", help="write a model's direct-mode encoder as a sentence-transformers folder"
     )
@@ -360,6 +371,15 @@ def run_embed(args: argparse.Namespace) -> None:
             for text, rationale in zip(texts, rationales, strict=True):
                 handle.write(json.dumps({"text": text, "rationale": rationale}) + "\n")
     print(f"Wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {args.output}")
+
+
+def run_estimate(args: argparse.Namespace) -> None:
+    from grace.config import load_config
+    from grace.estimate import estimate, measure_rates
+
+    config = load_config(args.config, args.set)
+    print(f"Timing {config.run.model} on this machine (a few seconds to a minute) ...")
+    print(estimate(config, *measure_rates(config)))
 
 
 def run_export(args: argparse.Namespace) -> None:
