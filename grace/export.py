@@ -48,6 +48,8 @@ class ChatPromptTransformer(Transformer):
             raise ValueError(
                 "This model carries its own system prompt; encode without prompt/prompt_name."
             )
+        if not all(isinstance(text, str) for text in inputs):
+            raise TypeError("This model embeds text: pass strings.")
         texts = [text if text.strip() else "" for text in inputs]
         rendered = build_prompts(self.tokenizer, texts, self.system_prompt, self.max_input_tokens)
         features = super().preprocess(rendered, **kwargs)
