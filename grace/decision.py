@@ -15,7 +15,7 @@ from dataclasses import dataclass
 HIGHER, LOWER = "higher", "lower"
 NO_DIFFERENCE, TOO_NOISY = "no measured difference", "too noisy to tell"
 VERDICTS = (HIGHER, LOWER, NO_DIFFERENCE, TOO_NOISY)
-#: The smallest change that would matter, in points (scores x 100): the paper's smallest gap
+#: The smallest change that would matter, in points (scores x 100). The paper's smallest gap
 #: between two methods is GRACE over contrastive fine-tuning, +1.1 points.
 MATTERS = 1.0
 #: The rule's outcomes in the book's words.
@@ -43,7 +43,7 @@ class Difference:
 
     @property
     def verdict(self) -> str:
-        """The decision rule: one of ``VERDICTS``."""
+        """The decision rule's outcome, one of ``VERDICTS``."""
         if abs(self.value) > self.noise:
             return HIGHER if self.value > 0 else LOWER
         return TOO_NOISY if not self.noise <= self.matters else NO_DIFFERENCE
