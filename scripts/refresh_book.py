@@ -77,6 +77,8 @@ SWAP_TESTS = {
 CPU_SWAPS = {
     "cpu-grace-supervised": "GRACE supervised",
     "cpu-grace-unsupervised": "GRACE unsupervised",
+    "cpu-cl": "+CL",
+    "cpu-simcse": "SimCSE",
 }
 
 
