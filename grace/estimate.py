@@ -90,8 +90,7 @@ def measure_rates(config: TrainConfig) -> tuple[Rates, Rates]:
     micro = config.grpo.per_device_train_batch_size
     length = config.policy.max_prompt_tokens + config.policy.max_completion_length
     # Any ids time the same; fixed ones keep every draw in grace.rationale's seeded sampler.
-    ids = torch.arange(micro * length, device=model.device).view(micro, length)
-    ids = ids % model.config.vocab_size
+    ids = torch.zeros(micro, length, dtype=torch.long, device=model.device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-12)
 
     def update() -> None:
