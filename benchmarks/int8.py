@@ -50,7 +50,7 @@ def main() -> None:
         direct[name] = GraceEncoder(encoder.model, encoder.tokenizer, mode="direct").encode(texts)
         if args.suite:
             model = GraceMTEBModel(encoder, mode="direct", batch_size=args.batch_size)
-            report = evaluate(model, args.suite, label=name)
+            report = evaluate(model, args.suite, label=name).main
             scores = ", ".join(f"{r['task']} {100 * r['score']:.2f}" for r in report["tasks"])
             print(
                 f"{name} direct {args.suite} suite in {report['seconds']} s: "

@@ -419,16 +419,9 @@ def run_train(args: argparse.Namespace) -> None:
 
 def run_eval(args: argparse.Namespace) -> None:
     from grace.data import DataError
-    from grace.evaluation import (
-        GraceMTEBModel,
-        evaluate,
-        minilm_encoder,
-        resolve_tasks,
-        summarize,
-        to_markdown,
-    )
+    from grace.encoder import EncoderConfig, saved_encoder_settings
+    from grace.evaluation import evaluate, resolve_tasks, summarize, to_markdown
     from grace.evaluation.model import MINILM
-    from grace.files import write_text_atomically
 
     if args.results_cache and (args.lengths or args.greedy):
         raise UsageError(
@@ -437,6 +430,9 @@ def run_eval(args: argparse.Namespace) -> None:
         )
     outside_model(args.model, output=args.output, results_cache=args.results_cache)
     resolve_tasks(args.suite)  # unknown names or an unreachable hub fail before the model loads
+    settings = encoder_settings(args)
+    device = settings.pop("device", None)
+    variants = {"greedy": args.greedy, "lengths": args.lengths or ()}
     if args.model == MINILM:
         ignored = [f"--{name.replace('_', '-')}" for name in encoder_settings(args)]
         ignored += ["--lengths"] * bool(args.lengths) + ["--greedy"] * args.greedy
@@ -445,54 +441,46 @@ def run_eval(args: argparse.Namespace) -> None:
                 f"{', '.join(ignored)}: {MINILM} is a sentence-transformers encoder, with no "
                 "rationales to write; drop them."
             )
-        model = minilm_encoder()
+        variants = {}
     else:
-        model = GraceMTEBModel(args.model, **encoder_settings(args))
-    plan = {}
-    if args.model != MINILM:
-        from grace.evaluation.noise import variant_plan
-
-        encoder = model.encoder
-        if encoder.config.mode == "direct" and (args.lengths or args.greedy):
+        config = EncoderConfig(**(saved_encoder_settings(args.model) | settings))
+        if config.mode == "direct" and (args.lengths or args.greedy):
             raise DataError(
                 "--lengths and --greedy score rationales; this model embeds in direct mode "
                 "(add --mode rationale)."
             )
-        cap = encoder.config.max_new_tokens
-        beyond = [n for n in args.lengths or () if n > cap]
+        beyond = [n for n in args.lengths or () if n > config.max_new_tokens]
         if beyond:
             raise UsageError(
-                f"--lengths {beyond} exceed the rationale cap --max-new-tokens {cap}: a rationale "
-                "is never cut longer than it is written; raise --max-new-tokens or drop them."
+                f"--lengths {beyond} exceed the rationale cap --max-new-tokens "
+                f"{config.max_new_tokens}: a rationale is never cut longer than it is written; "
+                "raise --max-new-tokens or drop them."
             )
-        plan = variant_plan(encoder, greedy=args.greedy, lengths=args.lengths or ())
-    if not plan:
-        report = evaluate(
-            model,
-            args.suite,
-            output=args.output,
-            label=args.label,
-            results_cache=args.results_cache,
-        )
-        variants = {}
-    else:  # every draw, mean, greedy rationale and length from one generation pass
-        from grace.evaluation.noise import evaluate_variants
-
-        label = args.label or model.mteb_model_meta.name
-        report, variants = evaluate_variants(
-            model.encoder, args.suite, label, plan, model.mteb_model_meta
-        )
-        report["variants"] = {
-            name: {k: v for k, v in r.items() if k != "mteb"} for name, r in variants.items()
-        }
-        if args.output:
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomically(args.output, json.dumps(report, indent=2, default=str))
-    rows = {report["label"]: report["tasks"]} | {r["label"]: r["tasks"] for r in variants.values()}
+        # Beside the model's own embedding (the mean of its k draws): each draw when k > 1,
+        # the means of fewer draws, greedy and the lengths, from the same generation pass.
+        variants["means"] = tuple(m for m in (2, 4) if m < config.draws)
+        settings["device"] = device
+    reports = evaluate(
+        args.model,
+        args.suite,
+        label=args.label,
+        results_cache=args.results_cache,
+        output=args.output,
+        **variants,
+        **settings,
+    )
+    report = reports.main
+    alone = len(reports.single_draws()) == 1  # one draw: "(draw 1)" is the main report
+    shown = {
+        label: r
+        for label, r in reports.variants().items()
+        if not (alone and label.endswith("(draw 1)"))
+    }
+    rows = {report["label"]: report["tasks"]} | {r["label"]: r["tasks"] for r in shown.values()}
     print(to_markdown(summarize(rows)))
     print(
         f"{len(report['tasks'])} tasks in {report['seconds']} s"
-        + (f" ({len(variants)} variants from the same pass)" if variants else "")
+        + (f" ({len(shown)} variants from the same pass)" if shown else "")
         + (f"; report written to {args.output}" if args.output else "")
     )
 

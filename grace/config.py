@@ -34,7 +34,7 @@ from pathlib import Path
 import yaml
 
 from grace.constants import MAX_NEW_TOKENS, PROFILE_DIR, known_profiles
-from grace.encoder import EncoderConfig
+from grace.encoder import PORTABLE, EncoderConfig
 from grace.prompts import SYSTEM_PROMPT
 from grace.rewards import RewardConfig
 from grace.sections import ConfigError, build_section
@@ -323,6 +323,12 @@ class EvaluationConfig(EncoderConfig):
         """The ``EncoderConfig`` fields, for ``GraceEncoder``/``GraceMTEBModel`` keywords."""
         names = {f.name for f in dataclasses.fields(EncoderConfig)}
         return {k: v for k, v in asdict(self).items() if k in names} | changes
+
+    def machine_settings(self, **changes) -> dict:
+        """The encoder settings a model folder does not carry (batch size, int8, the rationale
+        cache, the single pass): all a trained folder takes beside its ``encoder_config.json``."""
+        settings = self.encoder_settings()
+        return {k: v for k, v in settings.items() if k not in PORTABLE} | changes
 
 
 SECTIONS: dict[str, type] = {

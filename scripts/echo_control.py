@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from grace.config import load_config  # noqa: E402
-from grace.evaluation import evaluate_cached  # noqa: E402
+from grace.evaluation import evaluate  # noqa: E402
 from grace.validation import paired_change  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +33,7 @@ def suite_report() -> dict:
     config = load_config("cpu")
     settings = config.evaluation.encoder_settings() | {"mode": "echo"}
     suite = config.evaluation.suite
-    return evaluate_cached(config.run.model, "base, echo", suite, FOLDER, **settings)
+    return evaluate(config.run.model, suite, label="base, echo", folder=FOLDER, **settings).main
 
 
 def validation_record() -> dict:

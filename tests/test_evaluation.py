@@ -45,12 +45,12 @@ def random_encoder() -> TextEncoder:
 
 @pytest.fixture(scope="module")
 def random_report():
-    return evaluate(random_encoder(), "offline")
+    return evaluate(random_encoder(), "offline").main
 
 
 def test_every_offline_task_scores_in_range_with_tiny_random(tiny, tmp_path):
     model = GraceMTEBModel(GraceEncoder(*tiny), max_new_tokens=2, batch_size=64)
-    report = evaluate(model, "offline", output=tmp_path / "tiny.json")
+    report = evaluate(model, "offline", output=tmp_path / "tiny.json").main
     assert {r["task"] for r in report["tasks"]} == {t.metadata.name for t in OFFLINE_TASKS}
     for record in report["tasks"]:
         low, high = SCORE_RANGE.get(record["type"], (0.0, 1.0))
@@ -60,7 +60,7 @@ def test_every_offline_task_scores_in_range_with_tiny_random(tiny, tmp_path):
 
 
 def test_minilm_beats_random_embeddings_on_every_offline_task(random_report):
-    minilm = {r["task"]: r["score"] for r in evaluate(minilm_encoder(), "offline")["tasks"]}
+    minilm = {r["task"]: r["score"] for r in evaluate(minilm_encoder(), "offline").main["tasks"]}
     for record in random_report["tasks"]:
         assert minilm[record["task"]] > record["score"] + 0.02, record["task"]
 
@@ -190,22 +190,26 @@ def test_cli_eval_hub_suite_offline_is_a_clear_error(capsys, monkeypatch):
     assert "needs 56 tasks" in capsys.readouterr().err
 
 
-def test_cached_report_evaluates_once_and_names_files_safely(tmp_path):
-    from grace.evaluation import cached_report, report_path
+def test_a_kept_report_is_measured_once_and_its_file_named_safely(tmp_path):
+    from grace.evaluation import report_path
+    from grace.evaluation.suites import kept_report
     from grace.runs import report_key
 
-    path = report_path(tmp_path, "GRACE supervised (draw 1), +CL/x")
+    label = "GRACE supervised (draw 1), +CL/x"
+    path = report_path(tmp_path, label)
     assert path.name == "GRACE_supervised_draw_1_plusCL-x.json"
     built = []
     make = lambda: built.append(1) or random_encoder()  # noqa: E731
     key = report_key("random", "LeeSTS", num_rationales=1)
-    first = cached_report(path, "random", make, "LeeSTS", key)
-    second = cached_report(path, "random", make, "LeeSTS", key)
+    first = kept_report(tmp_path, label, make, "LeeSTS", key)
+    second = kept_report(tmp_path, label, make, "LeeSTS", key)
     assert built == [1] and path.exists()
-    assert first["tasks"] == second["tasks"] and first["label"] == "random"
+    assert first["tasks"] == second["tasks"] and first["label"] == label
     # Other settings (here the draws) under the same file name: measured again, not reused.
-    third = cached_report(path, "random", make, "LeeSTS", key | {"settings": {"draws": 4}})
+    third = kept_report(tmp_path, label, make, "LeeSTS", key | {"settings": {"draws": 4}})
     assert built == [1, 1] and third["key"]["settings"] == {"draws": 4}
+    kept_report(None, label, make, "LeeSTS", key)  # no folder: measured, kept nowhere
+    assert built == [1, 1, 1]
 
 
 def test_report_keys_name_a_run_by_its_settings(tmp_path):
@@ -323,10 +327,10 @@ def test_a_suite_with_a_results_cache_resumes_task_by_task(tiny, tmp_path):
             self.encode_texts = lambda texts, size: encoded.extend(texts) or inner(texts, size)
 
     cache = tmp_path / "mteb-cache"
-    first = evaluate(Counting(), "LeeSTS", results_cache=cache)  # as if stopped after LeeSTS
+    first = evaluate(Counting(), "LeeSTS", results_cache=cache).main  # as if stopped after LeeSTS
     lee_texts = set(encoded)
     encoded.clear()
-    both = evaluate(Counting(), "LeeSTS,RTMovieClustering", results_cache=cache)
+    both = evaluate(Counting(), "LeeSTS,RTMovieClustering", results_cache=cache).main
     assert encoded and not lee_texts & set(encoded)  # LeeSTS was read back, not embedded
     scores = {r["task"]: r["score"] for r in both["tasks"]}
     assert scores["LeeSTS"] == pytest.approx(first["tasks"][0]["score"], abs=1e-6)  # mteb rounds
@@ -414,8 +418,44 @@ def test_an_encoder_past_its_memory_limit_scores_what_one_in_ram_does():
     meta = model_meta("test/lengths", "1", 3, None)
     small, large = TextEncoder(encode, meta, memory_mb=1e-5), TextEncoder(encode, meta)
     batches = [{"text": ["a", "bb", "a"]}, {"text": ["aaa", "bb"]}]
-    shown = [m.encode(batches, task_metadata=None, hf_split="test", hf_subset="default")
-             for m in (small, large)]
+    shown = [
+        m.encode(batches, task_metadata=None, hf_split="test", hf_subset="default")
+        for m in (small, large)
+    ]
     assert small.memory.path is not None and large.memory.path is None
     np.testing.assert_array_equal(shown[0], shown[1])
     assert shown[0].shape == (5, 3)
+
+
+def test_a_trained_folder_encodes_by_its_saved_settings_alone(tmp_path, monkeypatch):
+    """Only machine settings are passed for a folder: its encoder_config.json decides how it
+    embeds, and the report is the one the same settings spelled out would give (same key)."""
+    from grace.encoder import EncoderConfig, save_encoder_settings
+    from grace.models import load_model
+
+    folder = tmp_path / "trained"
+    model, tokenizer = load_model("tiny-random", device="cpu")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    saved = {"mode": "rationale", "max_new_tokens": 2, "num_rationales": 2, "seed": 3}
+    save_encoder_settings(folder, EncoderConfig(**saved, max_input_tokens=12))
+    results = tmp_path / "results"
+    alone = evaluate(str(folder), "LeeSTS", label="trained", folder=results, batch_size=64)
+    assert alone.main["key"]["settings"] | saved == alone.main["key"]["settings"]
+    assert set(alone.draws) == {"trained (draw 1)", "trained (draw 2)", "trained (mean of 2)"}
+    spelled = saved | {"max_input_tokens": 12, "batch_size": 64}
+    with monkeypatch.context() as patch:  # read back: no model is loaded
+        patch.setattr(GraceEncoder, "from_pretrained", None)
+        again = evaluate(str(folder), "LeeSTS", label="trained", folder=results, **spelled)
+    assert again.main["key"] == alone.main["key"]
+    other = evaluate(str(folder), "LeeSTS", label="trained", folder=results, seed=4, batch_size=64)
+    assert other.main["key"] != alone.main["key"]  # an override is a new report
+
+
+def test_evaluate_refuses_variants_it_cannot_make():
+    with pytest.raises(ValueError, match="writes no rationales"):
+        evaluate("minilm", "LeeSTS", greedy=True)
+    with pytest.raises(ValueError, match="direct mode"):
+        evaluate("tiny-random", "LeeSTS", mode="direct", lengths=[0, 4])
+    with pytest.raises(ValueError, match="exceed the rationale cap"):
+        evaluate("tiny-random", "LeeSTS", max_new_tokens=4, lengths=[8])

@@ -1,14 +1,16 @@
 import numpy as np
 import pandas as pd
 
-from grace.encoder import GraceEncoder, mean_of_draws
-from grace.evaluation.noise import draw_variants, mean_std, plus_minus
+from grace.encoder import GraceEncoder, Variant, mean_of_draws
+from grace.evaluation.noise import VariantBank, mean_std, plus_minus
 
 
 def test_variants_read_one_bank_of_draws(tiny, texts):
     encoder = GraceEncoder(*tiny, max_new_tokens=5, num_rationales=4, batch_size=8)
-    variants = draw_variants(encoder, "tiny")
-    assert list(variants) == ["draw 1", "draw 2", "draw 3", "draw 4", "mean of 2", "mean of 4"]
+    draws = [Variant(5, None, j) for j in range(4)]
+    bank = VariantBank(encoder, draws)
+    variants = {f"draw {j + 1}": bank.text_encoder([v], f"d{j}") for j, v in enumerate(draws)}
+    variants["mean of 4"] = bank.text_encoder(draws, "m4")
 
     draw_2 = variants["draw 2"].encode_texts(texts)
     assert encoder.generated == 4 * len(texts)

@@ -16,7 +16,7 @@ from grace.book.readings import (
     mean_and_noise,
     pair_margin,
 )
-from grace.evaluation.noise import length_changes, single_draws
+from grace.evaluation.noise import Reports, length_changes
 from grace.evaluation.results import (
     PAPER_COMPARISONS,
     Difference,
@@ -140,9 +140,7 @@ def test_paper_comparisons_put_our_change_beside_the_papers():
     assert list(table["ours: verdict"]) == ["too noisy to tell", "higher"]
     assert list(table["paper (Avg as printed)"]) == ["+2.59", "+15.15"]
     sentence = describe_comparisons(table)
-    assert (
-        "paper reports 2 as gains" in sentence and "cannot tell in 1" in sentence
-    )
+    assert "paper reports 2 as gains" in sentence and "cannot tell in 1" in sentence
     assert len(PAPER_COMPARISONS) == 5
 
 
@@ -168,8 +166,10 @@ def test_means_note_says_why_the_two_means_agree():
 
 
 def test_single_draws_leave_out_means_of_draws():
-    reports = {"row (draw 1)": {"a": 1}, "row (draw 2)": {"a": 2}, "row (mean of 2)": {"a": 3}}
-    assert single_draws(reports) == [{"a": 1}, {"a": 2}]
+    draws = {"row (draw 1)": {"a": 1}, "row (draw 2)": {"a": 2}, "row (mean of 2)": {"a": 3}}
+    row = Reports(main={"label": "row", "a": 3}, draws=draws)
+    assert row.single_draws() == [{"a": 1}, {"a": 2}]
+    assert Reports(main={"label": "direct row"}).single_draws() == [{"label": "direct row"}]
 
 
 def test_separation_of_few_pairs_is_no_difference():

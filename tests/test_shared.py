@@ -10,8 +10,8 @@ from conftest import eos_biased
 
 from grace.cli import main
 from grace.encoder import GraceEncoder, Variant
-from grace.evaluation import report_path
-from grace.evaluation.noise import evaluate_rows, length_curve
+from grace.evaluation import evaluate, report_path
+from grace.evaluation.noise import length_curve
 from grace.prompts import SYSTEM_PROMPT, build_prompts, system_prefix_length
 from grace.rationale import (
     Branch,
@@ -249,25 +249,29 @@ ROW = dict(max_new_tokens=3, num_rationales=2, seed=0, batch_size=64, max_input_
 
 
 @pytest.mark.filterwarnings("ignore:.*exceed max_input_tokens")
-def test_evaluate_rows_keys_each_report_by_what_decides_it(tiny, tmp_path, monkeypatch):
+def test_evaluate_keys_each_report_by_what_decides_it(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(
-        GraceEncoder, "from_pretrained", classmethod(lambda cls, name, **s: cls(*tiny, **s))
+        GraceEncoder,
+        "from_pretrained",
+        classmethod(lambda cls, name, device=None, **s: cls(*tiny, **s)),
     )
-    row = evaluate_rows(
-        "tiny-random", "tiny", SUITE, tmp_path, greedy=True, lengths=[0, 1, 3], **ROW
+    row = evaluate(
+        "tiny-random", SUITE, label="tiny", folder=tmp_path, greedy=True, lengths=[0, 1, 3], **ROW
     )
     key = report_key("tiny-random", SUITE, **ROW)
+    assert row.main["key"] == key and row.main["label"] == "tiny"
     assert set(row.draws) == {"tiny (draw 1)", "tiny (draw 2)", "tiny (mean of 2)"}
+    # The model's own embedding is the mean of its two draws: scored once, reported twice.
+    assert row.main["tasks"] == row.draws["tiny (mean of 2)"]["tasks"]
     assert row.draws["tiny (draw 2)"]["key"] == key | {"variant": "draw 2"}
     assert row.greedy["key"] == report_key("tiny-random", SUITE, **(ROW | {"temperature": 0}))
     assert row.lengths[0]["key"] == report_key("tiny-random", SUITE, **(ROW | {"mode": "direct"}))
     one = ROW | {"mode": "rationale", "max_new_tokens": 1, "num_rationales": 1}
     assert row.lengths[1]["key"] == report_key("tiny-random", SUITE, **one)
     assert row.lengths[3] is row.draws["tiny (draw 1)"]  # the evaluation length is draw 1
-    assert all("cost_seconds" in r for r in row.all().values())
+    assert all("cost_seconds" in r for r in [row.main, *row.variants().values()])
 
     # Scores equal those of an encoder with each report's own settings, measured alone.
-    from grace.evaluation import evaluate
     from grace.evaluation.model import GraceMTEBModel
 
     for variant, report in [
@@ -277,14 +281,14 @@ def test_evaluate_rows_keys_each_report_by_what_decides_it(tiny, tmp_path, monke
     ]:
         alone = GraceMTEBModel(separate(tiny, variant, **ROW))
         alone.encoder.share_work = False
-        scores = [r["score"] for r in evaluate(alone, SUITE)["tasks"]]
+        scores = [r["score"] for r in evaluate(alone, SUITE).main["tasks"]]
         assert scores == pytest.approx([r["score"] for r in report["tasks"]], abs=1e-5)
 
     # Everything is read back now: no model is loaded, nothing is generated.
     monkeypatch.setattr(GraceEncoder, "from_pretrained", None)
-    table = length_curve(
-        {"tiny": "tiny-random"}, {"tiny": "tiny"}, [0, 1, 3], SUITE, tmp_path, **ROW
-    )
+    again = evaluate("tiny-random", SUITE, label="tiny", folder=tmp_path, lengths=[0, 1, 3], **ROW)
+    assert again.main["tasks"] == row.main["tasks"] and again.main["key"] == row.main["key"]
+    table = length_curve({"tiny": again})
     assert list(table.index) == ["tiny, 0", "tiny, 1", "tiny, 3"]
     assert (table["eval seconds"] > 0).all()
     saved = json.loads(report_path(tmp_path, "tiny, 1 tokens").read_text())
@@ -298,10 +302,12 @@ def test_cli_eval_scores_every_variant_from_one_pass(tmp_path, capsys):
     assert main([*args, "--lengths", "0,1,2", "--greedy", "--output", str(output)]) == 0
     printed = capsys.readouterr().out
     report = json.loads(output.read_text())
-    names = ["draw 1", "draw 2", "greedy", "direct", "1 tokens", "2 tokens"]
-    assert list(report["variants"]) == names
-    assert report["variants"]["2 tokens"]["tasks"] == report["variants"]["draw 1"]["tasks"]
-    assert "6 variants from the same pass" in printed and "| tiny-random" not in printed
+    label = "grace/tiny-random-rationale"
+    assert report["label"] == label  # the mean of the two draws
+    names = ["(draw 1)", "(draw 2)", "(greedy)", ", direct", ", 1 tokens"]
+    assert list(report["variants"]) == [label + " " * name.startswith("(") + name for name in names]
+    # The cap (2 tokens) is draw 1 itself, not a second report of it.
+    assert "5 variants from the same pass" in printed and "| tiny-random" not in printed
     assert main([*args, "--mode", "direct", "--lengths", "0,4"]) == 2
     assert "--lengths and --greedy score rationales" in capsys.readouterr().err
 

@@ -1,260 +1,143 @@
-"""Evaluation through mteb: suites of tasks, a runner that writes results, and summaries.
+"""Evaluation through mteb: one ``evaluate`` for every model, suite and variant.
 
-Suites (``suite_tasks``): ``offline`` (the mini-MTEB of ``tasks.py``, runs anywhere);
-``paper`` (the reference's 56 names) and ``subset`` (the authors' quick 9), scored as the
-reference scores them; ``mteb-eng`` (mteb's ``MTEB(eng, v1)`` benchmark, what the leaderboard
-shows); or a comma-separated list of task names. All but ``offline`` download their data from
-the Hugging Face hub.
+Suites (``suites.py``): ``offline`` (the mini-MTEB of ``tasks.py``, runs anywhere); ``paper``
+(the reference's 56 names) and ``subset`` (the authors' quick 9), scored as the reference
+scores them; ``mteb-eng`` (mteb's ``MTEB(eng, v1)`` benchmark, what the leaderboard shows); or
+a comma-separated list of task names. All but ``offline`` download their data from the
+Hugging Face hub.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-from grace.data import DataError
-from grace.evaluation.intervals import task_intervals
-from grace.evaluation.model import MINILM, GraceMTEBModel, TextEncoder, minilm_encoder
+from grace.encoder import EncoderConfig, saved_encoder_settings
+from grace.evaluation.model import (
+    MINILM,
+    MINILM_NAME,
+    GraceMTEBModel,
+    TextEncoder,
+    minilm_encoder,
+)
+from grace.evaluation.noise import Reports, shared_pass_reports
 from grace.evaluation.results import bar_chart, summarize, to_markdown, with_paper
-from grace.evaluation.tasks import OFFLINE_TASKS
-from grace.files import write_text_atomically
-
-PAPER_TASKS = {
-    "Retrieval": "ArguAna CQADupstackRetrieval FiQA2018 NFCorpus SCIDOCS SciFact ClimateFEVER "
-    "DBPedia NQ FEVER HotpotQA MSMARCO QuoraRetrieval TRECCOVID Touche2020",
-    "Reranking": "AskUbuntuDupQuestions MindSmallReranking SciDocsRR StackOverflowDupQuestions",
-    "Clustering": "ArxivClusteringP2P ArxivClusteringS2S BiorxivClusteringP2P "
-    "BiorxivClusteringS2S MedrxivClusteringP2P MedrxivClusteringS2S RedditClustering "
-    "RedditClusteringP2P StackExchangeClustering StackExchangeClusteringP2P "
-    "TwentyNewsgroupsClustering",
-    "PairClassification": "SprintDuplicateQuestions TwitterSemEval2015 TwitterURLCorpus",
-    "Classification": "AmazonCounterfactualClassification AmazonPolarityClassification "
-    "AmazonReviewsClassification Banking77Classification EmotionClassification "
-    "ImdbClassification ToxicConversationsClassification MTOPDomainClassification "
-    "MassiveIntentClassification MassiveScenarioClassification MTOPIntentClassification "
-    "TweetSentimentClassification",
-    "STS": "BIOSSES SICK-R STS12 STS13 STS14 STS15 STS16 STS17 STSBenchmark STS22",
-    "Summarization": "SummEval",
-}
-PAPER_TASKS = {category: names.split() for category, names in PAPER_TASKS.items()}
-SUBSET_TASKS = (
-    "Banking77Classification EmotionClassification MedrxivClusteringS2S TwitterSemEval2015 "
-    "AskUbuntuDupQuestions BIOSSES STS17 STSBenchmark SummEval"
-).split()
-OFFLINE_BY_NAME = {task.metadata.name: task for task in OFFLINE_TASKS}
-
-
-class HubRequired(DataError):
-    """A suite needs task data from the Hugging Face hub, which cannot be reached."""
-
-
-MTEB_ENG = "MTEB(eng, v1)"  # mteb's English benchmark, the `mteb-eng` suite
-SUITE_HELP = "use offline, subset, paper, mteb-eng, or mteb task names separated by commas"
-
-
-def suite_task_names(suite: str) -> list[str]:
-    if suite == "paper":
-        return [name for names in PAPER_TASKS.values() for name in names]
-    if suite == "subset":
-        return list(SUBSET_TASKS)
-    if suite == "offline":
-        return list(OFFLINE_BY_NAME)
-    if suite == "mteb-eng":
-        return [task.metadata.name for task in mteb_benchmark_tasks()]
-    names = [name.strip() for name in suite.split(",") if name.strip()]
-    if not names:
-        raise DataError(f"Suite {suite!r} names no tasks; {SUITE_HELP}.")
-    return list(dict.fromkeys(names))  # a task named twice is scored once
-
-
-def mteb_benchmark_tasks() -> list:
-    import mteb
-
-    return list(mteb.get_benchmark(MTEB_ENG).tasks)
-
-
-def suite_tasks(suite: str) -> list:
-    """The mteb task objects of a suite, with the subsets and splits it scores (metadata only:
-    no data is loaded).
-
-    ``paper`` and ``subset`` score their names as the reference's ``eval_mteb.py`` does (mteb
-    1.38, ``MTEB(tasks=names)``, ``eval_splits=["test"]``): the test split only (MSMARCO's
-    too, where the benchmark scores dev) and every language subset a task has (STS17's 11
-    pairs, MassiveIntentClassification's 51 languages), with the multilingual
-    TweetSentimentClassification it lists. ``mteb-eng`` is mteb's own benchmark: its tasks,
-    English subsets and splits. A list of names keeps each task's English subsets and all its
-    evaluation splits. Unknown names fail here."""
-    import mteb
-
-    if suite == "mteb-eng":
-        return mteb_benchmark_tasks()
-    names = suite_task_names(suite)
-    offline = [OFFLINE_BY_NAME[n]() for n in names if n in OFFLINE_BY_NAME]
-    hub_names = [n for n in names if n not in OFFLINE_BY_NAME]
-    scoring = {"eval_splits": ["test"]} if suite in ("paper", "subset") else {"languages": ["eng"]}
-    try:
-        hub = list(mteb.get_tasks(tasks=hub_names, **scoring)) if hub_names else []
-    except KeyError as error:  # mteb: "'offlin' not found and no similar keys were found."
-        found = str(error.args[0]).removeprefix("KeyError: ").rstrip(".")
-        raise DataError(f"Unknown suite or task: {found}; {SUITE_HELP}.") from None
-    return offline + hub
-
-
-def resolve_tasks(suite: str) -> list:
-    """``suite_tasks``, after checking that the hub tasks among them can be downloaded: unknown
-    names, and hub tasks without a reachable hub, fail here, before any model is run."""
-    tasks = suite_tasks(suite)
-    hub = [task for task in tasks if task.metadata.name not in OFFLINE_BY_NAME]
-    hub_names = [task.metadata.name for task in hub]
-    listed = f"{', '.join(hub_names[:3])}{', ...' if len(hub_names) > 3 else ''}"
-    if hub and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise HubRequired(
-            f"Suite {suite!r} needs {len(hub)} tasks whose data lives on the Hugging Face hub "
-            f"({listed}), but HF_HUB_OFFLINE is set. Unset it on a machine with internet, or "
-            "use --suite offline."
-        )
-    if hub and (problem := hub_unreachable()):
-        raise HubRequired(
-            f"Suite {suite!r} needs {len(hub)} tasks from the Hugging Face hub ({listed}), "
-            f"which cannot be reached ({problem}). Connect, or use --suite offline."
-        )
-    return tasks
-
-
-def hub_unreachable(timeout: float = 5.0) -> str | None:
-    """Why the hub (``HF_ENDPOINT``) cannot be reached, or None when it answers.
-
-    One quick request here saves loading a model only to meet mteb's retries later.
-    """
-    import urllib.error
-    import urllib.request
-
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    request = urllib.request.Request(endpoint, method="HEAD")
-    try:
-        urllib.request.urlopen(request, timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return None  # an HTTP answer, even an error status, means the hub is there
-    except (urllib.error.URLError, OSError) as error:
-        return f"{endpoint}: {getattr(error, 'reason', error)}"
-    return None
-
-
-def task_records(model_result, tasks: list) -> list[dict]:
-    """``{"task", "type", "score"}`` for each task of an mteb result (main score, 0..1).
-
-    Types come from the task objects: mteb looks names up in its registry, where our offline
-    tasks are not.
-    """
-    types = {task.metadata.name: task.metadata.type for task in tasks}
-    return [
-        {"task": r.task_name, "type": types[r.task_name], "score": float(r.get_score())}
-        for r in model_result.task_results
-    ]
+from grace.evaluation.suites import (
+    PAPER_TASKS,
+    SUBSET_TASKS,
+    HubRequired,
+    kept_report,
+    report_path,
+    resolve_tasks,
+    score,
+    suite_task_names,
+    suite_tasks,
+    write_report,
+)
+from grace.runs import report_key
 
 
 def evaluate(
-    model: TextEncoder,
+    model: str | TextEncoder,
     suite: str = "offline",
-    output: str | Path | None = None,
+    *,
     label: str | None = None,
+    folder: str | Path | None = None,
+    greedy: bool = False,
+    direct: bool = False,
+    lengths: list[int] | tuple[int, ...] = (),
+    means: tuple[int, ...] = (2, 4),
+    curve: str | None = None,
     results_cache: str | Path | None = None,
-) -> dict:
-    """Run a suite with mteb and return a report.
+    output: str | Path | None = None,
+    device: str | None = None,
+    **settings,
+) -> Reports:
+    """Score a model on a suite, with the variants of its rationales asked for.
 
-    The report holds the per-task main scores, the category summary, the wall time, and
-    mteb's full results; ``output`` also writes it as JSON. ``results_cache`` is a folder for
-    mteb's ``ResultCache``: each task's result is kept there as it finishes, under the model's
-    name and revision (its weights and encoding settings), so a suite stopped midway resumes
-    task by task; without it a rerun measures everything again.
+    ``model``: a model name, hub id or folder (a trained folder embeds as its
+    ``encoder_config.json`` says; ``settings``, ``EncoderConfig`` fields, override it: pass
+    machine settings such as ``batch_size`` or ``cache_dir`` only, unless a change of
+    encoding is the point; ``device`` places it), ``"minilm"`` for the off-the-shelf
+    reference, or a ready ``TextEncoder``.
+
+    ``Reports.main`` is the model's own embedding, labelled ``label`` (default: the model's
+    name). In rationale mode one generation pass also gives ``draws``: each of the k =
+    ``num_rationales`` sampled rationales alone (``"<label> (draw j)"``) and the mean of the
+    first m (``"<label> (mean of m)"``, m in ``means``, m <= k); with ``greedy``
+    ``"<label> (greedy)"`` (temperature 0); with ``direct`` ``"<curve>, direct"`` (the prompt
+    alone); for each of ``lengths`` draw 1 cut at that many tokens (``"<curve>, L tokens"``;
+    0 is the direct report, the cap draw 1 itself). ``curve`` defaults to ``label``.
+
+    ``folder`` keeps each report as ``<folder>/<label>.json`` under the key of what decides it
+    (``grace.runs.report_key``) and reuses it while that key holds; without it nothing is kept.
+    ``results_cache`` is mteb's ``ResultCache`` folder for the main report, which then resumes
+    task by task (not with variants). ``output`` writes the main report, with a summary of
+    each variant, as JSON.
     """
-    import mteb
-
-    tasks = resolve_tasks(suite)
+    variants_asked = greedy or direct or bool(lengths)
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)  # fails now, not after the run
-    cache = mteb.ResultCache(cache_path=results_cache) if results_cache else None
-    start = time.perf_counter()
-    batch = {"batch_size": model.batch_size} if model.batch_size else {}  # else mteb's 32
-    result = mteb.evaluate(model, tasks, cache=cache, encode_kwargs=batch, show_progress_bar=True)
-    seconds = time.perf_counter() - start
-    label = label or model.mteb_model_meta.name
-    records = task_records(result, tasks)
-    report = {
-        "label": label,
-        "model": model.mteb_model_meta.name,
-        "revision": model.mteb_model_meta.revision,
-        "suite": suite,
-        "seconds": round(seconds, 1),
-        "tasks": records,
-        "summary": summarize({label: records}).iloc[0].to_dict(),
-        "intervals": task_intervals(tasks, records, getattr(model, "memory", {})),
-        "mteb": [r.to_dict() for r in result.task_results],
-    }
-    if output:
-        write_text_atomically(output, json.dumps(report, indent=2, default=str))
-    return report
-
-
-def cached_report(
-    path: str | Path,
-    label: str,
-    make_encoder: Callable[[], TextEncoder],
-    suite: str,
-    key: dict,
-) -> dict:
-    """The report saved at ``path`` if it was made under ``key``, else a fresh evaluation.
-
-    ``key`` says what the scores depend on (``grace.runs.report_key``: model identity, encoder
-    settings, suite); a report written under another key is measured again and replaced.
-    ``make_encoder`` is only called when needed: loading a model costs seconds.
-    """
-    path = Path(path)
-    key = json.loads(json.dumps(key))
-    if path.exists():
-        report = json.loads(path.read_text())
-        if report.get("key") == key:
-            return report
-    report = evaluate(make_encoder(), suite, label=label) | {"key": key}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(path, json.dumps(report, indent=2, default=str))
-    return report
-
-
-def evaluate_cached(model: str, label: str, suite: str, folder: str | Path, **settings) -> dict:
-    """The report of ``model`` under encoder ``settings``, cached in ``folder`` by its key.
-
-    ``model`` is a name or folder for ``GraceMTEBModel``, or ``minilm`` for the reference.
-    """
-    from grace.runs import report_key
-
-    if model == MINILM:
-        settings = {}
-        make = minilm_encoder
+    if isinstance(model, TextEncoder) or model == MINILM:
+        if settings or variants_asked or device:
+            raise ValueError(
+                "A ready encoder or minilm writes no rationales: encoder settings, greedy, "
+                "direct and lengths do not apply."
+            )
+        if isinstance(model, TextEncoder):
+            if folder is not None:
+                raise ValueError("folder keeps reports by a model's name: pass the name.")
+            reports = Reports(main=score(model, suite, label, results_cache))
+        else:
+            key = report_key(MINILM, suite)
+            label = label or MINILM_NAME
+            main = kept_report(folder, label, minilm_encoder, suite, key, results_cache)
+            reports = Reports(main=main)
     else:
-        make = lambda: GraceMTEBModel(model, **settings)  # noqa: E731
-    key = report_key(model, suite, **settings)
-    return cached_report(report_path(folder, label), label, make, suite, key)
-
-
-def report_path(folder: str | Path, label: str) -> Path:
-    """``results/<label>.json`` with the label made file-name safe."""
-    name = label.replace(" ", "_").replace("+", "plus").replace("/", "-")
-    name = "".join(c for c in name if c not in ",()")
-    return Path(folder) / f"{name}.json"
+        model = str(model)
+        settings = saved_encoder_settings(model) | settings
+        config = EncoderConfig(**settings)
+        label = label or f"grace/{Path(model).name}-{config.mode}"
+        shared = config.mode == "rationale" and config.single_pass
+        if variants_asked and not shared:
+            raise ValueError(
+                f"greedy, direct and lengths vary a sampled rationale; this model embeds in "
+                f"{config.mode} mode{'' if shared else ' or without the single pass'}."
+            )
+        beyond = [n for n in lengths if n > config.max_new_tokens]
+        if beyond:
+            raise ValueError(
+                f"lengths {beyond} exceed the rationale cap max_new_tokens="
+                f"{config.max_new_tokens}: a rationale is never cut longer than it is written."
+            )
+        if variants_asked and results_cache:
+            raise ValueError(
+                "results_cache resumes one encoding of a suite; greedy, direct and lengths "
+                "score several from one generation: drop one or the other."
+            )
+        if shared and not results_cache and (config.draws > 1 or variants_asked):
+            reports = shared_pass_reports(
+                model, label, suite, folder, settings, means, greedy, direct, lengths, curve, device
+            )
+        else:
+            key = report_key(model, suite, **settings)
+            make = lambda: GraceMTEBModel(model, device=device, **settings)  # noqa: E731
+            reports = Reports(main=kept_report(folder, label, make, suite, key, results_cache))
+    if output:
+        summaries = {
+            name: {k: v for k, v in r.items() if k != "mteb"}
+            for name, r in reports.variants().items()
+        }
+        write_report(output, reports.main | ({"variants": summaries} if summaries else {}))
+    return reports
 
 
 __all__ = [
-    "cached_report",
-    "evaluate_cached",
+    "evaluate",
+    "Reports",
     "report_path",
     "GraceMTEBModel",
     "TextEncoder",
     "minilm_encoder",
-    "evaluate",
     "resolve_tasks",
     "suite_tasks",
     "suite_task_names",

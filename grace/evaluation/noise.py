@@ -6,7 +6,8 @@ prefilled once and continued k times (``GraceEncoder.encode_variants``): "draw j
 single-sample scores: the spread a new sampling seed gives), "mean of the first m draws",
 greedy decoding, draw 1 cut at every length of the length curve and the prompt alone (direct
 mode) all come from that pass, and each report is still keyed by the settings that decide
-it, so it equals (and is interchangeable with) a report measured on its own.
+it, so it equals (and is interchangeable with) a report measured on its own. The entry point
+is ``grace.evaluation.evaluate``; this module plans its reports and reads them into tables.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import numpy as np
 import pandas as pd
 
 from grace.encoder import EncoderConfig, GraceEncoder, Variant, mean_of_draws
-from grace.evaluation import cached_report, report_path
 from grace.evaluation.model import TextEncoder, model_meta
 from grace.evaluation.results import summarize
+from grace.evaluation.suites import has_report, report_path, score, write_report
 from grace.runs import report_key
 
 
@@ -67,19 +68,6 @@ class VariantBank:
         return TextEncoder(lambda texts, batch_size=None: self(texts, variants), meta)
 
 
-def draw_variants(encoder: GraceEncoder, name: str, means: tuple[int, ...] = (2, 4)) -> dict:
-    """mteb encoders ``draw 1`` .. ``draw k`` and ``mean of m`` (m in ``means``, m <= k)."""
-    draws = encoder.draw_variants()
-    bank = VariantBank(encoder, draws)
-    variants = {
-        f"draw {j + 1}": bank.text_encoder([v], f"{name}-draw {j + 1}") for j, v in enumerate(draws)
-    }
-    for m in means:
-        if m <= len(draws):
-            variants[f"mean of {m}"] = bank.text_encoder(draws[:m], f"{name}-mean of {m}")
-    return variants
-
-
 @dataclass
 class Planned:
     """One report to produce: its label, the key of what decides it, and its embedding (the
@@ -91,156 +79,140 @@ class Planned:
 
 
 @dataclass
-class RowReports:
-    """The reports of one model from ``evaluate_rows``, each a ``cached_report`` dict."""
+class Reports:
+    """What one ``grace.evaluation.evaluate`` call measured for a model, each a report dict."""
 
+    main: dict  # the model's own embedding (k > 1 draws: their re-normalised mean)
     draws: dict[str, dict] = field(default_factory=dict)  # "<label> (draw j)", "(mean of m)"
     greedy: dict | None = None
     direct: dict | None = None
     lengths: dict[int, dict] = field(default_factory=dict)  # 0 = direct; the cap = draw 1
 
-    def all(self) -> dict[str, dict]:
+    def variants(self) -> dict[str, dict]:
+        """Every report but ``main``, by label."""
         found = dict(self.draws)
         for report in [self.greedy, self.direct, *self.lengths.values()]:
             if report is not None:
                 found[report["label"]] = report
+        found.pop(self.main["label"], None)
         return found
 
+    def single_draws(self) -> list[dict]:
+        """The reports of one sampled rationale per text (``"<label> (draw j)"``), whose mean
+        is the row's value; a model without draws (direct mode) is its main report."""
+        singles = [report for label, report in self.draws.items() if "(draw " in label]
+        return singles or [self.main]
 
-def evaluate_rows(
+
+def shared_pass_reports(
     model: str,
     label: str,
     suite: str,
-    folder: str | Path,
+    folder: str | Path | None,
+    settings: dict,
     means: tuple[int, ...] = (2, 4),
     greedy: bool = False,
-    lengths: list[int] | tuple[int, ...] = (),
     direct: bool = False,
+    lengths: list[int] | tuple[int, ...] = (),
     curve: str | None = None,
-    **settings,
-) -> RowReports:
-    """A model's rationale row and its variants, cached in ``folder``, from one pass.
+    device: str | None = None,
+) -> Reports:
+    """A rationale-mode model's reports from one ``encode_variants`` pass (see
+    ``grace.evaluation.evaluate`` for what each is and how it is labelled).
 
-    Reports (labels): ``"<label> (draw j)"`` for the k = ``num_rationales`` draws and
-    ``"<label> (mean of m)"`` (m in ``means``, m <= k); with ``greedy`` ``"<label> (greedy)"``
-    (temperature 0); for each of ``lengths`` one sampled rationale (draw 1) of at most that
-    many tokens, ``"<curve>, L tokens"``, where 0 is ``"<curve>, direct"`` (also made with
-    ``direct``) and the evaluation length is draw 1 itself. ``curve`` defaults to ``label``.
-
-    Each report is keyed as if measured on its own: the draws by the row's settings and the
-    variant, greedy by ``temperature=0``, a length point by ``max_new_tokens=L`` and one
-    draw, the direct report by direct mode (which ignores sampling settings). The model is
-    loaded, and one ``encode_variants`` pass made for the missing reports only, when any is
-    missing; reports made by the pass also record ``cost_seconds``, the pass's seconds that
-    report alone needed.
+    Each report is keyed as if measured on its own: the model's own embedding by its settings,
+    each draw and mean by those and the variant, greedy by ``temperature=0``, a length point by
+    ``max_new_tokens=L`` and one draw, the direct report by direct mode (which ignores sampling
+    settings). The model is loaded, and the pass made, only for reports ``folder`` lacks.
     """
     config = EncoderConfig(**settings)
-    if config.mode == "direct" or not config.single_pass:
-        raise ValueError(
-            "evaluate_rows pools the states of one generation pass (rationale mode, "
-            "single_pass=True); use evaluate_cached for other settings."
-        )
     curve = curve or label
     cap, k = config.max_new_tokens, config.draws
     draws = [Variant(cap, None, j) for j in range(k)]
     key = report_key(model, suite, **settings)
-    plans = {"draws": {}, "greedy": None, "direct": None, "lengths": {}}
+    main = Planned(label, key, draws)
+    planned: dict[str, Planned] = {}
     for j, variant in enumerate(draws):
         name = f"draw {j + 1}"
-        plans["draws"][name] = Planned(draw_label(label, name), key | {"variant": name}, [variant])
+        planned[name] = Planned(draw_label(label, name), key | {"variant": name}, [variant])
     for m in means:
         if m <= k:
             name = f"mean of {m}"
-            plans["draws"][name] = Planned(
-                draw_label(label, name), key | {"variant": name}, draws[:m]
-            )
+            planned[name] = Planned(draw_label(label, name), key | {"variant": name}, draws[:m])
+    greedy_plan = direct_plan = None
     if greedy:
-        changes = {"temperature": 0}
-        plans["greedy"] = Planned(
+        greedy_plan = Planned(
             draw_label(label, "greedy"),
-            report_key(model, suite, **(settings | changes)),
+            report_key(model, suite, **(settings | {"temperature": 0})),
             [Variant(cap, 0, 0)],
         )
     if direct or 0 in lengths:
-        plans["direct"] = Planned(
+        direct_plan = Planned(
             f"{curve}, direct",
             report_key(model, suite, **(settings | {"mode": "direct"})),
             [Variant(0)],
         )
+    length_plans: dict[int, Planned] = {}
     for length in sorted(set(lengths)):
         if length == 0:
-            plans["lengths"][0] = plans["direct"]
+            length_plans[0] = direct_plan
         elif length == cap:
-            plans["lengths"][length] = plans["draws"]["draw 1"]
+            length_plans[length] = planned["draw 1"]
         else:
             changes = {"mode": "rationale", "max_new_tokens": length, "num_rationales": 1}
-            plans["lengths"][length] = Planned(
+            length_plans[length] = Planned(
                 f"{curve}, {length} tokens",
                 report_key(model, suite, **(settings | changes)),
                 [Variant(length, None, 0)],
             )
-
-    every = list(plans["draws"].values()) + list(plans["lengths"].values())
-    every += [p for p in (plans["greedy"], plans["direct"]) if p is not None]
-    every = list({p.label: p for p in every}.values())
-    made = run_plans(model, every, suite, folder, settings)
-    return RowReports(
-        draws={p.label: made[p.label] for p in plans["draws"].values()},
-        greedy=made[plans["greedy"].label] if plans["greedy"] else None,
-        direct=made[plans["direct"].label] if plans["direct"] else None,
-        lengths={length: made[p.label] for length, p in plans["lengths"].items()},
+    every = [main, *planned.values(), *length_plans.values()]
+    every += [p for p in (greedy_plan, direct_plan) if p is not None]
+    plans = list({p.label: p for p in every}.values())
+    made = run_plans(model, plans, suite, folder, settings, device)
+    return Reports(
+        main=made[main.label],
+        draws={p.label: made[p.label] for p in planned.values()},
+        greedy=made[greedy_plan.label] if greedy_plan else None,
+        direct=made[direct_plan.label] if direct_plan else None,
+        lengths={length: made[p.label] for length, p in length_plans.items()},
     )
 
 
 def run_plans(
-    model: str | GraceEncoder, plans: list[Planned], suite: str, folder: str | Path, settings
-) -> dict[str, dict]:
-    """``cached_report`` for each plan; the missing ones share one ``VariantBank``."""
-    missing = [p for p in plans if not has_report(report_path(folder, p.label), p.key)]
-    banks: list[VariantBank] = []
-
-    def make(plan: Planned) -> TextEncoder:
-        if not banks:
-            encoder = (
-                model
-                if isinstance(model, GraceEncoder)
-                else GraceEncoder.from_pretrained(model, **settings)
-            )
-            banks.append(VariantBank(encoder, [v for p in missing for v in p.variants]))
-        return banks[0].text_encoder(plan.variants, f"{Path(str(model)).name}-{plan.label}")
-
-    made = {
-        p.label: cached_report(
-            report_path(folder, p.label), p.label, lambda p=p: make(p), suite, p.key
-        )
-        for p in plans
-    }
-    if banks:
-        for plan in missing:
-            report = made[plan.label] | {"cost_seconds": round(banks[0].cost(plan.variants), 3)}
-            report_path(folder, plan.label).write_text(json.dumps(report, indent=2, default=str))
-            made[plan.label] = report
-    return made
-
-
-def has_report(path: Path, key: dict) -> bool:
-    """Whether ``path`` holds a report made under ``key`` (what ``cached_report`` reuses)."""
-    if not path.exists():
-        return False
-    return json.loads(path.read_text()).get("key") == json.loads(json.dumps(key))
-
-
-def evaluate_draws(
     model: str,
-    label: str,
+    plans: list[Planned],
     suite: str,
-    folder: str | Path,
-    means: tuple[int, ...] = (2, 4),
-    **settings,
+    folder: str | Path | None,
+    settings: dict,
+    device: str | None = None,
 ) -> dict[str, dict]:
-    """Reports ``"<label> (draw j)"`` and ``"<label> (mean of m)"``, cached in ``folder``
-    (``evaluate_rows`` without greedy or lengths)."""
-    return evaluate_rows(model, label, suite, folder, means, **settings).draws
+    """A report per plan: the one kept in ``folder`` under its key, else scored from one shared
+    ``VariantBank`` (plans of the same variants are scored once). Reports made here record
+    ``cost_seconds``, the seconds of the pass that report alone needed."""
+    made: dict[str, dict] = {}
+    missing = []
+    for plan in plans:
+        path = report_path(folder, plan.label) if folder is not None else None
+        if path is not None and has_report(path, plan.key):
+            made[plan.label] = json.loads(path.read_text())
+        else:
+            missing.append(plan)
+    if not missing:
+        return made
+    encoder = GraceEncoder.from_pretrained(model, device=device, **settings)
+    bank = VariantBank(encoder, [v for p in missing for v in p.variants])
+    scored: dict[tuple[Variant, ...], dict] = {}
+    for plan in missing:
+        group = tuple(plan.variants)
+        if group not in scored:
+            name = f"{Path(model).name}-{plan.label}"
+            scored[group] = score(bank.text_encoder(plan.variants, name), suite)
+        made[plan.label] = scored[group] | {"label": plan.label, "key": plan.key}
+    for plan in missing:  # every text's variants are sampled by now: their costs are known
+        made[plan.label]["cost_seconds"] = round(bank.cost(plan.variants), 3)
+        if folder is not None:
+            write_report(report_path(folder, plan.label), made[plan.label])
+    return made
 
 
 def mean_std(table: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
@@ -267,7 +239,7 @@ def draw_label(label: str, variant: str) -> str:
 
 
 def draw_summary(reports: dict[str, dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``evaluate_draws`` reports of one row -> (each variant's summary, single draws' mean/std)."""
+    """A row's draw reports -> (each variant's summary, single draws' mean/std)."""
     table = summarize({label: report["tasks"] for label, report in reports.items()})
     singles = [label for label in table.index if "(draw " in label]
     return table, mean_std(table, singles)
@@ -303,109 +275,8 @@ def variants_table(
     return pd.DataFrame(rows).T
 
 
-def length_reports(
-    models: dict[str, str],
-    row_labels: dict[str, str],
-    lengths: list[int],
-    suite: str,
-    folder: str | Path,
-    **settings,
-) -> dict[str, dict]:
-    """``{"<name>, <length>": report}``: each point of the length curve (0 = direct), one
-    sampled rationale (draw 1) per text, from the pass of each model's ``evaluate_rows`` (so a
-    notebook that ran ``evaluate_rows`` with these lengths before has measured them all)."""
-    reports = {}
-    for name, model in models.items():
-        row = evaluate_rows(
-            model, row_labels[name], suite, folder, lengths=lengths, curve=name, **settings
-        )
-        for length in lengths:
-            reports[f"{name}, {length}"] = row.lengths[length]
-    return reports
-
-
-def length_curve(
-    models: dict[str, str],
-    row_labels: dict[str, str],
-    lengths: list[int],
-    suite: str,
-    folder: str | Path,
-    **settings,
-) -> pd.DataFrame:
-    """Suite scores against rationale length (0 = direct), one sampled rationale per text.
-
-    Every point of a model comes from the pass of its ``evaluate_rows`` (``length_reports``:
-    draw 1 cut at each length; the point at the evaluation length is draw 1 itself, the
-    0-token point the direct report). ``eval seconds`` is what each point alone needed of that
-    pass (its prefill and the decoding of its rows up to its length), or, for a report
-    measured on its own, its time.
-    """
-    reports = length_reports(models, row_labels, lengths, suite, folder, **settings)
-    table = summarize({label: report["tasks"] for label, report in reports.items()})
-    table["eval seconds"] = [r.get("cost_seconds", r["seconds"]) for r in reports.values()]
-    return table
-
-
-def variant_plan(
-    encoder: GraceEncoder,
-    means: tuple[int, ...] = (2, 4),
-    greedy: bool = False,
-    lengths: list[int] | tuple[int, ...] = (),
-) -> dict[str, list[Variant]]:
-    """Name -> variants (their mean) of the variants ``grace eval`` reports beside the
-    encoder's own embedding: each draw and the mean of m draws (k > 1), greedy, and draw 1 at
-    each of ``lengths`` (``"L tokens"``; 0: ``"direct"``)."""
-    config = encoder.config
-    draws = encoder.draw_variants()
-    plan: dict[str, list[Variant]] = {}
-    if len(draws) > 1:
-        plan |= {f"draw {j + 1}": [v] for j, v in enumerate(draws)}
-        plan |= {f"mean of {m}": draws[:m] for m in means if 1 < m < len(draws)}
-    if greedy:
-        plan["greedy"] = [Variant(config.max_new_tokens, 0, 0)]
-    for length in sorted(set(lengths)):
-        plan["direct" if length == 0 else f"{length} tokens"] = [Variant(length, None, 0)]
-    return plan
-
-
-def evaluate_variants(
-    encoder: GraceEncoder,
-    suite: str,
-    label: str,
-    plan: dict[str, list[Variant]],
-    meta=None,
-) -> tuple[dict, dict[str, dict]]:
-    """The encoder's own report and one per planned variant (``"<label> (<name>)"``), all
-    from one ``encode_variants`` pass; variant reports carry ``cost_seconds`` (see
-    ``VariantBank.cost``). Nothing is cached."""
-    from grace.evaluation import evaluate
-
-    own = encoder.draw_variants()
-    bank = VariantBank(encoder, own + [v for variants in plan.values() for v in variants])
-    main_encoder = bank.text_encoder(own, label)
-    if meta is not None:
-        main_encoder.mteb_model_meta = meta
-    main = evaluate(main_encoder, suite, label=label)
-    reports = {
-        name: evaluate(
-            bank.text_encoder(variants, f"{label}-{name}"), suite, label=f"{label} ({name})"
-        )
-        for name, variants in plan.items()
-    }
-    for name, variants in plan.items():
-        reports[name]["cost_seconds"] = round(bank.cost(variants), 3)
-    main["cost_seconds"] = round(bank.cost(own), 3)
-    return main, reports
-
-
-def single_draws(reports: dict[str, dict]) -> list[dict]:
-    """The single-draw reports (``"<label> (draw j)"``) among a row's ``evaluate_rows`` draws,
-    leaving out the means of several draws: the reports whose mean is the row's value."""
-    return [report for label, report in reports.items() if "(draw " in label]
-
-
 def length_changes(reports: dict[str, dict], draw_std: dict[str, float]) -> pd.DataFrame:
-    """Each point of ``length_reports`` against the same model's direct point (``"<name>,
+    """Each point of ``length_points`` against the same model's direct point (``"<name>,
     0"``), with its 95 % noise and verdict (``results.changes_against``). ``draw_std``: per
     model name, the spread of single draws (the sampling noise of every rationale point)."""
     from grace.evaluation.results import changes_against
@@ -417,3 +288,25 @@ def length_changes(reports: dict[str, dict], draw_std: dict[str, float]) -> pd.D
         stds = {label: draw_std.get(name, 0.0) for label in points if not label.endswith(", 0")}
         parts.append(changes_against(points, f"{name}, 0", stds))
     return pd.concat(parts)
+
+
+def length_points(rows: dict[str, Reports]) -> dict[str, dict]:
+    """``{"<name>, <length>": report}``: each model's length-curve points (0 = direct)."""
+    return {
+        f"{name}, {length}": report
+        for name, row in rows.items()
+        for length, report in row.lengths.items()
+    }
+
+
+def length_curve(rows: dict[str, Reports]) -> pd.DataFrame:
+    """Suite scores against rationale length (0 = direct), one sampled rationale per text.
+
+    ``eval seconds`` is what each point alone needed of its model's shared generation pass
+    (its prefill and the decoding of its rows up to its length), or, for a report measured on
+    its own, its time.
+    """
+    points = length_points(rows)
+    table = summarize({label: report["tasks"] for label, report in points.items()})
+    table["eval seconds"] = [r.get("cost_seconds", r["seconds"]) for r in points.values()]
+    return table
