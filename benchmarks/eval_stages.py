@@ -41,7 +41,7 @@ def suite_texts(suite: str) -> list[str]:
 
     seen: dict[str, None] = {}
 
-    def record(texts: list[str]) -> np.ndarray:
+    def record(texts: list[str], batch_size: int | None = None) -> np.ndarray:
         seen.update(dict.fromkeys(texts))
         vectors = np.random.default_rng(len(seen)).normal(size=(len(texts), 8))
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -27,3 +27,15 @@ def test_rates_are_measured_on_the_profiles_model():
     assert training.rows == rollout_rows(load_config("tiny"))
     assert training.batch_seconds >= 0 and training.step_seconds > 0
     assert training.update_seconds > 0 and evaluation.step_seconds > 0
+
+
+def test_a_grace_run_that_must_train_prints_its_estimate_then_its_time(tmp_path, capsys):
+    from grace.book.notebooks import run_config, trained_with_estimate
+    from grace.config import load_config
+
+    config = run_config(load_config("tiny"), "grace-supervised", tmp_path)
+    trained_with_estimate(config)
+    printed = capsys.readouterr().out
+    assert "GRACE training: at most" in printed and "Training took" in printed
+    trained_with_estimate(config)  # finished: reused, nothing timed
+    assert "GRACE training" not in capsys.readouterr().out

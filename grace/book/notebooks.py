@@ -16,7 +16,7 @@ from pathlib import Path
 from grace.config import TrainConfig, load_config
 from grace.constants import known_profiles
 from grace.models import ALIASES
-from grace.runs import is_finished
+from grace.runs import is_finished, log_history
 from grace.train import trained_model
 
 #: The book's trained models, by run folder name, with what each changes in the profile.
@@ -108,6 +108,25 @@ COLAB_METADATA = {"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance":
 def run_config(config: TrainConfig, name: str, out: str | Path) -> TrainConfig:
     """The profile's config for one of the book's runs (``RUNS``), in ``out/name``."""
     return config.with_changes({**RUNS[name], "run.output_dir": str(Path(out) / name)})
+
+
+def trained_with_estimate(config: TrainConfig) -> Path:
+    """``trained_model``; before a GRACE run that must train, how long it will take on this
+    machine (``grace.estimate``: about a minute of timing), and after it, how long it took."""
+    if config.run.method != "grace" or is_finished(config.run.output_dir, config):
+        return trained_model(config)
+    from grace.estimate import estimate, measure_rates
+
+    guess = estimate(config, *measure_rates(config))
+    print(guess, flush=True)
+    folder = trained_model(config)
+    runtimes = [h["train_runtime"] for h in log_history(folder) if "train_runtime" in h]
+    if runtimes:
+        print(
+            f"Training took {runtimes[-1] / 60:.1f} min, validation included (estimated: at "
+            f"most {guess.training_minutes:.1f} min)."
+        )
+    return folder
 
 
 def model_paths(
