@@ -418,23 +418,16 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from grace.data import DataError
     from grace.encoder import EncoderConfig, saved_encoder_settings
     from grace.evaluation import evaluate, resolve_tasks, summarize, to_markdown
     from grace.evaluation.model import MINILM
 
-    if args.results_cache and (args.lengths or args.greedy):
-        raise UsageError(
-            "--results-cache resumes one suite of one encoding; --lengths and --greedy "
-            "score several from one generation: drop one or the other."
-        )
     outside_model(args.model, output=args.output, results_cache=args.results_cache)
     resolve_tasks(args.suite)  # unknown names or an unreachable hub fail before the model loads
     settings = encoder_settings(args)
-    device = settings.pop("device", None)
     variants = {"greedy": args.greedy, "lengths": args.lengths or ()}
     if args.model == MINILM:
-        ignored = [f"--{name.replace('_', '-')}" for name in encoder_settings(args)]
+        ignored = [f"--{name.replace('_', '-')}" for name in settings]
         ignored += ["--lengths"] * bool(args.lengths) + ["--greedy"] * args.greedy
         if ignored:
             raise UsageError(
@@ -443,23 +436,11 @@ def run_eval(args: argparse.Namespace) -> None:
             )
         variants = {}
     else:
-        config = EncoderConfig(**(saved_encoder_settings(args.model) | settings))
-        if config.mode == "direct" and (args.lengths or args.greedy):
-            raise DataError(
-                "--lengths and --greedy score rationales; this model embeds in direct mode "
-                "(add --mode rationale)."
-            )
-        beyond = [n for n in args.lengths or () if n > config.max_new_tokens]
-        if beyond:
-            raise UsageError(
-                f"--lengths {beyond} exceed the rationale cap --max-new-tokens "
-                f"{config.max_new_tokens}: a rationale is never cut longer than it is written; "
-                "raise --max-new-tokens or drop them."
-            )
         # Beside the model's own embedding (the mean of its k draws): each draw when k > 1,
         # the means of fewer draws, greedy and the lengths, from the same generation pass.
-        variants["means"] = tuple(m for m in (2, 4) if m < config.draws)
-        settings["device"] = device
+        encoding = {k: v for k, v in settings.items() if k != "device"}
+        draws = EncoderConfig(**(saved_encoder_settings(args.model) | encoding)).draws
+        variants["means"] = tuple(m for m in (2, 4) if m < draws)
     reports = evaluate(
         args.model,
         args.suite,

@@ -104,7 +104,7 @@ PROBES = [
     (
         ["eval", "--model", "tiny-random", "--mode", "rationale", "--max-new-tokens", "4"]
         + ["--lengths", "0,2", "--results-cache", "{folder}"],
-        "--results-cache resumes one suite of one encoding",
+        "results_cache resumes one encoding of a suite",
     ),
     (
         [
@@ -628,9 +628,7 @@ def test_eval_scores_a_task_named_twice_once_and_refuses_lengths_beyond_the_cap(
     assert suite_task_names("LeeSTS,LeeSTS, LeeSTS") == ["LeeSTS"]
     argv = ["eval", "--model", "tiny-random", "--suite", "LeeSTS", "--mode", "rationale"]
     assert main([*argv, "--max-new-tokens", "4", "--lengths", "2,8,100"]) == 2
-    assert "--lengths [8, 100] exceed the rationale cap --max-new-tokens 4" in (
-        capsys.readouterr().err
-    )
+    assert "lengths [8, 100] exceed the rationale cap max_new_tokens=4" in capsys.readouterr().err
 
 
 def test_a_safetensors_file_of_garbage_is_named_not_a_traceback(tmp_path):

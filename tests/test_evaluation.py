@@ -455,7 +455,9 @@ def test_a_trained_folder_encodes_by_its_saved_settings_alone(tmp_path, monkeypa
 def test_evaluate_refuses_variants_it_cannot_make():
     with pytest.raises(ValueError, match="writes no rationales"):
         evaluate("minilm", "LeeSTS", greedy=True)
-    with pytest.raises(ValueError, match="direct mode"):
+    with pytest.raises(ValueError, match="with direct mode"):
         evaluate("tiny-random", "LeeSTS", mode="direct", lengths=[0, 4])
+    with pytest.raises(ValueError, match="with single_pass=False"):
+        evaluate("tiny-random", "LeeSTS", single_pass=False, greedy=True)
     with pytest.raises(ValueError, match="exceed the rationale cap"):
         evaluate("tiny-random", "LeeSTS", max_new_tokens=4, lengths=[8])

@@ -309,7 +309,7 @@ def test_cli_eval_scores_every_variant_from_one_pass(tmp_path, capsys):
     # The cap (2 tokens) is draw 1 itself, not a second report of it.
     assert "5 variants from the same pass" in printed and "| tiny-random" not in printed
     assert main([*args, "--mode", "direct", "--lengths", "0,4"]) == 2
-    assert "--lengths and --greedy score rationales" in capsys.readouterr().err
+    assert "this model embeds with direct mode" in capsys.readouterr().err
 
 
 @pytest.mark.smollm2

@@ -34,6 +34,7 @@ from grace.evaluation.suites import (
     write_report,
 )
 from grace.runs import report_key
+from grace.sections import ConfigError
 
 
 def evaluate(
@@ -72,14 +73,15 @@ def evaluate(
     (``grace.runs.report_key``) and reuses it while that key holds; without it nothing is kept.
     ``results_cache`` is mteb's ``ResultCache`` folder for the main report, which then resumes
     task by task (not with variants). ``output`` writes the main report, with a summary of
-    each variant, as JSON.
+    each variant, as JSON. Variants a model cannot make are a ``ConfigError`` before anything
+    loads.
     """
     variants_asked = greedy or direct or bool(lengths)
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)  # fails now, not after the run
     if isinstance(model, TextEncoder) or model == MINILM:
         if settings or variants_asked or device:
-            raise ValueError(
+            raise ConfigError(
                 "A ready encoder or minilm writes no rationales: encoder settings, greedy, "
                 "direct and lengths do not apply."
             )
@@ -99,18 +101,19 @@ def evaluate(
         label = label or f"grace/{Path(model).name}-{config.mode}"
         shared = config.mode == "rationale" and config.single_pass
         if variants_asked and not shared:
-            raise ValueError(
-                f"greedy, direct and lengths vary a sampled rationale; this model embeds in "
-                f"{config.mode} mode{'' if shared else ' or without the single pass'}."
+            how = f"{config.mode} mode" if config.mode != "rationale" else "single_pass=False"
+            raise ConfigError(
+                "greedy, direct and lengths are cut from one generation pass of sampled "
+                f"rationales; this model embeds with {how}."
             )
         beyond = [n for n in lengths if n > config.max_new_tokens]
         if beyond:
-            raise ValueError(
+            raise ConfigError(
                 f"lengths {beyond} exceed the rationale cap max_new_tokens="
                 f"{config.max_new_tokens}: a rationale is never cut longer than it is written."
             )
         if variants_asked and results_cache:
-            raise ValueError(
+            raise ConfigError(
                 "results_cache resumes one encoding of a suite; greedy, direct and lengths "
                 "score several from one generation: drop one or the other."
             )
