@@ -11,6 +11,7 @@ to the cap, so the training figure is an upper bound where rationales end early.
 
 from __future__ import annotations
 
+import textwrap
 import time
 from dataclasses import dataclass, replace
 
@@ -43,7 +44,9 @@ class Estimate:
     arithmetic: list[str]
 
     def __str__(self) -> str:
-        lines = [*self.arithmetic, ""]
+        # Wrapped so that a notebook page or a terminal shows it without scrolling sideways.
+        lines = [textwrap.fill(line, 88, subsequent_indent="  ") for line in self.arithmetic]
+        lines.append("")
         lines.append(f"GRACE training: at most {self.training_minutes:.1f} min")
         lines.append(
             f"Evaluation in rationale mode: {self.evaluation_minutes_per_1000_texts:.1f} min per "

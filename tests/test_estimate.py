@@ -18,7 +18,8 @@ def test_the_estimate_scales_with_steps_caps_and_draws():
     assert estimate(longer, training, evaluation).training_minutes == pytest.approx(
         2 * base.training_minutes
     )
-    assert "16 steps x 24.0 s = 6.4 min" in str(base)
+    assert "16 steps x 24.0 s = 6.4 min." in base.arithmetic
+    assert max(len(line) for line in str(base).splitlines()) <= 88  # no sideways scrolling
     assert rollout_rows(config) == 16 + 2 * 4  # completions and each prompt's two anchors
 
 
