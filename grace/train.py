@@ -16,6 +16,7 @@ import copy
 import importlib.util
 import json
 import math
+import os
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -116,14 +117,18 @@ class FrozenAnchors:
             rollouts = generate_rationales(
                 self.model, self.tokenizer, self.prompts(missing), sampling
             )
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as handle:
-                for text, ids, mask in zip(
-                    missing, rollouts.completion_ids, rollouts.completion_mask, strict=True
-                ):
-                    self.completions[text] = ids[mask].tolist()
-                    record = {"text": text, "completion_ids": self.completions[text]}
-                    handle.write(json.dumps(record) + "\n")
+            for text, ids, mask in zip(
+                missing, rollouts.completion_ids, rollouts.completion_mask, strict=True
+            ):
+                self.completions[text] = ids[mask].tolist()
+            # One writer: under several processes each samples its own texts' anchors (a text's
+            # rationale depends on the text and seed alone), and the main process keeps its own.
+            if is_main_process():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "a", encoding="utf-8") as handle:
+                    for text in missing:
+                        record = {"text": text, "completion_ids": self.completions[text]}
+                        handle.write(json.dumps(record) + "\n")
         return [self.completions[text] for text in texts]
 
     def embed(self, model, texts: list[str], prefix_length: int) -> tuple[torch.Tensor, list[str]]:
@@ -508,6 +513,15 @@ def check_machine(config: TrainConfig) -> None:
     if config.adaptation.bf16 and not torch.cuda.is_available():
         raise ConfigError(
             "adaptation.bf16=true needs a CUDA GPU and this machine has none: --set bf16=false."
+        )
+    gpus = torch.cuda.device_count()
+    if gpus > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # Alone, trl's GRPOTrainer refuses several GPUs with a traceback and the Trainer wraps
+        # the baselines in nn.DataParallel (one process driving all of them): neither is wanted.
+        raise ConfigError(
+            f"{gpus} GPUs are visible but grace train runs as one process: start it with "
+            f"`accelerate launch --num_processes {gpus} -m grace.cli train ...` to use them "
+            "all, or set CUDA_VISIBLE_DEVICES=0 to train on one."
         )
 
 

@@ -438,3 +438,36 @@ def test_a_two_process_job_trains_one_run(tmp_path):
     points = [json.loads(line) for line in (run / DETAILS).read_text().splitlines()]
     assert [p["step"] for p in points] == [0, 1, 2]
     assert points[1]["prompts_seen"] == 2 * prompts_per_step(load_config("tiny"))
+
+
+def test_only_the_main_process_writes_the_frozen_anchors(tmp_path, monkeypatch):
+    import grace.train
+    from grace.train import FrozenAnchors
+
+    config = load_config("tiny", [f"output_dir={tmp_path}", "reward.anchors=frozen"])
+    model, tokenizer = build_tiny_random()
+    monkeypatch.setattr(grace.train, "is_main_process", lambda: False)
+    other_rank = FrozenAnchors(config, tokenizer, model)
+    ids = other_rank.completion_ids(["a first text", "a second text"])
+    assert not (tmp_path / "anchors.jsonl").exists()  # sampled and kept in memory only
+    monkeypatch.setattr(grace.train, "is_main_process", lambda: True)
+    main_rank = FrozenAnchors(config, tokenizer, model)
+    assert main_rank.completion_ids(["a first text", "a second text"]) == ids  # same seed
+    assert len((tmp_path / "anchors.jsonl").read_text().splitlines()) == 2
+
+
+def test_several_gpus_without_a_launcher_are_one_line_before_anything_is_touched(
+    tmp_path, monkeypatch, capsys
+):
+    from grace.cli import main
+    from grace.train import check_machine
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    run = tmp_path / "run"
+    assert main(["train", "--config", "tiny", "--set", f"output_dir={run}"]) == 2
+    err = capsys.readouterr().err
+    assert "4 GPUs are visible" in err and "accelerate launch --num_processes 4" in err
+    assert "Traceback" not in err and not run.exists()
+    monkeypatch.setenv("WORLD_SIZE", "4")  # under the launcher: one GPU per process
+    check_machine(load_config("tiny"))
