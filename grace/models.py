@@ -345,10 +345,17 @@ def build_tiny_random(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokeni
     return model, tokenizer
 
 
+#: Config entries that say where and how a model was saved, not what it computes: the same
+#: weights in another folder (or written by ``save_pretrained``) keep their fingerprint.
+SAVE_RECORDS = ("_name_or_path", "architectures", "dtype", "torch_dtype", "transformers_version")
+
+
 def model_fingerprint(model: PreTrainedModel) -> str:
-    """A short hash of every weight, byte for byte: caches keyed on it go stale when any
-    weight changes (about a second per GB)."""
-    digest = hashlib.sha256(str(model.config.to_dict()).encode())
+    """A short hash of every weight, byte for byte, and of the config's computing settings:
+    caches keyed on it go stale when any weight changes (about a second per GB), not when the
+    model is saved or moved."""
+    settings = {k: v for k, v in model.config.to_dict().items() if k not in SAVE_RECORDS}
+    digest = hashlib.sha256(str(sorted(settings.items())).encode())
     with torch.no_grad():
         for name, param in model.named_parameters():
             digest.update(name.encode())

@@ -16,7 +16,7 @@ TEXTS = [
 
 def test_a_direct_mode_export_loads_in_sentence_transformers_with_the_same_embeddings(tmp_path):
     # A model of its own: transformers' save_pretrained writes `architectures` and `dtype`
-    # into the saved model's config, which would change the shared fixture's fingerprint.
+    # into the saved model's config, which the shared fixture should not carry.
     encoder = GraceEncoder(*build_tiny_random(), mode="direct", system_prompt="Embed this text.")
     folder = export_sentence_transformer(encoder, tmp_path / "st")
     with pytest.warns(UserWarning, match="empty or whitespace"):
