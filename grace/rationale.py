@@ -720,11 +720,17 @@ def pooled_states(
 def embed_rollouts(
     model: PreTrainedModel, rollouts: Rollouts, prefix_length: int, pooling: str = "mean"
 ) -> torch.Tensor:
-    """(B, H) unit embeddings of prompt + completion; runs a forward pass unless states are kept."""
-    hidden = rollouts.hidden
-    if hidden is None:
-        hidden = last_hidden_states(model, rollouts.input_ids, rollouts.attention_mask)
-    return pool(hidden, rollouts.attention_mask, prefix_length, pooling)
+    """(B, H) unit embeddings of prompt + completion; runs a forward pass unless states are kept,
+    ``PREFILL_ROWS`` rows at a time (all of a GRPO step's rollouts at once would hold a
+    (B, T, H) activation of tens of GB at the paper's sizes)."""
+    if rollouts.hidden is not None:
+        return pool(rollouts.hidden, rollouts.attention_mask, prefix_length, pooling)
+    ids, mask = rollouts.input_ids, rollouts.attention_mask
+    parts = [
+        pool(last_hidden_states(model, ids[at], mask[at]), mask[at], prefix_length, pooling)
+        for at in torch.arange(ids.shape[0], device=ids.device).split(PREFILL_ROWS)
+    ]
+    return torch.cat(parts)
 
 
 def rollouts_from_completions(

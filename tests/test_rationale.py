@@ -62,6 +62,20 @@ def test_single_pass_states_equal_a_second_forward_pass(tiny, texts, bias):
     assert (single * second).sum(-1).min() > 0.9999
 
 
+def test_the_second_pass_in_parts_equals_one_pass(tiny, texts, monkeypatch):
+    import grace.rationale
+
+    model, tokenizer = tiny
+    prefix = system_prefix_length(tokenizer, SYSTEM_PROMPT)
+    prompts = build_prompts(tokenizer, texts, SYSTEM_PROMPT, 1024)
+    rollouts = generate_rationales(model, tokenizer, prompts, SamplingConfig(max_new_tokens=6))
+    assert rollouts.hidden is None and len(texts) > 2
+    whole = embed_rollouts(model, rollouts, prefix)
+    monkeypatch.setattr(grace.rationale, "PREFILL_ROWS", 2)  # parts of 2 rows and a remainder
+    parts = embed_rollouts(model, rollouts, prefix)
+    assert parts.shape == whole.shape and torch.allclose(parts, whole, atol=1e-6)
+
+
 @pytest.mark.smollm2
 def test_smollm2_single_pass_matches_second_pass(smollm2, texts):
     model, tokenizer = smollm2
