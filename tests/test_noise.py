@@ -21,6 +21,16 @@ def test_variants_read_one_bank_of_draws(tiny, texts):
     assert np.allclose(mean_4[::-1], mean_of_draws(all_draws), atol=1e-6)
 
 
+def test_a_bank_past_its_memory_keeps_its_variants_on_disk_unchanged(tiny, texts):
+    draws = [Variant(4, None, j) for j in range(2)] + [Variant(0)]
+    in_ram = VariantBank(GraceEncoder(*tiny, max_new_tokens=4, batch_size=8), draws)
+    on_disk = VariantBank(GraceEncoder(*tiny, max_new_tokens=4, batch_size=8), draws, 1e-6)
+    for variants in ([draws[1]], draws[:2], [draws[2]]):
+        assert np.array_equal(in_ram(texts, variants), on_disk(texts[::-1], variants)[::-1])
+    assert all(memory.path is not None for memory in on_disk.memory.values())  # spilled
+    assert all(memory.path is None for memory in in_ram.memory.values())
+
+
 def test_mean_std_over_rows():
     table = pd.DataFrame(
         {"STS": [50.0, 52.0, 54.0], "Retr": [10.0, 10.0, 10.0]},

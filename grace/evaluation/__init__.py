@@ -51,6 +51,7 @@ def evaluate(
     results_cache: str | Path | None = None,
     output: str | Path | None = None,
     device: str | None = None,
+    memory_mb: float = 4096,
     **settings,
 ) -> Reports:
     """Score a model on a suite, with the variants of its rationales asked for.
@@ -59,7 +60,8 @@ def evaluate(
     ``encoder_config.json`` says; ``settings``, ``EncoderConfig`` fields, override it: pass
     machine settings such as ``batch_size`` or ``cache_dir`` only, unless a change of
     encoding is the point; ``device`` places it), ``"minilm"`` for the off-the-shelf
-    reference, or a ready ``TextEncoder``.
+    reference, or a ready ``TextEncoder``. Embeddings past ``memory_mb`` of RAM are kept on
+    disk (``EmbeddingMemory``), so a large corpus fits.
 
     ``Reports.main`` is the model's own embedding, labelled ``label`` (default: the model's
     name). In rationale mode one generation pass also gives ``draws``: each of the k =
@@ -119,11 +121,24 @@ def evaluate(
             )
         if shared and not results_cache and (config.draws > 1 or variants_asked):
             reports = shared_pass_reports(
-                model, label, suite, folder, settings, means, greedy, direct, lengths, curve, device
+                model,
+                label,
+                suite,
+                folder,
+                settings,
+                means,
+                greedy,
+                direct,
+                lengths,
+                curve,
+                device,
+                memory_mb,
             )
         else:
             key = report_key(model, suite, **settings)
-            make = lambda: GraceMTEBModel(model, device=device, **settings)  # noqa: E731
+            make = lambda: GraceMTEBModel(  # noqa: E731
+                model, device=device, memory_mb=memory_mb, **settings
+            )
             reports = Reports(main=kept_report(folder, label, make, suite, key, results_cache))
     if output:
         summaries = {

@@ -195,6 +195,7 @@ class GraceMTEBModel(TextEncoder):
         name: str | None = None,
         device: str | None = None,
         prompts: dict[str, str] | None = None,
+        memory_mb: float = 4096,
         **config,
     ) -> None:
         if mode is not None:
@@ -224,6 +225,7 @@ class GraceMTEBModel(TextEncoder):
             meta,
             batch_size=encoder.config.batch_size,
             prompts=prompts,
+            memory_mb=memory_mb,
         )
         self.model = weights
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from grace.encoder import EncoderConfig, GraceEncoder, Variant, mean_of_draws
-from grace.evaluation.model import TextEncoder, model_meta
+from grace.evaluation.model import EmbeddingMemory, TextEncoder, model_meta
 from grace.evaluation.results import summarize
 from grace.evaluation.suites import has_report, report_path, score, write_report
 from grace.runs import report_key
@@ -29,28 +29,33 @@ from grace.runs import report_key
 class VariantBank:
     """Every variant's embedding of each text an encoder has seen, from one shared pass.
 
-    ``seconds`` sums, per variant, what the pass spent on it alone (its prompts' prefill and
-    its rows' decoding; see ``encode_variants``), and ``prefill`` the prefill's own share.
+    Each variant's embeddings are kept in an ``EmbeddingMemory``: in RAM up to its share of
+    ``memory_mb``, then on disk, so many variants of a large corpus fit. ``seconds`` sums, per
+    variant, what the pass spent on it alone (its prompts' prefill and its rows' decoding; see
+    ``encode_variants``), and ``prefill`` the prefill's own share.
     """
 
-    def __init__(self, encoder: GraceEncoder, variants: list[Variant]) -> None:
+    def __init__(
+        self, encoder: GraceEncoder, variants: list[Variant], memory_mb: float = 4096
+    ) -> None:
         self.encoder = encoder
         self.variants = list(dict.fromkeys(variants))
-        self.memory: dict[str, dict[Variant, np.ndarray]] = {}
+        self.share_mb = memory_mb / max(1, len(self.variants))
+        self.memory = {v: EmbeddingMemory(self.share_mb) for v in self.variants}
         self.seconds = dict.fromkeys(self.variants, 0.0)
         self.prefill = 0.0
 
     def __call__(self, texts: list[str], variants: list[Variant]) -> np.ndarray:
         """(N, H): the variant's embeddings, or the re-normalised mean of several variants'."""
-        new = [text for text in dict.fromkeys(texts) if text not in self.memory]
+        seen = self.memory[self.variants[0]]
+        new = [text for text in dict.fromkeys(texts) if text not in seen]
         if new:
             encoded = self.encoder.encode_variants(new, self.variants, show_progress_bar=True)
-            for n, text in enumerate(new):
-                self.memory[text] = {v: encoded.embeddings[v][n] for v in self.variants}
             for v in self.variants:
+                self.memory[v].update(new, encoded.embeddings[v])
                 self.seconds[v] += encoded.seconds[v]
             self.prefill += encoded.prefill_seconds
-        picked = np.stack([[self.memory[t][v] for v in variants] for t in texts])  # (N, m, H)
+        picked = np.stack([self.memory[v].stack(texts) for v in variants], axis=1)  # (N, m, H)
         return picked[:, 0] if len(variants) == 1 else mean_of_draws(picked)
 
     def cost(self, variants: list[Variant]) -> float:
@@ -65,7 +70,9 @@ class VariantBank:
             model.config.hidden_size,
             model.num_parameters(),
         )
-        return TextEncoder(lambda texts, batch_size=None: self(texts, variants), meta)
+        # The bank keeps every variant already; the mteb side keeps the one it asked for.
+        encode = lambda texts, batch_size=None: self(texts, variants)  # noqa: E731
+        return TextEncoder(encode, meta, memory_mb=self.share_mb)
 
 
 @dataclass
@@ -116,6 +123,7 @@ def shared_pass_reports(
     lengths: list[int] | tuple[int, ...] = (),
     curve: str | None = None,
     device: str | None = None,
+    memory_mb: float = 4096,
 ) -> Reports:
     """A rationale-mode model's reports from one ``encode_variants`` pass (see
     ``grace.evaluation.evaluate`` for what each is and how it is labelled).
@@ -168,7 +176,7 @@ def shared_pass_reports(
     every = [main, *planned.values(), *length_plans.values()]
     every += [p for p in (greedy_plan, direct_plan) if p is not None]
     plans = list({p.label: p for p in every}.values())
-    made = run_plans(model, plans, suite, folder, settings, device)
+    made = run_plans(model, plans, suite, folder, settings, device, memory_mb)
     return Reports(
         main=made[main.label],
         draws={p.label: made[p.label] for p in planned.values()},
@@ -185,6 +193,7 @@ def run_plans(
     folder: str | Path | None,
     settings: dict,
     device: str | None = None,
+    memory_mb: float = 4096,
 ) -> dict[str, dict]:
     """A report per plan: the one kept in ``folder`` under its key, else scored from one shared
     ``VariantBank`` (plans of the same variants are scored once). Reports made here record
@@ -200,7 +209,7 @@ def run_plans(
     if not missing:
         return made
     encoder = GraceEncoder.from_pretrained(model, device=device, **settings)
-    bank = VariantBank(encoder, [v for p in missing for v in p.variants])
+    bank = VariantBank(encoder, [v for p in missing for v in p.variants], memory_mb)
     scored: dict[tuple[Variant, ...], dict] = {}
     for plan in missing:
         group = tuple(plan.variants)
