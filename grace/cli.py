@@ -216,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--greedy", action="store_true", help="also score greedy rationales (temperature 0)"
     )
+    evaluate.add_argument(
+        "--memory-mb",
+        type=count,
+        default=4096,
+        help="keep embeddings in RAM up to this many MB, the rest in a file on disk "
+        "(default 4096; a corpus such as MSMARCO's needs tens of GB)",
+    )
     evaluate.set_defaults(run=run_eval)
 
     estimate = commands.add_parser(
@@ -447,6 +454,7 @@ def run_eval(args: argparse.Namespace) -> None:
         label=args.label,
         results_cache=args.results_cache,
         output=args.output,
+        memory_mb=args.memory_mb,
         **variants,
         **settings,
     )

@@ -461,3 +461,13 @@ def test_evaluate_refuses_variants_it_cannot_make():
         evaluate("tiny-random", "LeeSTS", single_pass=False, greedy=True)
     with pytest.raises(ValueError, match="exceed the rationale cap"):
         evaluate("tiny-random", "LeeSTS", max_new_tokens=4, lengths=[8])
+
+
+def test_evaluate_past_its_memory_limit_scores_what_it_does_in_ram(capsys):
+    settings = {"mode": "rationale", "max_new_tokens": 2, "num_rationales": 2, "batch_size": 64}
+    in_ram = evaluate("tiny-random", "LeeSTS", greedy=True, **settings)
+    on_disk = evaluate("tiny-random", "LeeSTS", greedy=True, memory_mb=1e-6, **settings)
+    for a, b in [(in_ram.main, on_disk.main), (in_ram.greedy, on_disk.greedy)]:
+        assert a["tasks"] == b["tasks"]
+    assert main(["eval", "--model", "minilm", "--suite", "LeeSTS", "--memory-mb", "0"]) == 2
+    assert "--memory-mb: must be at least 1" in capsys.readouterr().err

@@ -94,7 +94,8 @@ def evaluate(
         else:
             key = report_key(MINILM, suite)
             label = label or MINILM_NAME
-            main = kept_report(folder, label, minilm_encoder, suite, key, results_cache)
+            make = lambda: minilm_encoder(memory_mb)  # noqa: E731
+            main = kept_report(folder, label, make, suite, key, results_cache)
             reports = Reports(main=main)
     else:
         model = str(model)

