@@ -468,7 +468,7 @@ def run_eval(args: argparse.Namespace) -> None:
     rows = {report["label"]: report["tasks"]} | {r["label"]: r["tasks"] for r in shown.values()}
     print(to_markdown(summarize(rows)))
     print(
-        f"{len(report['tasks'])} tasks in {report['seconds']} s"
+        f"{len(report['tasks'])} task{'s' * (len(report['tasks']) != 1)} in {report['seconds']} s"
         + (f" ({len(shown)} variants from the same pass)" if shown else "")
         + (f"; report written to {args.output}" if args.output else "")
     )
