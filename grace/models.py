@@ -345,8 +345,8 @@ def build_tiny_random(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokeni
     return model, tokenizer
 
 
-#: Config entries that say where and how a model was saved, not what it computes: the same
-#: weights in another folder (or written by ``save_pretrained``) keep their fingerprint.
+#: Config entries that record where and how a model was saved, not what it computes; so the
+#: same weights in another folder (or written by ``save_pretrained``) keep their fingerprint.
 SAVE_RECORDS = ("_name_or_path", "architectures", "dtype", "torch_dtype", "transformers_version")
 
 
