@@ -400,7 +400,7 @@ def run_export(args: argparse.Namespace) -> None:
     if output.is_dir() and any(output.iterdir()):
         raise UsageError(f"--output {args.output} is not empty; choose a new or empty folder.")
     encoder = GraceEncoder.from_pretrained(args.model, device="cpu", mode="direct")
-    folder = export_sentence_transformer(encoder, output)
+    folder = export_sentence_transformer(encoder, output, source=args.model)
     print(
         f"Wrote a sentence-transformers folder to {folder}; load it with "
         f"SentenceTransformer({str(folder)!r}, trust_remote_code=True)."

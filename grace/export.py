@@ -17,8 +17,13 @@ from pathlib import Path
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
+from grace.config import steps_label
+from grace.constants import RUN_CONFIG_FILE
 from grace.encoder import EncoderConfig, GraceEncoder, save_encoder_settings
+from grace.files import write_text_atomically
 from grace.prompts import SYSTEM_PROMPT, build_prompts, system_prefix_length
+from grace.runs import HISTORY_FILE, log_history, saved_config, saved_hash
+from grace.validation import validation_curve
 
 #: grace's pooling -> sentence-transformers' pooling mode.
 POOLING_MODES = {"mean": "mean", "last": "lasttoken"}
@@ -57,9 +62,12 @@ class ChatPromptTransformer(Transformer):
         return features
 
 
-def export_sentence_transformer(encoder: GraceEncoder, output: str | Path) -> Path:
+def export_sentence_transformer(
+    encoder: GraceEncoder, output: str | Path, source: str | None = None
+) -> Path:
     """Write ``encoder`` (direct mode) to ``output`` as a sentence-transformers folder, with
-    its ``encoder_config.json``; returns the folder."""
+    its ``encoder_config.json`` and a model card (``README.md``: ``model_card``, which reads
+    the run folder ``source`` the model was loaded from, if it is one); returns the folder."""
     config = encoder.config
     if config.mode != "direct":
         raise ValueError(
@@ -89,4 +97,71 @@ def export_sentence_transformer(encoder: GraceEncoder, output: str | Path) -> Pa
     )
     SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu").save(str(output))
     save_encoder_settings(output, config)
+    write_text_atomically(output / "README.md", model_card(encoder, output, source))
     return output
+
+
+def model_card(encoder: GraceEncoder, output: Path, source: str | None = None) -> str:
+    """What the exported model is, how it embeds, how it was trained and how it did on
+    validation (from a run folder's settings and history), and how to load it."""
+    config, model = encoder.config, encoder.model
+    name = Path(source).name if source else output.name
+    lines = [
+        f"# {name}",
+        "",
+        "A direct-mode text encoder exported by [grace-book](https://arxiv.org/abs/2510.04506) "
+        "(a re-implementation of GRACE). Each text is wrapped in the model's chat template with "
+        f"the system prompt below; the last-layer states of the {encoder.prefix_length} tokens "
+        f"before the text are left out of the {config.pooling} pooling, and the result is "
+        f"scaled to unit length ({model.config.hidden_size} dimensions).",
+        "",
+        f"System prompt: {config.system_prompt!r}",
+        "",
+    ]
+    if source and saved_hash(source):
+        run = saved_config(source)
+        method = {
+            "grace": f"GRACE ({run.run.setting}, GRPO)",
+            "contrastive": "+CL (contrastive fine-tuning)",
+            "simcse": "SimCSE",
+        }[run.run.method]
+        baseline = run.run.method != "grace"  # +CL and SimCSE may set their own steps and rate
+        steps = (run.baselines.steps_for(run.run.method) if baseline else None) or steps_label(
+            run.optim
+        )
+        rate = (run.baselines.lr if baseline else None) or run.optim.learning_rate
+        lines += [
+            "## Training",
+            "",
+            f"- base model: `{run.run.model}`",
+            f"- method: {method}, {steps} steps at learning rate {rate:g}",
+            f"- data: `{run.run.data}`",
+            f"- settings hash: `{saved_hash(source)}` (the run folder's `{RUN_CONFIG_FILE}` "
+            "holds every setting)",
+        ]
+        history = log_history(source) if (Path(source) / HISTORY_FILE).exists() else []
+        curve = validation_curve(history)
+        if len(curve["steps"]) > 1:
+            first, last = curve["values"][0], curve["values"][-1]
+            change, stderr = curve["change"][-1], curve["change_stderr"][-1]
+            lines.append(
+                f"- {curve['metric']}: {first:.3f} at step {curve['steps'][0]}, {last:.3f} at "
+                f"step {curve['steps'][-1]}"
+                + (f" (paired change {change:+.3f} ± {stderr:.3f})" if change is not None else "")
+            )
+        lines.append("")
+    lines += [
+        "## Use",
+        "",
+        "```python",
+        "from sentence_transformers import SentenceTransformer",
+        "",
+        f'model = SentenceTransformer("{output}", trust_remote_code=True)',
+        'embeddings = model.encode(["A dog runs in the park."])',
+        "```",
+        "",
+        "`trust_remote_code=True` loads grace's `ChatPromptTransformer` (the package must be "
+        "installed). The folder also loads with `grace.encoder.GraceEncoder.from_pretrained`.",
+        "",
+    ]
+    return "\n".join(lines)

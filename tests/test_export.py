@@ -49,3 +49,21 @@ def test_grace_export_writes_a_folder_and_refuses_to_overwrite(tmp_path, capsys)
     assert main(["export", "--model", "tiny-random", "--output", str(folder)]) == 2
     assert "is not empty" in capsys.readouterr().err
     assert main(["export", "--model", str(folder), "--output", str(folder / "x")]) == 2
+
+
+def test_an_exported_run_carries_a_model_card_of_its_training(tmp_path, capsys):
+    from grace.cli import main
+    from grace.runs import saved_config
+
+    run = tmp_path / "run"
+    train = ["train", "--config", "tiny", "--method", "contrastive", "--set", f"output_dir={run}"]
+    assert main([*train, "--set", "validation.every=1"]) == 0
+    assert main(["export", "--model", str(run), "--output", str(tmp_path / "st")]) == 0
+    card = (tmp_path / "st" / "README.md").read_text()
+    config = saved_config(run)
+    assert f"base model: `{config.run.model}`" in card and "+CL (contrastive fine-tuning)" in card
+    steps = config.baselines.steps_for("contrastive") or config.optim.max_steps
+    assert f"{steps} steps" in card and "paired change" in card
+    assert repr(config.policy.system_prompt) in card and "trust_remote_code=True" in card
+    assert main(["export", "--model", "tiny-random", "--output", str(tmp_path / "plain")]) == 0
+    assert "## Training" not in (tmp_path / "plain" / "README.md").read_text()  # no run folder
