@@ -241,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--model", required=True, help="hub id, local folder, or alias")
     export.add_argument("--output", required=True, type=output_folder, help="a new or empty folder")
+    export.add_argument(
+        "--push-to-hub",
+        metavar="REPO_ID",
+        help="also upload the folder to this Hugging Face repository (needs a login or HF_TOKEN)",
+    )
     export.set_defaults(run=run_export)
 
     reproduce = commands.add_parser("reproduce", help="run the book's notebooks with papermill")
@@ -392,6 +397,7 @@ def run_estimate(args: argparse.Namespace) -> None:
 def run_export(args: argparse.Namespace) -> None:
     from grace.encoder import GraceEncoder
     from grace.export import export_sentence_transformer
+    from grace.models import hub_offline
 
     output = Path(args.output)
     if Path(args.model).is_dir() and output.resolve() == Path(args.model).resolve():
@@ -400,11 +406,20 @@ def run_export(args: argparse.Namespace) -> None:
     if output.is_dir() and any(output.iterdir()):
         raise UsageError(f"--output {args.output} is not empty; choose a new or empty folder.")
     encoder = GraceEncoder.from_pretrained(args.model, device="cpu", mode="direct")
+    if args.push_to_hub and hub_offline():
+        raise UsageError("--push-to-hub needs the hub, but HF_HUB_OFFLINE is set; unset it.")
     folder = export_sentence_transformer(encoder, output, source=args.model)
     print(
         f"Wrote a sentence-transformers folder to {folder}; load it with "
         f"SentenceTransformer({str(folder)!r}, trust_remote_code=True)."
     )
+    if args.push_to_hub:
+        from sentence_transformers import SentenceTransformer
+
+        loaded = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True)
+        # The card written with the folder is kept: sentence-transformers would replace it.
+        url = loaded.push_to_hub(args.push_to_hub, local_model_path=str(folder), exist_ok=True)
+        print(f"Uploaded to {url}")
 
 
 def run_train(args: argparse.Namespace) -> None:

@@ -118,6 +118,11 @@ def allow_tf32(device: torch.device) -> bool:
     return True
 
 
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` is set, read now (a notebook or test may set it late)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
 def load_model(
     name_or_path: str,
     device: str | torch.device | None = None,
@@ -211,7 +216,7 @@ def _load_pretrained(
         ) from None
     except (OSError, ValueError) as error:
         local = Path(name_or_path).exists()
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        offline = hub_offline()
         hint = (
             "the folder exists but holds no loadable model (config.json, weights, tokenizer)"
             if local

@@ -67,3 +67,21 @@ def test_an_exported_run_carries_a_model_card_of_its_training(tmp_path, capsys):
     assert repr(config.policy.system_prompt) in card and "trust_remote_code=True" in card
     assert main(["export", "--model", "tiny-random", "--output", str(tmp_path / "plain")]) == 0
     assert "## Training" not in (tmp_path / "plain" / "README.md").read_text()  # no run folder
+
+
+def test_export_pushes_to_the_hub_only_when_asked_and_online(tmp_path, capsys, monkeypatch):
+    from grace.cli import main
+
+    pushed = []
+    monkeypatch.setattr(
+        SentenceTransformer,
+        "push_to_hub",
+        lambda self, repo_id, **kw: pushed.append((repo_id, kw)) or f"https://hub/{repo_id}",
+    )
+    argv = ["export", "--model", "tiny-random", "--push-to-hub", "me/tiny"]
+    assert main([*argv, "--output", str(tmp_path / "a")]) == 2  # HF_HUB_OFFLINE=1 here
+    assert "HF_HUB_OFFLINE is set" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert main([*argv, "--output", str(tmp_path / "b")]) == 0
+    assert pushed == [("me/tiny", {"local_model_path": str(tmp_path / "b"), "exist_ok": True})]
+    assert "Uploaded to https://hub/me/tiny" in capsys.readouterr().out

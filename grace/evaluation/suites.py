@@ -16,6 +16,7 @@ from grace.evaluation.model import TextEncoder
 from grace.evaluation.results import summarize
 from grace.evaluation.tasks import OFFLINE_TASKS
 from grace.files import write_text_atomically
+from grace.models import hub_offline
 
 PAPER_TASKS = {
     "Retrieval": "ArguAna CQADupstackRetrieval FiQA2018 NFCorpus SCIDOCS SciFact ClimateFEVER "
@@ -105,7 +106,7 @@ def resolve_tasks(suite: str) -> list:
     hub = [task for task in tasks if task.metadata.name not in OFFLINE_BY_NAME]
     hub_names = [task.metadata.name for task in hub]
     listed = f"{', '.join(hub_names[:3])}{', ...' if len(hub_names) > 3 else ''}"
-    if hub and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if hub and hub_offline():
         raise HubRequired(
             f"Suite {suite!r} needs {len(hub)} tasks whose data lives on the Hugging Face hub "
             f"({listed}), but HF_HUB_OFFLINE is set. Unset it on a machine with internet, or "
