@@ -405,9 +405,9 @@ def run_export(args: argparse.Namespace) -> None:
     outside_model(args.model, output=args.output)
     if output.is_dir() and any(output.iterdir()):
         raise UsageError(f"--output {args.output} is not empty; choose a new or empty folder.")
-    encoder = GraceEncoder.from_pretrained(args.model, device="cpu", mode="direct")
     if args.push_to_hub and hub_offline():
         raise UsageError("--push-to-hub needs the hub, but HF_HUB_OFFLINE is set; unset it.")
+    encoder = GraceEncoder.from_pretrained(args.model, device="cpu", mode="direct")
     folder = export_sentence_transformer(encoder, output, source=args.model)
     print(
         f"Wrote a sentence-transformers folder to {folder}; load it with "

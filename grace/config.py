@@ -629,15 +629,23 @@ def steps_label(optim: OptimConfig) -> str:
     return str(optim.max_steps) if optim.max_steps > 0 else f"{optim.num_train_epochs:g} epochs"
 
 
+def schedule(config: TrainConfig, method: str) -> tuple[str, float]:
+    """The steps (or epochs) and learning rate ``method`` trains with: the baselines may set
+    their own, GRACE takes the optim section's."""
+    if method == "grace":
+        return steps_label(config.optim), config.optim.learning_rate
+    baselines = config.baselines
+    steps = baselines.steps_for(method)
+    return str(steps) if steps else steps_label(config.optim), (
+        baselines.lr or config.optim.learning_rate
+    )
+
+
 def baseline_label(config: TrainConfig) -> str:
     """'+CL steps[ / SimCSE steps], rate' for the settings table."""
-    baselines = config.baselines
-    plus_cl, simcse = (
-        str(baselines.steps_for(method) or steps_label(config.optim))
-        for method in ("contrastive", "simcse")
-    )
+    (plus_cl, rate), (simcse, _) = (schedule(config, m) for m in ("contrastive", "simcse"))
     steps = plus_cl if simcse == plus_cl else f"{plus_cl} / {simcse}"
-    return f"{steps}, {baselines.lr or config.optim.learning_rate:g}"
+    return f"{steps}, {rate:g}"
 
 
 # Rows of the settings table in the book's method chapter: (label, how to read it).

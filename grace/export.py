@@ -17,7 +17,7 @@ from pathlib import Path
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
-from grace.config import steps_label
+from grace.config import schedule
 from grace.constants import RUN_CONFIG_FILE
 from grace.encoder import EncoderConfig, GraceEncoder, save_encoder_settings
 from grace.files import write_text_atomically
@@ -118,25 +118,22 @@ def model_card(encoder: GraceEncoder, output: Path, source: str | None = None) -
         f"System prompt: {config.system_prompt!r}",
         "",
     ]
-    if source and saved_hash(source):
+    if source and (settings_hash := saved_hash(source)):
         run = saved_config(source)
         method = {
             "grace": f"GRACE ({run.run.setting}, GRPO)",
             "contrastive": "+CL (contrastive fine-tuning)",
             "simcse": "SimCSE",
         }[run.run.method]
-        baseline = run.run.method != "grace"  # +CL and SimCSE may set their own steps and rate
-        steps = (run.baselines.steps_for(run.run.method) if baseline else None) or steps_label(
-            run.optim
-        )
-        rate = (run.baselines.lr if baseline else None) or run.optim.learning_rate
+        steps, rate = schedule(run, run.run.method)
         lines += [
             "## Training",
             "",
             f"- base model: `{run.run.model}`",
-            f"- method: {method}, {steps} steps at learning rate {rate:g}",
+            f"- method: {method}, {steps}{'' if 'epoch' in steps else ' steps'} at learning "
+            f"rate {rate:g}",
             f"- data: `{run.run.data}`",
-            f"- settings hash: `{saved_hash(source)}` (the run folder's `{RUN_CONFIG_FILE}` "
+            f"- settings hash: `{settings_hash}` (the run folder's `{RUN_CONFIG_FILE}` "
             "holds every setting)",
         ]
         history = log_history(source) if (Path(source) / HISTORY_FILE).exists() else []

@@ -12,7 +12,6 @@ is ``grace.evaluation.evaluate``; this module plans its reports and reads them i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pandas as pd
 from grace.encoder import EncoderConfig, GraceEncoder, Variant, mean_of_draws
 from grace.evaluation.model import EmbeddingMemory, TextEncoder, model_meta
 from grace.evaluation.results import summarize
-from grace.evaluation.suites import has_report, report_path, score, write_report
+from grace.evaluation.suites import kept_under, report_path, score, write_report
 from grace.runs import report_key
 
 
@@ -201,9 +200,8 @@ def run_plans(
     made: dict[str, dict] = {}
     missing = []
     for plan in plans:
-        path = report_path(folder, plan.label) if folder is not None else None
-        if path is not None and has_report(path, plan.key):
-            made[plan.label] = json.loads(path.read_text())
+        if (kept := kept_under(folder, plan.label, plan.key)) is not None:
+            made[plan.label] = kept
         else:
             missing.append(plan)
     if not missing:

@@ -203,21 +203,23 @@ def kept_report(
     settings, suite); a report written under another key is measured again and replaced.
     ``make_encoder`` is only called when needed: loading a model costs seconds.
     """
-    path = report_path(folder, label) if folder is not None else None
     key = json.loads(json.dumps(key))
-    if path is not None and has_report(path, key):
-        return json.loads(path.read_text())
+    if (kept := kept_under(folder, label, key)) is not None:
+        return kept
     report = score(make_encoder(), suite, label, results_cache) | {"key": key}
-    if path is not None:
-        write_report(path, report)
+    if folder is not None:
+        write_report(report_path(folder, label), report)
     return report
 
 
-def has_report(path: Path, key: dict) -> bool:
-    """Whether ``path`` holds a report made under ``key`` (what ``kept_report`` reuses)."""
-    if not path.exists():
-        return False
-    return json.loads(path.read_text()).get("key") == json.loads(json.dumps(key))
+def kept_under(folder: str | Path | None, label: str, key: dict) -> dict | None:
+    """The report of ``label`` kept in ``folder`` if it was made under ``key``, else None (the
+    file is read once)."""
+    path = report_path(folder, label) if folder is not None else None
+    if path is None or not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    return report if report.get("key") == json.loads(json.dumps(key)) else None
 
 
 def write_report(path: str | Path, report: dict) -> None:
