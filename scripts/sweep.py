@@ -113,6 +113,20 @@ VARIANTS = {
         "cpu-long",
         TASK | {"run.method": "contrastive", "baselines.steps": 150, "validation.every": 10},
     ),
+    # The headroom beyond 3 SE was measured with 64-token rationales (results/headroom/
+    # lee-topic-64.json: rationale 46 % of the pooled tokens); task-lee-topic-paper trained and
+    # validated at 32. The same run at the length the headroom was found at (validation
+    # follows the training length).
+    "task-lee-topic-paper-64": (
+        "cpu-long",
+        TASK
+        | {
+            "reward.variant": "paper",
+            "policy.max_completion_length": 64,
+            "optim.max_steps": 200,
+            "validation.every": 20,
+        },
+    ),
 }
 
 
