@@ -21,6 +21,7 @@ from grace.config import schedule
 from grace.constants import RUN_CONFIG_FILE
 from grace.encoder import EncoderConfig, GraceEncoder, save_encoder_settings
 from grace.files import write_text_atomically
+from grace.models import merged
 from grace.prompts import SYSTEM_PROMPT, build_prompts, system_prefix_length
 from grace.runs import HISTORY_FILE, log_history, saved_config, saved_hash
 from grace.validation import validation_curve
@@ -77,7 +78,7 @@ def export_sentence_transformer(
     if config.pooling not in POOLING_MODES:
         raise ValueError(f"No sentence-transformers pooling for {config.pooling!r}.")
     output = Path(output)
-    encoder.model.save_pretrained(output)
+    merged(encoder.model).save_pretrained(output)  # LoRA adapters (a bf16 GPU) merged in fp32
     encoder.tokenizer.save_pretrained(output)
     # The rendered template already holds any special tokens the model wants.
     special = encoder.tokenizer.chat_template is None

@@ -32,6 +32,7 @@ from transformers import (
 )
 
 from grace.constants import RUN_CONFIG_FILE
+from grace.files import write_text_atomically
 
 TINY_RANDOM = "tiny-random"
 SMOLLM2 = "smollm2-135m-instruct"
@@ -92,8 +93,8 @@ def has_native_bf16(device: torch.device) -> bool:
 
 
 def saved_in_float32(name_or_path: str, device: torch.device) -> torch.dtype | None:
-    """float32 for a local folder saved in fp32 (a trained run: LoRA merged in fp32, or full
-    fine-tuning) on a bf16 GPU: loading it in bf16 would round away most of a small update.
+    """float32 for a local folder saved in fp32 (a fully fine-tuned run) on a bf16 GPU:
+    loading it in bf16 would round away most of a small update.
     None otherwise (the device's default applies)."""
     config = Path(name_or_path) / "config.json"
     if not has_native_bf16(device) or not config.is_file():
@@ -132,6 +133,8 @@ def load_model(
     device = torch.device(device) if device is not None else default_device()
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
+    if (Path(name_or_path) / ADAPTER_CONFIG).is_file():
+        return load_with_adapters(name_or_path, device, dtype)
     dtype = dtype or saved_in_float32(name_or_path, device) or default_dtype(device)
     allow_tf32(device)
 
@@ -147,13 +150,77 @@ def load_model(
     model.config.pad_token_id = tokenizer.pad_token_id
     model.to(device=device, dtype=dtype)
     model.eval()
+    refuse_non_finite(model, name_or_path)
+    return model, tokenizer
+
+
+def refuse_non_finite(model: PreTrainedModel, name_or_path: str) -> None:
+    """A model with a NaN or infinite weight (e.g. trained at a rate that overflowed) would
+    make every embedding NaN: refuse it when it loads."""
     broken = [name for name, weight in model.named_parameters() if not weight.isfinite().all()]
-    if broken:  # e.g. trained at a learning rate that overflowed: every embedding would be NaN
+    if broken:
         raise ModelLoadError(
             f"Model {name_or_path!r} has non-finite weights ({len(broken)} tensors, first "
             f"{broken[0]}): it cannot embed anything."
         )
+
+
+#: What peft writes beside LoRA adapters saved alone (a LoRA run's final model).
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def adapter_base(folder: str | Path) -> str:
+    """The base model a folder of LoRA adapters was trained on, as its ``adapter_config.json``
+    names it (a hub id, a local folder, or one of ``ALIASES``)."""
+    path = Path(folder) / ADAPTER_CONFIG
+    try:
+        base = json.loads(path.read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelLoadError(f"{path}: no readable base_model_name_or_path ({error}).") from None
+    if not base:
+        raise ModelLoadError(f"{path} names no base model (base_model_name_or_path is empty).")
+    return base
+
+
+def name_adapter_base(folder: str | Path, base: str) -> None:
+    """Record ``base`` (the run's ``run.model``: an alias, a hub id, a local folder made
+    absolute) as the base of the adapters in ``folder``. peft records the path the weights
+    were read from, which for the offline models is this machine's cache, or nothing."""
+    path = Path(folder) / ADAPTER_CONFIG
+    values = json.loads(path.read_text())
+    values["base_model_name_or_path"] = str(Path(base).resolve()) if Path(base).is_dir() else base
+    write_text_atomically(path, json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+
+def load_with_adapters(
+    folder: str, device: torch.device, dtype: torch.dtype | None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A folder of LoRA adapters on its base model, loaded at the base's own precision (bf16
+    on a bf16 GPU) with the adapters beside it in fp32: trained and base models then embed at
+    one precision, and no small update is rounded away, as it would be merged into bf16
+    weights. In fp32 the adapters are merged in (exact, and no extra products per layer)."""
+    from peft import PeftModel
+
+    base, tokenizer = load_model(adapter_base(folder), device, dtype)
+    for weights in sorted(Path(folder).glob("*.safetensors")):
+        problem = safetensors_problem(weights)
+        if problem:
+            raise ModelLoadError(f"{weights}: {problem}; the model folder is damaged.")
+    model = PeftModel.from_pretrained(base, folder, autocast_adapter_dtype=True)
+    if base.dtype == torch.float32:
+        model = model.merge_and_unload()
+    model.eval()
+    refuse_non_finite(model, folder)
     return model, tokenizer
+
+
+def merged(model: PreTrainedModel) -> PreTrainedModel:
+    """``model`` with any LoRA adapters merged into fp32 weights: a plain transformers model
+    for what knows no adapters (a sentence-transformers export). Merged into bf16, most of a
+    small update would round away."""
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    return model.to(torch.float32).merge_and_unload()
 
 
 def safetensors_problem(path: Path) -> str | None:

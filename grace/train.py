@@ -22,7 +22,13 @@ from pathlib import Path
 
 import datasets
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, set_seed
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    set_seed,
+)
 from transformers.integrations import integration_utils
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import TrainerState
@@ -31,7 +37,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from grace.baselines import build_contrastive_trainer
 from grace.config import ConfigError, TrainConfig
 from grace.encoder import EncoderConfig, save_encoder_settings
-from grace.models import check_fits, load_model
+from grace.models import ADAPTER_CONFIG, check_fits, load_model, name_adapter_base
 from grace.prompts import build_prompts, prompt_token_ids, system_prefix_length
 from grace.rationale import (
     SamplingConfig,
@@ -423,17 +429,17 @@ def top_layers_lora(model: PreTrainedModel, peft_config, layers: list[int]):
     )
 
 
-def save_final_model(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, output_dir: str
-) -> Path:
-    """A plain model folder that ``load_model(output_dir)`` loads. LoRA adapters are merged in
-    fp32 and saved so: merged into bf16 weights, most of a small update rounds away (about 88 %
-    of a 1e-4 change), and ``load_model`` keeps an fp32 folder in fp32 on bf16 GPUs too."""
-    if hasattr(model, "merge_and_unload"):
-        model = model.to(torch.float32).merge_and_unload()
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    return Path(output_dir)
+def save_final_model(trainer: Trainer, config: TrainConfig) -> Path:
+    """Save the trained model in the run folder through the trainer, which every process calls:
+    under FSDP or ZeRO-3 the weights are gathered first, and only the main process writes.
+    Full fine-tuning saves a plain fp32 model folder; LoRA saves its adapters alone, naming
+    the base as the run did, and ``load_model`` puts them back on the base at the base's own
+    precision (merged into bf16 weights, most of a small update would round away)."""
+    output = Path(config.run.output_dir)
+    trainer.save_model(str(output))
+    if trainer.is_world_process_zero() and (output / ADAPTER_CONFIG).is_file():
+        name_adapter_base(output, config.run.model)
+    return output
 
 
 def encoder_config(config: TrainConfig) -> EncoderConfig:
@@ -556,8 +562,8 @@ def _train(config: TrainConfig, callbacks: list | None, main: bool):
         if checkpoint and main:
             forget_samples_from(output, int(Path(checkpoint).name.removeprefix("checkpoint-")))
         trainer.train(resume_from_checkpoint=checkpoint)
+    save_final_model(trainer, config)
     if main:
-        save_final_model(trainer.model, trainer.processing_class, str(output))
         save_encoder_settings(output, encoder_config(config))
         mark_finished(output, trainer.state.log_history)
     trainer.accelerator.wait_for_everyone()

@@ -82,8 +82,7 @@ def check_path(
         seen: dict = {}
 
         class Check(TrainerCallback):
-            """The trainable weights as training starts and ends (before the final save,
-            which merges LoRA adapters)."""
+            """The trainable weights as training starts and ends."""
 
             def on_train_begin(self, args, state, control, model=None, **kwargs):
                 seen["before"] = {

@@ -4,7 +4,7 @@ from sentence_transformers import SentenceTransformer
 
 from grace.encoder import GraceEncoder
 from grace.export import export_sentence_transformer
-from grace.models import build_tiny_random
+from grace.models import build_tiny_random, load_model, merged
 
 TEXTS = [
     "A quiet film about a lighthouse keeper.",
@@ -30,6 +30,31 @@ def test_a_direct_mode_export_loads_in_sentence_transformers_with_the_same_embed
     assert np.abs(again - expected[:2]).max() < 1e-5
     with pytest.raises(ValueError, match="own system prompt"):
         loaded.encode(TEXTS[:1], prompt="query: ")
+
+
+def test_a_lora_run_loaded_on_a_bf16_base_exports_merged_in_fp32(tmp_path):
+    """On a bf16 GPU a LoRA run loads as a bf16 base with fp32 adapters beside it; the export
+    is a plain fp32 model folder, embedding as the run merged in fp32 does."""
+    import torch
+
+    from grace.cli import main
+
+    run = tmp_path / "run"
+    lora = ["--set", "lora=true", "--set", "adaptation.dtype=bfloat16", "--set", "baselines.lr=5e-2"]
+    train = ["train", "--config", "tiny", "--method", "contrastive", "--set", f"output_dir={run}"]
+    assert main([*train, *lora]) == 0
+    on_bf16 = GraceEncoder.from_pretrained(str(run), device="cpu", dtype=torch.bfloat16)
+    folder = export_sentence_transformer(on_bf16, tmp_path / "st", source=str(run))
+    assert not (folder / "adapter_config.json").exists()
+    loaded = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True)
+    assert loaded[0].model.dtype == torch.float32
+    got = loaded.encode(TEXTS[:2])
+    model, tokenizer = load_model(str(run), device="cpu", dtype=torch.bfloat16)
+    expected = GraceEncoder(merged(model), tokenizer, on_bf16.config).encode(TEXTS[:2])
+    assert np.abs(got - expected).max() < 1e-5
+    # Against the base read in fp32, only the base's rounding to bf16 differs.
+    in_fp32 = GraceEncoder.from_pretrained(str(run), device="cpu").encode(TEXTS[:2])
+    assert np.abs(got - in_fp32).max() < 1e-3
 
 
 def test_only_direct_mode_exports(tiny, tmp_path):

@@ -32,7 +32,7 @@ def changed(path) -> bool:
 def test_grpo_steps_change_weights_and_log_reward_terms(tmp_path, setting, lora):
     trainer = run(tmp_path, f"setting={setting}", f"lora={str(lora).lower()}")
     assert trainer.state.global_step == 2
-    assert changed(tmp_path)  # the saved folder is a plain (merged) model
+    assert changed(tmp_path)  # the saved folder loads as the trained model
     logged = [h for h in trainer.state.log_history if "grace/positive" in h]
     assert len(logged) == 2
     for name in ("positive", "negative", "cluster", "cross", "total", "hit_cap"):
@@ -306,41 +306,46 @@ def test_a_resumed_run_reuses_its_frozen_anchors(tmp_path):
     assert len(kept.completions) == len(before)
 
 
-def test_a_lora_run_on_a_bf16_base_saves_the_model_it_trained(tiny, tmp_path):
-    """Merged into bf16 weights, a small adapter update mostly rounds away; the saved folder
-    must hold the trained model: its weights and its embeddings."""
-    import copy
-
-    from peft import LoraConfig, get_peft_model
+def test_a_lora_run_saves_its_adapters_and_loads_them_at_the_base_precision(tmp_path):
+    """A LoRA run on a bf16 base saves its adapters alone, naming the base as the run named
+    it. Loaded in bf16 (as on a bf16 GPU) the base stays bf16 and the adapters keep their
+    trained fp32 values, unmerged (merged into bf16, a small update mostly rounds away); in
+    fp32 they are merged, and embed as the model that trained."""
+    from peft import PeftModel
 
     from grace.encoder import EncoderConfig, GraceEncoder
-    from grace.train import save_final_model
 
-    base, tokenizer = copy.deepcopy(tiny[0]).to(torch.bfloat16), tiny[1]
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    live = get_peft_model(base, lora)
-    torch.manual_seed(0)
-    for name, weight in live.named_parameters():
-        if "lora_B" in name:  # a trained adapter: a small change, as at lr 1e-5
-            weight.data = torch.randn_like(weight) * 1e-4
-    module = live.base_model.model.model.layers[0].self_attn.q_proj
-    expected = module.get_delta_weight("default").float().detach()  # the update, in fp32
-    before = module.base_layer.weight.float().clone()
-    reference = copy.deepcopy(live).to(torch.float32)  # unmerged: base + adapters, in fp32
+    trainer = run(tmp_path, "lora=true", "adaptation.dtype=bfloat16", "learning_rate=5e-2")
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "model.safetensors").exists()  # the base is not copied
+    assert json.loads((tmp_path / "adapter_config.json").read_text())[
+        "base_model_name_or_path"
+    ] == "tiny-random"
+    trained = {
+        name.replace(".default", ""): weight.detach().clone()
+        for name, weight in trainer.model.named_parameters()
+        if "lora_" in name
+    }
+    assert {w.dtype for w in trained.values()} == {torch.float32}
 
-    save_final_model(live, tokenizer, str(tmp_path))
-    saved, _ = load_model(str(tmp_path), device="cpu")
-    weight = saved.model.layers[0].self_attn.q_proj.weight
-    assert weight.dtype == torch.float32
-    assert torch.allclose(weight - before, expected, atol=1e-7)
-    rounded = (before + expected).to(torch.bfloat16).float() - before  # what a bf16 merge keeps
-    assert (rounded - expected).abs().mean() > 0.5 * expected.abs().mean()
+    in_bf16, tokenizer = load_model(str(tmp_path), device="cpu", dtype=torch.bfloat16)
+    assert isinstance(in_bf16, PeftModel)
+    weights = dict(in_bf16.named_parameters())
+    assert {w.dtype for n, w in weights.items() if "lora_" not in n} == {torch.bfloat16}
+    loaded = {n.replace(".default", ""): w for n, w in weights.items() if "lora_" in n}
+    assert loaded.keys() == trained.keys()
+    assert all(torch.equal(loaded[n], trained[n]) for n in trained)
 
+    in_fp32, _ = load_model(str(tmp_path), device="cpu")
+    assert not isinstance(in_fp32, PeftModel)  # merged: a plain model
     texts = ["a chef opens a restaurant", "the war drags on", "two friends fall out"]
     settings = EncoderConfig(mode="direct")
-    ours = GraceEncoder(saved, tokenizer, settings).encode(texts)
-    trained = GraceEncoder(reference, tokenizer, settings).encode(texts)
-    assert (ours * trained).sum(axis=1).min() >= 0.9999
+    reference = trainer.model.to(torch.float32)  # unmerged: base + adapters, in fp32
+    ours = GraceEncoder(in_fp32, tokenizer, settings).encode(texts)
+    theirs = GraceEncoder(reference, tokenizer, settings).encode(texts)
+    assert (ours * theirs).sum(axis=1).min() >= 0.9999
+    base = GraceEncoder(load_model("tiny-random", device="cpu")[0], tokenizer, settings)
+    assert (ours * base.encode(texts)).sum(axis=1).min() < 0.9999  # the update is there
 
 
 def test_a_kl_to_the_starting_model_trains_with_a_model_built_in_memory(tmp_path):
