@@ -2,19 +2,25 @@
 
 For each path it trains 2 steps and asserts what a broken step would get wrong: the device of
 every weight, the dtype of the trained weights (fp32 masters; LoRA adapters fp32 on a bf16
-base), a finite loss, and weights that changed (the length-penalty path excepted: a random
-model never ends a rationale, so every reward is the penalty). Paths: GRPO with full
-fine-tuning in fp32, with bf16 autocast where the device computes bf16 natively, with LoRA on a
-bf16 base, with the length penalty; +CL and SimCSE; then direct and rationale encoding. It
-prints the seconds (set-up included) and the peak memory of each path.
+base), a finite loss, weights that changed (the length-penalty path excepted: a random model
+never ends a rationale, so every reward is the penalty), and a saved folder that loads back
+(LoRA: adapters on the base) and embeds as the model that trained. Paths: GRPO with full
+fine-tuning in fp32 (logging to tensorboard when it is installed), with bf16 autocast where the
+device computes bf16 natively, with LoRA on a bf16 base and gradient checkpointing (as the
+colab and gpu profiles train), with the length penalty; +CL and SimCSE; then direct and
+rationale encoding and one offline mteb task (LeeSTS). It prints the seconds (set-up included)
+and the peak memory of each path. Not checked here: several processes (``accelerate launch``).
 
-    python scripts/gpu_smoke.py                  # CUDA; says "skipped" without a GPU
+    python scripts/gpu_smoke.py                  # CUDA; exits 1 without a CUDA device
     python scripts/gpu_smoke.py --device cpu     # the same checks on the CPU (CI runs this)
-    python scripts/gpu_smoke.py --shapes colab   # Qwen2-shaped random models of a profile's
-                                                 # width (2 layers), for memory and speed
+    python scripts/gpu_smoke.py --shapes colab   # Qwen2-shaped random models of the profile's
+                                                 # model width (2 layers), for memory and speed
+    python scripts/gpu_smoke.py --shapes smollm2 # the real SmolLM2-135M-Instruct (its own
+                                                 # tokenizer and chat template)
 
 ``--shapes tiny`` (the default) uses the tiny random model; ``colab``/``gpu`` build a random
-Qwen2-style model with Qwen2.5-1.5B's width and the profile's sequence lengths.
+Qwen2-style model with the width of the profile's model (Qwen2.5-0.5B / 1.5B) and the profile's
+sequence lengths.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import resource
 import sys
 import tempfile
 import time
+from importlib.util import find_spec
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if "--device" in sys.argv[:-1] and sys.argv[sys.argv.index("--device") + 1] == "cpu":
@@ -36,25 +44,30 @@ from transformers import TrainerCallback  # noqa: E402
 
 from grace.config import load_config  # noqa: E402
 from grace.encoder import GraceEncoder  # noqa: E402
-from grace.models import build_tiny_tokenizer, has_native_bf16  # noqa: E402
+from grace.evaluation import evaluate  # noqa: E402
+from grace.models import ADAPTER_CONFIG, build_tiny_tokenizer, has_native_bf16, load_model  # noqa: E402
 from grace.train import train  # noqa: E402
 
+#: The widths of the colab and gpu profiles' models (Qwen2.5-0.5B- and 1.5B-Instruct).
+WIDTHS = {
+    "colab": dict(hidden_size=896, intermediate_size=4864, num_attention_heads=14),
+    "gpu": dict(hidden_size=1536, intermediate_size=8960, num_attention_heads=12),
+}
 
-def qwen2_shaped(folder: str) -> str:
-    """A random 2-layer model with Qwen2.5-1.5B's width and vocabulary size, saved in
-    ``folder`` with the tiny tokenizer (token ids stay below its vocabulary)."""
+
+def qwen2_shaped(shapes: str, folder: str) -> str:
+    """A random 2-layer model with the width and vocabulary size of the ``shapes`` profile's
+    model, saved in ``folder`` with the tiny tokenizer (token ids stay below its vocabulary)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = build_tiny_tokenizer()
     config = Qwen2Config(
         vocab_size=151_936,
-        hidden_size=1536,
-        intermediate_size=8960,
         num_hidden_layers=2,
-        num_attention_heads=12,
         num_key_value_heads=2,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
+        **WIDTHS[shapes],
     )
     torch.manual_seed(0)
     Qwen2ForCausalLM(config).save_pretrained(folder)
@@ -114,11 +127,29 @@ def check_path(
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         assert losses and all(math.isfinite(x) for x in losses), f"{label}: losses {losses}"
         assert seen["moved"] > 0 or not changes, f"{label}: no trained weight changed"
+        dtype = config.adaptation.torch_dtype
+        reloaded = check_reload(label, seen["model"], output, dtype, device)
+        if "report_to=tensorboard" in overrides:
+            events = list(Path(output).rglob("events.out.tfevents*"))
+            assert events, f"{label}: tensorboard wrote no event file"
+            reloaded += ", tensorboard events written"
         print(
             f"ok  {label}: {trainer.state.global_step} steps in {seconds:.1f} s with set-up, "
             f"loss {losses[-1]:+.4f}, largest weight change {seen['moved']:.2e}, "
-            f"{peak_memory(device)}"
+            f"{peak_memory(device)}; {reloaded}"
         )
+
+
+def check_reload(label: str, trained, folder: str, dtype: torch.dtype, device) -> str:
+    """Load the saved folder as a user would, at the run's precision: every weight must be the
+    trained one (LoRA: the adapters back on the base). Returns what was loaded."""
+    saved, _ = load_model(folder, device=str(device), dtype=dtype)
+    ours, theirs = dict(saved.named_parameters()), dict(trained.named_parameters())
+    assert ours.keys() == theirs.keys(), f"{label}: the saved model has other weights"
+    differ = [name for name in theirs if not torch.equal(ours[name], theirs[name])]
+    assert not differ, f"{label}: {len(differ)} saved weights differ, first {differ[0]}"
+    kind = "adapters on the base" if (Path(folder) / ADAPTER_CONFIG).is_file() else "a model"
+    return f"reloaded as {kind}, every weight equal"
 
 
 def check_encoding(model: str, device: torch.device) -> None:
@@ -133,12 +164,16 @@ def check_encoding(model: str, device: torch.device) -> None:
         assert embeddings.shape[0] == 3 and abs(norms - 1).max() < 1e-3, norms
         assert all(math.isfinite(x) for x in embeddings.flatten()), "non-finite embeddings"
         print(f"ok  encode {mode}: {embeddings.shape}, model dtype {encoder.model.dtype}")
+    report = evaluate(model, "LeeSTS", device=str(device), mode="direct").main
+    score = report["tasks"][0]["score"]
+    assert math.isfinite(score), f"mteb LeeSTS scored {score}"
+    print(f"ok  mteb LeeSTS (direct): Spearman {score:+.3f} in {report['seconds']:.1f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
-    parser.add_argument("--shapes", choices=("tiny", "colab", "gpu"), default="tiny")
+    parser.add_argument("--shapes", choices=("tiny", "smollm2", *WIDTHS), default="tiny")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -153,15 +188,19 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}; native bf16: {has_native_bf16(device)}")
     with tempfile.TemporaryDirectory() as folder:
-        model = "tiny-random" if args.shapes == "tiny" else qwen2_shaped(folder)
-        lengths = load_config(args.shapes).policy if args.shapes != "tiny" else None
+        named = {"tiny": "tiny-random", "smollm2": "smollm2"}
+        model = named.get(args.shapes) or qwen2_shaped(args.shapes, folder)
+        lengths = load_config(args.shapes).policy if args.shapes in WIDTHS else None
         base = [f"run.model={model}", "max_steps=2"]
         if lengths is not None:  # the profile's sequence lengths, capped for a smoke check
             base += [
                 f"policy.max_prompt_tokens={min(lengths.max_prompt_tokens, 256)}",
                 f"policy.max_completion_length={min(lengths.max_completion_length, 64)}",
             ]
-        check_path("GRPO, full fine-tuning, fp32", base, [], device)
+        logger = ["report_to=tensorboard"] if find_spec("tensorboard") else []
+        if not logger:
+            print("--  tensorboard is not installed (the gpu extra has it): not checked")
+        check_path("GRPO, full fine-tuning, fp32", base, logger, device)
         # A random model never ends a rationale: every reward is the penalty, no advantage, no
         # change; the path (a mask built on the device) must still run.
         penalty = ["length_penalty=-1.0"]
@@ -169,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         if has_native_bf16(device):
             label = "GRPO, full fine-tuning, fp32 weights + bf16 autocast"
             check_path(label, base, ["bf16=true"], device)
-        lora = ["lora=true", "adaptation.dtype=bfloat16"]
-        check_path("GRPO, LoRA on a bf16 base", base, lora, device)
+        lora = ["lora=true", "adaptation.dtype=bfloat16", "gradient_checkpointing=true"]
+        check_path("GRPO, LoRA on a bf16 base, gradient checkpointing", base, lora, device)
         for method in ("contrastive", "simcse"):
             method_settings = [f"run.method={method}", "baselines.steps=2"]
             check_path(f"{method}, fp32", base, method_settings, device)
