@@ -13,6 +13,8 @@ notebook equal to what this script writes, so a stale number or cell fails CI.
 from __future__ import annotations
 
 import json
+import re
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -144,17 +146,31 @@ def repository_url() -> str:
     return yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
 
 
+def release_tag() -> str:
+    """The git tag of this version's release (``v`` + pyproject's version): the notebooks'
+    Colab links and install cells point at it, so a notebook and the package it installs are
+    of one release."""
+    return "v" + tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
 def with_install_cell(notebook: dict) -> dict:
-    """``notebook`` with its install cell (the one that checks for Colab) written anew, and
-    the metadata that opens it on a Colab GPU runtime."""
+    """``notebook`` with its install cell (the one that checks for Colab) written anew, its
+    "Open in Colab" link at the release tag, and the metadata that opens it on a Colab GPU
+    runtime."""
+    tag = release_tag()
     (cell,) = [c for c in notebook["cells"] if "google.colab" in "".join(c["source"])]
-    cell["source"] = install_cell(repository_url()).splitlines(keepends=True)
+    cell["source"] = install_cell(repository_url(), tag).splitlines(keepends=True)
+    first = notebook["cells"][0]
+    link = re.sub(r"/blob/[^/]+/notebooks/", f"/blob/{tag}/notebooks/", "".join(first["source"]))
+    first["source"] = link.splitlines(keepends=True)
     notebook["metadata"] |= COLAB_METADATA
     return notebook
 
 
 def main() -> None:
-    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    # The executed copies too: the book's pages are made from them (their outputs stand).
+    sources = [*(ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")]
+    for path in sorted([*sources, *(ROOT / "book" / "executed").glob("[0-9][0-9]_*.ipynb")]):
         text = path.read_text()
         written = json.dumps(with_install_cell(json.loads(text)), indent=1, ensure_ascii=False)
         if written + "\n" != text:  # unchanged notebooks keep their files (and mtimes)

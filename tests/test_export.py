@@ -40,9 +40,9 @@ def test_a_lora_run_loaded_on_a_bf16_base_exports_merged_in_fp32(tmp_path):
     from grace.cli import main
 
     run = tmp_path / "run"
-    lora = ["--set", "lora=true", "--set", "adaptation.dtype=bfloat16", "--set", "baselines.lr=5e-2"]
+    lora = ["lora=true", "adaptation.dtype=bfloat16", "baselines.lr=5e-2"]
     train = ["train", "--config", "tiny", "--method", "contrastive", "--set", f"output_dir={run}"]
-    assert main([*train, *lora]) == 0
+    assert main([*train, *(x for setting in lora for x in ("--set", setting))]) == 0
     on_bf16 = GraceEncoder.from_pretrained(str(run), device="cpu", dtype=torch.bfloat16)
     folder = export_sentence_transformer(on_bf16, tmp_path / "st", source=str(run))
     assert not (folder / "adapter_config.json").exists()

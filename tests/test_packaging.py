@@ -26,18 +26,28 @@ def data_wheels_in_makefile() -> list[str]:
     return re.findall(r"[\w-]+==[\d.]+", line)
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+EXECUTED = sorted((ROOT / "book" / "executed").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize(
+    "path", NOTEBOOKS + EXECUTED, ids=lambda p: f"{p.parent.name}/{p.name[:2]}"
+)
 def test_install_cell_and_colab_link_use_the_one_repository_url(path):
-    """Every notebook's install cell is the one ``install_cell`` writes (refresh_book.py)."""
+    """Every notebook's install cell, and its executed copy's (the book's page), is the one
+    ``install_cell`` writes (refresh_book.py)."""
     from grace.book.notebooks import DATA_WHEELS, install_cell
 
     cells = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"]]
-    url = repository_url()
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    url, tag = repository_url(), f"v{version}"
     colab = f"https://colab.research.google.com/github/{url.removeprefix('https://github.com/')}"
-    # The Colab link opens the source notebook (default parameters), not an executed copy.
-    assert f"({colab}/blob/main/notebooks/{path.name})" in cells[0]
-    assert [c for c in cells if "google.colab" in c] == [install_cell(url)]
-    compile(install_cell(url), "install cell", "exec")
+    # The Colab link opens the source notebook (default parameters), not an executed copy, of
+    # the release the install cell installs.
+    assert f"({colab}/blob/{tag}/notebooks/{path.name})" in cells[0]
+    assert [c for c in cells if "google.colab" in c] == [install_cell(url, tag)]
+    assert f'REVISION = "{tag}"' in install_cell(url, tag)
+    assert f'git+{url}@{tag}"' in (ROOT / "README.md").read_text()  # the README's pip line
+    compile(install_cell(url, tag), "install cell", "exec")
     metadata = json.loads(path.read_text())["metadata"]
     assert metadata["accelerator"] == "GPU" and metadata["colab"]["gpuType"] == "T4"
     assert DATA_WHEELS == data_wheels_in_makefile()

