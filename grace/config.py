@@ -41,7 +41,7 @@ from grace.sections import ConfigError, build_section
 
 METHODS = ("grace", "contrastive", "simcse")
 SETTINGS = ("supervised", "unsupervised")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "float16")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 
 
@@ -182,8 +182,10 @@ class AdaptationConfig:
     """Which weights change and in what precision.
 
     ``dtype`` is the dtype the weights are loaded in; ``bf16`` turns on bf16 autocast (mixed
-    precision, as in transformers' Trainer). Full fine-tuning keeps fp32 master weights: at
-    the paper's lr 1e-6 most updates would round away in bf16 weights.
+    precision, as in transformers' Trainer) on GPUs that compute bf16 natively (Ampere or
+    newer), ``fp16`` fp16 autocast with loss scaling on older ones (a T4, where bf16 is
+    emulated). Full fine-tuning keeps fp32 master weights: at the paper's lr 1e-6 most updates
+    would round away in bf16 weights.
     """
 
     lora: bool = False
@@ -191,8 +193,9 @@ class AdaptationConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: list[str] | str = "all-linear"
-    dtype: str = "float32"  # float32 | bfloat16 (bfloat16 only with LoRA: a frozen base)
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (half only with LoRA: a frozen base)
     bf16: bool = False  # bf16 mixed precision (autocast) on top of `dtype`
+    fp16: bool = False  # fp16 mixed precision (autocast, loss scaling): GPUs without bf16
     gradient_checkpointing: bool = False
     # Train only the top K transformer layers (and the final norm); None trains every layer. The
     # layers below are frozen (with LoRA: adapters only in the top K), so backward stops early.
@@ -204,8 +207,14 @@ class AdaptationConfig:
         check(self.dtype in DTYPES, f"Unknown dtype {self.dtype!r}; choose one of {DTYPES}.")
         check(
             self.lora or self.dtype == "float32",
-            "Full fine-tuning needs float32 weights (bf16 weights lose small updates); "
-            "set `bf16: true` for mixed precision, or `lora: true` to load the base in bf16.",
+            "Full fine-tuning needs float32 weights (half-precision weights lose small "
+            "updates); set `bf16: true` or `fp16: true` for mixed precision, or `lora: true` to "
+            "load the base in half precision.",
+        )
+        check(
+            not (self.bf16 and self.fp16),
+            "adaptation.bf16 and adaptation.fp16 exclude each other: bf16 on GPUs of compute "
+            "capability 8.0 or newer, fp16 on older ones (a T4).",
         )
         check(self.lora_r >= 1, "lora_r must be >= 1.")
         lora_only = [
@@ -450,6 +459,7 @@ class TrainConfig:
             save_total_limit=self.logging.save_total_limit,
             report_to=self.logging.report_to,
             bf16=self.adaptation.bf16,
+            fp16=self.adaptation.fp16,
             activation_checkpointing=self.adaptation.gradient_checkpointing,
             remove_unused_columns=False,  # the collators and the reward read our own columns
             dataloader_pin_memory=torch.cuda.is_available(),
@@ -665,7 +675,11 @@ SETTINGS_ROWS = {
     "anchors' rationales written by": lambda c: c.reward.anchors,
     "KL coefficient, advantage scaling": lambda c: f"{c.grpo.beta:g}, {c.grpo.scale_rewards}",
     "weights trained": lambda c: "LoRA" if c.adaptation.lora else "all",
-    "precision": lambda c: c.adaptation.dtype + (" + bf16 autocast" if c.adaptation.bf16 else ""),
+    "precision": lambda c: (
+        c.adaptation.dtype
+        + (" + bf16 autocast" if c.adaptation.bf16 else "")
+        + (" + fp16 autocast" if c.adaptation.fp16 else "")
+    ),
 }
 
 

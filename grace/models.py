@@ -93,11 +93,11 @@ def has_native_bf16(device: torch.device) -> bool:
 
 
 def saved_in_float32(name_or_path: str, device: torch.device) -> torch.dtype | None:
-    """float32 for a local folder saved in fp32 (a fully fine-tuned run) on a bf16 GPU:
-    loading it in bf16 would round away most of a small update.
+    """float32 for a local folder saved in fp32 (a fully fine-tuned run) on a GPU that loads
+    models in half precision: there most of a small update would round away.
     None otherwise (the device's default applies)."""
     config = Path(name_or_path) / "config.json"
-    if not has_native_bf16(device) or not config.is_file():
+    if default_dtype(device) == torch.float32 or not config.is_file():
         return None
     values = json.loads(config.read_text())
     saved = values.get("dtype") or values.get("torch_dtype")  # transformers 5 / 4 names
@@ -105,8 +105,12 @@ def saved_in_float32(name_or_path: str, device: torch.device) -> torch.dtype | N
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs with native bf16 (the paper trains in bf16), fp32 elsewhere (a T4, CPUs)."""
-    return torch.bfloat16 if has_native_bf16(device) else torch.float32
+    """The precision a model is loaded in for inference: bf16 on GPUs with native bf16 (the
+    paper trains in bf16), fp16 on older GPUs (a T4: tensor cores for fp16, bf16 emulated),
+    fp32 on CPUs."""
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if has_native_bf16(device) else torch.float16
 
 
 def allow_tf32(device: torch.device) -> bool:

@@ -390,7 +390,7 @@ class GraceGRPOTrainer(GRPOTrainer):
             completion_ids, logprobs = super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images
             )
-            with self._generation_model() as model:
+            with self._generation_model() as model, self.accelerator.autocast():
                 self.grace_rollouts = self._second_pass(
                     model, texts, completion_ids, anchor_texts, has_negatives
                 )
@@ -406,7 +406,9 @@ class GraceGRPOTrainer(GRPOTrainer):
             anchor_ids
         )
         all_ids = [list(p) for p in prompt_ids] + anchor_ids
-        with self._generation_model() as model:
+        # Under the run's mixed precision, as the loss is: the decoder is called directly, past
+        # the autocast accelerate wraps around the model's forward.
+        with self._generation_model() as model, self.accelerator.autocast():
             sampled = sample_rollouts(
                 model,
                 all_ids,

@@ -509,17 +509,19 @@ def check_reporters(report_to: list[str] | str) -> None:
 
 def check_machine(config: TrainConfig) -> None:
     """Refuse settings this machine cannot run before any folder is touched or model loaded:
-    a logger or vLLM that is not installed, bf16 autocast without a GPU."""
+    a logger or vLLM that is not installed, bf16 or fp16 autocast without a GPU."""
     check_reporters(config.logging.report_to)
     if config.adaptation.use_vllm and importlib.util.find_spec("vllm") is None:
         raise ConfigError(
             "adaptation.use_vllm=true but vLLM is not installed: pip install 'trl[vllm]' (on a "
             "CUDA machine), or --set use_vllm=false."
         )
-    if config.adaptation.bf16 and not torch.cuda.is_available():
-        raise ConfigError(
-            "adaptation.bf16=true needs a CUDA GPU and this machine has none: --set bf16=false."
-        )
+    for autocast in ("bf16", "fp16"):
+        if getattr(config.adaptation, autocast) and not torch.cuda.is_available():
+            raise ConfigError(
+                f"adaptation.{autocast}=true needs a CUDA GPU and this machine has none: "
+                f"--set {autocast}=false."
+            )
     gpus = torch.cuda.device_count()
     if gpus > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         # Alone, trl's GRPOTrainer refuses several GPUs with a traceback and the Trainer wraps

@@ -7,7 +7,8 @@ never ends a rationale, so every reward is the penalty), and a saved folder that
 (LoRA: adapters on the base) and embeds as the model that trained. Paths: GRPO with full
 fine-tuning in fp32 (logging to tensorboard when it is installed), with bf16 autocast where the
 device computes bf16 natively, with LoRA on a bf16 base and gradient checkpointing (as the
-colab and gpu profiles train), with the length penalty; +CL and SimCSE; then direct and
+gpu profile trains), on CUDA with LoRA on an fp16 base and fp16 autocast (as the colab profile
+trains on a T4), with the length penalty; +CL and SimCSE; then direct and
 rationale encoding and one offline mteb task (LeeSTS). It prints the seconds (set-up included)
 and the peak memory of each path. Not checked here: several processes (``accelerate launch``).
 
@@ -122,8 +123,9 @@ def check_path(
         seconds = time.perf_counter() - start
         assert seen["devices"] == {device.type}, f"{label}: weights on {seen['devices']}"
         assert seen["trained"] == {torch.float32}, f"{label}: trained in {seen['trained']}"
-        if config.adaptation.lora and config.adaptation.dtype == "bfloat16":
-            assert seen["frozen"] == {torch.bfloat16}, f"{label}: base in {seen['frozen']}"
+        if config.adaptation.lora and config.adaptation.dtype != "float32":
+            base_dtype = config.adaptation.torch_dtype
+            assert seen["frozen"] == {base_dtype}, f"{label}: base in {seen['frozen']}"
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         assert losses and all(math.isfinite(x) for x in losses), f"{label}: losses {losses}"
         assert seen["moved"] > 0 or not changes, f"{label}: no trained weight changed"
@@ -210,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             check_path(label, base, ["bf16=true"], device)
         lora = ["lora=true", "adaptation.dtype=bfloat16", "gradient_checkpointing=true"]
         check_path("GRPO, LoRA on a bf16 base, gradient checkpointing", base, lora, device)
+        if device.type == "cuda":  # the colab profile's recipe (a T4 has no native bf16)
+            fp16 = ["lora=true", "adaptation.dtype=float16", "fp16=true"]
+            check_path("GRPO, LoRA on an fp16 base + fp16 autocast", base, fp16, device)
         for method in ("contrastive", "simcse"):
             method_settings = [f"run.method={method}", "baselines.steps=2"]
             check_path(f"{method}, fp32", base, method_settings, device)

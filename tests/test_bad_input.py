@@ -144,6 +144,8 @@ PROBES = [
     # machine cannot run.
     (["train", "--config", "tiny", "--set", "use_vllm=true"], "vLLM is not installed"),
     (["train", "--config", "tiny", "--set", "bf16=true"], "bf16=true needs a CUDA GPU"),
+    (["train", "--config", "tiny", "--set", "fp16=true"], "fp16=true needs a CUDA GPU"),
+    (["train", "--config", "tiny", "--set", "fp16=true", "--set", "bf16=true"], "exclude each"),
     (EMBED + ["--num-rationales", "100000"], "num_rationales=100000 is more than batch_size=8"),
     (["eval", "--model", "tiny-random", "--output", "{folder}/new/"], "is a folder; give a file"),
     (["eval", "--model", "minilm", "--lengths", "0,8"], "--lengths: minilm is a sentence-"),

@@ -107,6 +107,8 @@ def test_simcse_steps_change_simcse_alone():
         ("tau=0", "tau must be > 0"),
         ("evaluation.num_rationales=0", "num_rationales must be at least 1"),
         ("adaptation.dtype=bfloat16", "Full fine-tuning needs float32 weights"),
+        ("adaptation.dtype=float16", "Full fine-tuning needs float32 weights"),
+        ("adaptation.dtype=float64", "Unknown dtype 'float64'"),
         ("lora_target_modules=[q_proj]", r"adaptation.lora_target_modules only apply with"),
         ("study_lengths=5", "expected a list"),
     ],
@@ -160,9 +162,10 @@ def test_constant_learning_rate_reaches_the_trainer():
 
 @pytest.mark.parametrize("profile", known_profiles())
 def test_every_profile_builds_a_trainer_config(profile, tmp_path):
-    # GPU-only switches (bf16, vLLM) cannot be honoured on this CPU machine; the rest of the
+    # GPU-only switches (bf16, fp16, vLLM) cannot be honoured on this CPU machine; the rest of the
     # profile must turn into a valid trl configuration.
-    config = load_config(profile, [f"output_dir={tmp_path}", "bf16=false", "use_vllm=false"])
+    cpu = ["bf16=false", "fp16=false", "use_vllm=false"]
+    config = load_config(profile, [f"output_dir={tmp_path}", *cpu])
     args = grpo_arguments(config)
     n = config.policy.num_generations
     assert args.generation_batch_size == config.grpo.prompts_per_generation * n
@@ -181,21 +184,21 @@ def test_paper_profile_is_the_reference_recipe():
     assert 4 * grpo.per_device_train_batch_size * grpo.gradient_accumulation_steps == 16 * 8
 
 
-# The precision each profile trains in: (weights dtype, bf16 autocast).
+# The precision each profile trains in: (weights dtype, bf16 autocast, fp16 autocast).
 PRECISION = {
-    "tiny": ("float32", False),
-    "cpu": ("float32", False),
-    "cpu-long": ("float32", False),
-    "colab": ("float32", False),  # T4: no bf16
-    "paper": ("float32", True),  # full fine-tuning: fp32 master weights, bf16 autocast
-    "gpu": ("bfloat16", True),  # LoRA: a frozen bf16 base, fp32 adapters
+    "tiny": ("float32", False, False),
+    "cpu": ("float32", False, False),
+    "cpu-long": ("float32", False, False),
+    "colab": ("float16", False, True),  # T4: no native bf16; LoRA on a frozen fp16 base
+    "paper": ("float32", True, False),  # full fine-tuning: fp32 master weights, bf16 autocast
+    "gpu": ("bfloat16", True, False),  # LoRA: a frozen bf16 base, fp32 adapters
 }
 
 
 @pytest.mark.parametrize("profile", known_profiles())
 def test_each_profile_states_its_precision(profile):
     adaptation = load_config(profile).adaptation
-    assert (adaptation.dtype, adaptation.bf16) == PRECISION[profile]
+    assert (adaptation.dtype, adaptation.bf16, adaptation.fp16) == PRECISION[profile]
     assert adaptation.lora or adaptation.dtype == "float32"
 
 

@@ -99,10 +99,11 @@ def test_smollm2_loads_offline_from_the_wheel(smollm2):
 
 @pytest.mark.parametrize(
     ("capability", "expected"),
-    [((7, 5), torch.float32), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)],
+    [((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)],
 )
 def test_bf16_only_where_the_gpu_has_it_in_hardware(monkeypatch, capability, expected):
-    """A T4 (7.5) emulates bf16, and torch.cuda.is_bf16_supported() says True there."""
+    """A T4 (7.5) emulates bf16, and torch.cuda.is_bf16_supported() says True there: it
+    gets fp16, which its tensor cores compute."""
     from grace.models import default_dtype
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
@@ -139,3 +140,6 @@ def test_a_folder_saved_in_fp32_stays_fp32_on_a_bf16_gpu(tmp_path, monkeypatch):
     assert saved_in_float32(str(tmp_path), torch.device("cpu")) is None  # fp32 anyway
     model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
     assert saved_in_float32(str(tmp_path / "bf16"), cuda) is None
+    # A T4 loads in fp16: an fp32 folder stays fp32 there too.
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert saved_in_float32(str(tmp_path), cuda) == torch.float32

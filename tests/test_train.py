@@ -318,9 +318,10 @@ def test_a_lora_run_saves_its_adapters_and_loads_them_at_the_base_precision(tmp_
     trainer = run(tmp_path, "lora=true", "adaptation.dtype=bfloat16", "learning_rate=5e-2")
     assert (tmp_path / "adapter_model.safetensors").is_file()
     assert not (tmp_path / "model.safetensors").exists()  # the base is not copied
-    assert json.loads((tmp_path / "adapter_config.json").read_text())[
-        "base_model_name_or_path"
-    ] == "tiny-random"
+    assert (
+        json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        == "tiny-random"
+    )
     trained = {
         name.replace(".default", ""): weight.detach().clone()
         for name, weight in trainer.model.named_parameters()

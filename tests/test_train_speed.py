@@ -332,3 +332,45 @@ def test_one_micro_batch_or_two_train_the_same_weights(tmp_path):
     # by ~1e-6 (seen once in a full-suite run: 1.1e-6); 1e-5 is 1 % of one step at lr 1e-3.
     for name, value in first.items():
         torch.testing.assert_close(value, second[name], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("single_pass", [True, False])
+def test_rollouts_are_sampled_under_the_runs_mixed_precision(tmp_path, monkeypatch, single_pass):
+    """accelerate wraps its autocast around the model's forward only, and GRACE's sampler and
+    the reward's second pass (after trl's own sampling) call the decoder themselves: the
+    trainer enters the run's autocast around them. CPU bf16 autocast stands in for a GPU's
+    bf16 or fp16 (none here)."""
+    import grace.rollouts
+
+    trainer = build_grpo_trainer(short_config(tmp_path, "max_steps=1"), single_pass=single_pass)
+    bf16 = lambda *args, **kwargs: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    monkeypatch.setattr(trainer.accelerator, "autocast", bf16)
+    inside, dtypes = [], []
+
+    def watched(function):
+        def call(*args, **kwargs):
+            inside.append(True)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                inside.pop()
+
+        return call
+
+    if single_pass:
+        monkeypatch.setattr(grace.rollouts, "sample_rollouts", watched(sample_rollouts))
+    else:
+        monkeypatch.setattr(trainer, "_second_pass", watched(trainer._second_pass))
+
+    def record(module, args, output):
+        if inside:  # a matrix product's output: the residual stream stays fp32 under autocast
+            dtypes.append(output.dtype)
+
+    hook = trainer.model.get_decoder().layers[0].mlp.register_forward_hook(record)
+    try:
+        trainer.train()
+    finally:
+        hook.remove()
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    pooled = trainer.grace_rollouts.embeddings
+    assert pooled.dtype == torch.float32 and pooled.isfinite().all()  # pooled in fp32
