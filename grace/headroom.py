@@ -125,10 +125,18 @@ def embed_task(
     return out
 
 
-def draw_rewards(task: OfflineTask, embedded: Embedded, reward: str, tau: float) -> np.ndarray:
+def draw_rewards(
+    task: OfflineTask,
+    embedded: Embedded,
+    reward: str,
+    tau: float,
+    cluster_weight: float = RewardConfig.cluster_weight,
+) -> np.ndarray:
     """(documents, K): each draw's reward averaged over its document's training triples, as
     ``grace.rewards`` computes it with all the triples in one batch (no length penalty)."""
-    config = RewardConfig(tau=tau, variant=reward, length_penalty=None)
+    config = RewardConfig(
+        tau=tau, variant=reward, length_penalty=None, cluster_weight=cluster_weight
+    )
     doc_of = np.array([d for _, d, _ in task.train])
     positives = torch.from_numpy(embedded.draws[doc_of])
     terms = FORMULAS[reward](
@@ -181,6 +189,14 @@ def headroom_record(
         choices[f"worst of {draws} by {reward}"] = embedded.draws[every, values.argmin(axis=1)]
         within = values.std(axis=1, ddof=1).mean()
         spread[reward] = {"reward": float(within), "cosine": float(within * tau)}
+    # What the paper's choice is made of: its reward less the term that pays a draw for
+    # resembling its siblings, and that term's own favourite, the draw nearest their mean.
+    plain = draw_rewards(task, embedded, "paper", tau, cluster_weight=0.0)
+    choices[f"best of {draws} by paper without its cluster term"] = embedded.draws[
+        every, plain.argmax(axis=1)
+    ]
+    centre = np.einsum("nkh,nh->nk", embedded.draws, mean_of_draws(embedded.draws))
+    choices[f"nearest the mean of {draws}"] = embedded.draws[every, centre.argmax(axis=1)]
     # A probe, not a result: each document's draw chosen by its own held-out queries' cosine.
     targets = np.array([t for _, t, _ in task.held_out])
     if not task.labels:
@@ -263,4 +279,29 @@ def headroom_markdown(records: list[dict], sigmas: float = 3.0) -> str:
             ", ".join(found) or "none",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+#: The rows of ``headroom_parts_markdown``, as ``headroom_record`` names them for K draws.
+PARTS = {
+    "mean of draws": "mean of {k} draws",
+    "nearest their mean": "nearest the mean of {k}",
+    "best by paper": "best of {k} by paper",
+    "best by paper without its cluster term": "best of {k} by paper without its cluster term",
+}
+
+
+def headroom_parts_markdown(records: list[dict], sigmas: float = 3.0) -> str:
+    """Per task and length, the paper's best-of-K beside what it may be made of: the mean of
+    the K draws (no choice), the draw nearest that mean (what the cluster term prefers) and
+    the paper's reward without its cluster term; x 100, paired changes from greedy with their
+    clustered standard errors. Records made before these rows existed show a dash."""
+    head = ["task", "tokens", *PARTS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for record in records:
+        rows, k = record["rows"], record["draws"]
+        cells = [change_cell(rows.get(name.format(k=k)), sigmas)[0] for name in PARTS.values()]
+        lines.append(
+            "| " + " | ".join([record["task"], str(record["rationale_tokens"]), *cells]) + " |"
+        )
     return "\n".join(lines)

@@ -33,7 +33,7 @@ from grace.book.study import (
 from grace.config import settings_table
 from grace.data import TASKS
 from grace.evaluation.results import headline_answer, table_json_markdown
-from grace.headroom import headroom_markdown
+from grace.headroom import headroom_markdown, headroom_parts_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK_PROFILES = ["tiny", "cpu", "cpu-long", "colab", "gpu", "paper"]
@@ -114,6 +114,7 @@ BLOCKS = {
     "echo-control": ("book/study.md", echo),
     "pooling-change": ("book/method.md", lambda: pooling_change(pooling())),
     "headroom-table": ("book/study.md", lambda: headroom_markdown(headroom())),
+    "headroom-parts": ("book/study.md", lambda: headroom_parts_markdown(headroom())),
     "task-run": ("book/study.md", task_runs),
     "swap-table": ("book/study.md", swaps),
     "swap-test": ("book/study.md", lambda: swaps(SWAP_TESTS)),

@@ -7,6 +7,7 @@ from grace.headroom import (
     draw_rewards,
     embed_task,
     headroom_markdown,
+    headroom_parts_markdown,
     headroom_record,
     measure_headroom,
     task_scores,
@@ -129,3 +130,33 @@ def test_record_rows_and_table(embedded, tiny):
     encoder = GraceEncoder(model, tokenizer, EncoderConfig(max_new_tokens=2, batch_size=8))
     records = measure_headroom(encoder, small_task([1, 0, 1, 0]), (2,), draws=2, rewards=("paper",))
     assert records[0]["metric"] == "knn-accuracy" and "seconds" in records[0]
+
+
+def test_the_parts_of_the_papers_choice(embedded):
+    """The draw nearest the mean of a document's draws, and the paper's reward without its
+    cluster term (the formula less 0.2 x the cluster term), each choose a draw per document."""
+    _, by_length = embedded
+    out = by_length[4]
+    task = small_task()
+    record = headroom_record(task, out, 4, ("paper",))
+    with_cluster = draw_rewards(task, out, "paper", tau=0.1)
+    without = draw_rewards(task, out, "paper", tau=0.1, cluster_weight=0.0)
+    for doc in range(4):
+        d = out.draws[doc]
+        cluster = [np.mean([d[i] @ d[j] for j in range(3) if j != i]) for i in range(3)]
+        assert with_cluster[doc] - without[doc] == pytest.approx(0.2 * np.array(cluster) / 0.1)
+    mean = out.draws.mean(axis=1)
+    mean /= np.linalg.norm(mean, axis=1, keepdims=True)
+    nearest = out.draws[np.arange(4), np.einsum("nkh,nh->nk", out.draws, mean).argmax(axis=1)]
+    expected = task_scores(task, out.held_out, nearest) - task_scores(
+        task, out.held_out, out.documents
+    )
+    assert record["rows"]["nearest the mean of 3"]["change"] == pytest.approx(expected.mean())
+    assert "best of 3 by paper without its cluster term" in record["rows"]
+    table = headroom_parts_markdown([record]).splitlines()
+    assert table[0] == (
+        "| task | tokens | mean of draws | nearest their mean | best by paper | best by paper "
+        "without its cluster term |"
+    )
+    assert table[2].startswith("| toy | 4 |") and table[2].count("±") == 4
+    assert headroom_parts_markdown([{**record, "rows": {}}]).splitlines()[2].count("–") == 4
