@@ -66,8 +66,16 @@ def headroom() -> list[dict]:  # written by scripts/headroom.py, by task then le
 
 # The runs on the Lee topic task (scripts/sweep.py) and their swap tests (scripts/swap.py):
 # record name -> the book's label.
-TASK_RUNS = {"task-lee-topic-paper": "GRACE on lee-topic", "task-lee-topic-cl": "+CL on lee-topic"}
-SWAPS = {"task-lee-topic-paper-40": "GRACE, 40 steps", "task-lee-topic-cl": "+CL, 150 steps"}
+TASK_RUNS = {
+    "task-lee-topic-paper": "GRACE on lee-topic",
+    "task-lee-topic-paper-64": "GRACE on lee-topic, 64-token rationales",
+    "task-lee-topic-cl": "+CL on lee-topic",
+}
+SWAPS = {
+    "task-lee-topic-paper-40": "GRACE, 40 steps",
+    "task-lee-topic-paper-64": "GRACE, 64 tokens, 200 steps",
+    "task-lee-topic-cl": "+CL, 150 steps",
+}
 # The test split, read once after every choice was made on validation (40 steps: +CL's
 # plateau starts there, and GRACE's swap was measured there).
 SWAP_TESTS = {
