@@ -46,7 +46,14 @@ from transformers import TrainerCallback  # noqa: E402
 from grace.config import load_config  # noqa: E402
 from grace.encoder import GraceEncoder  # noqa: E402
 from grace.evaluation import evaluate  # noqa: E402
-from grace.models import ADAPTER_CONFIG, build_tiny_tokenizer, has_native_bf16, load_model  # noqa: E402
+from grace.models import (  # noqa: E402
+    ADAPTER_CONFIG,
+    SMOLLM2,
+    TINY_RANDOM,
+    build_tiny_tokenizer,
+    has_native_bf16,
+    load_model,
+)
 from grace.train import train  # noqa: E402
 
 #: The widths of the colab and gpu profiles' models (Qwen2.5-0.5B- and 1.5B-Instruct).
@@ -190,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}; native bf16: {has_native_bf16(device)}")
     with tempfile.TemporaryDirectory() as folder:
-        named = {"tiny": "tiny-random", "smollm2": "smollm2"}
+        named = {"tiny": TINY_RANDOM, "smollm2": SMOLLM2}
         model = named.get(args.shapes) or qwen2_shaped(args.shapes, folder)
         lengths = load_config(args.shapes).policy if args.shapes in WIDTHS else None
         base = [f"run.model={model}", "max_steps=2"]
