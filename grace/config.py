@@ -296,6 +296,10 @@ class ValidationConfig:
     task: str = "review-plot"
     movies: int | None = 24  # None: every training movie with a held-out review (102)
     reviews_per_movie: int = 2  # at most this many held-out reviews of each movie
+    # 0: greedy rationales. k >= 1: each text embedded as the mean of k rationales sampled at
+    # the policy's temperature, as the paper evaluates (on lee-topic the base's averaged draws
+    # are a stronger reference than its greedy one: book/study.md, headroom).
+    draws: int = 0
 
     def __post_init__(self) -> None:
         from grace.data import TASKS
@@ -308,6 +312,7 @@ class ValidationConfig:
         check(self.every >= 0, "validation.every must be >= 0 (0 = off).")
         check(self.movies is None or self.movies >= 2, "validation needs >= 2 movies.")
         check(self.reviews_per_movie >= 1, "validation.reviews_per_movie must be >= 1.")
+        check(self.draws >= 0, "validation.draws must be >= 0 (0 = greedy rationales).")
 
 
 @dataclass(kw_only=True)

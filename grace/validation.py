@@ -209,16 +209,21 @@ class ValidationCallback(TrainerCallback):
         self.spent = {"seconds": 0.0, "wall_seconds": 0.0}  # before this process (resumed)
         self.clock = None  # (cpu, wall) when this process began training, less validation
         self.queries = stable_hash(data.queries + data.plots)
+        greedy = encoder_config.mode != "rationale" or encoder_config.temperature == 0
+        self.draws = 0 if greedy else encoder_config.num_rationales  # 0: greedy (or direct)
         points = appended_records(self.details, repair=True) if self.details.exists() else []
         if points:
             first = points[0]
-            if first.get("queries", self.queries) != self.queries or len(first["mrr"]) != len(
-                data.queries
+            if (
+                first.get("queries", self.queries) != self.queries
+                or len(first["mrr"]) != len(data.queries)
+                or first.get("draws", 0) != self.draws
             ):
                 raise ConfigError(
-                    f"{self.details} was measured on another validation set (the validation "
-                    "settings changed since); resuming would compare different queries. Delete "
-                    "it to validate this run from its resume step on, or restore the settings."
+                    f"{self.details} was measured on another validation set or with other "
+                    "rationales (the validation settings changed since); resuming would compare "
+                    "different measurements. Delete it to validate this run from its resume "
+                    "step on, or restore the settings."
                 )
             self.baseline = {name: np.array(first[name]) for name in METRICS}
 
@@ -252,6 +257,7 @@ class ValidationCallback(TrainerCallback):
         record = {
             "step": step,
             "queries": self.queries,
+            "draws": self.draws,
             "clusters": self.data.clusters,
             "prompts_seen": step * self.prompts_per_step,
             **budget,
@@ -313,12 +319,14 @@ class ValidationCallback(TrainerCallback):
 
 
 def validation_encoder(config) -> EncoderConfig:
-    """How a run is validated: greedy rationales of the training length for GRACE, direct
+    """How a run is validated: rationales of the training length for GRACE (greedy, or with
+    ``validation.draws`` k the mean of k sampled at the policy's temperature), direct
     embeddings for the contrastive baselines, as each is evaluated."""
-    policy = config.policy
+    policy, draws = config.policy, config.validation.draws
     return EncoderConfig(
         mode="rationale" if config.run.method == "grace" else "direct",
-        temperature=0.0,
+        temperature=policy.temperature if draws else 0.0,
+        num_rationales=max(draws, 1),
         max_new_tokens=policy.max_completion_length,
         max_input_tokens=policy.max_prompt_tokens,
         system_prompt=policy.system_prompt,

@@ -13,6 +13,7 @@ from grace.validation import (
     query_scores,
     score,
     validation_curve,
+    validation_encoder,
     validation_set,
     verdict,
 )
@@ -354,3 +355,21 @@ def test_run_swap_test_pairs_a_run_folder_with_its_base(tmp_path):
     assert rows["base, direct"]["mrr"][0] == pytest.approx(paired["before"][0])
     assert rows["trained, direct"]["mrr"][0] == pytest.approx(paired["after"][0])
     assert paired["before"][0] != paired["after"][0]
+
+
+def test_validation_with_sampled_draws_averages_them_and_is_its_own_measurement(tmp_path):
+    """validation.draws k: each text is the mean of k rationales sampled at the policy's
+    temperature (greedy when 0); a run validated one way does not resume validated another."""
+    config = load_config("tiny", [f"output_dir={tmp_path}", "max_steps=2", "save_steps=1"])
+    assert validation_encoder(config).temperature == 0.0
+    sampled = validation_encoder(config.with_changes({"validation.draws": 3}))
+    assert (sampled.temperature, sampled.num_rationales) == (config.policy.temperature, 3)
+    assert sampled.draws == 3
+    with pytest.raises(ConfigError, match="validation.draws must be >= 0"):
+        config.with_changes({"validation.draws": -1})
+    train(config.with_changes({"validation.every": 1, "validation.draws": 2}))
+    points = [json.loads(line) for line in (tmp_path / "validation.jsonl").open()]
+    assert [p["draws"] for p in points] == [2, 2, 2]
+    (tmp_path / "log_history.json").unlink()  # as if stopped
+    with pytest.raises(ConfigError, match="with other rationales"):
+        train(config.with_changes({"validation.every": 1}))
