@@ -127,6 +127,21 @@ VARIANTS = {
             "validation.every": 20,
         },
     ),
+    # On lee-topic the base's mean of 8 sampled draws buys as much as the paper's best of 8
+    # (results/headroom/lee-topic-*.json): validated as the paper evaluates, with the mean of
+    # 8 sampled rationales, base (step 0) and trained alike, does GRACE still fall? The first
+    # 120 steps of task-lee-topic-paper's settings (constant rate), a point every 40
+    # (a point costs several times a greedy one).
+    "task-lee-topic-paper-draws8": (
+        "cpu-long",
+        TASK
+        | {
+            "reward.variant": "paper",
+            "optim.max_steps": 120,
+            "validation.every": 40,
+            "validation.draws": 8,
+        },
+    ),
 }
 
 
