@@ -206,10 +206,7 @@ def load_with_adapters(
     from peft import PeftModel
 
     base, tokenizer = load_model(adapter_base(folder), device, dtype)
-    for weights in sorted(Path(folder).glob("*.safetensors")):
-        problem = safetensors_problem(weights)
-        if problem:
-            raise ModelLoadError(f"{weights}: {problem}; the model folder is damaged.")
+    refuse_damaged(Path(folder))
     model = PeftModel.from_pretrained(base, folder, autocast_adapter_dtype=True)
     if base.dtype == torch.float32:
         model = model.merge_and_unload()
@@ -225,6 +222,14 @@ def merged(model: PreTrainedModel) -> PreTrainedModel:
     if not hasattr(model, "merge_and_unload"):
         return model
     return model.to(torch.float32).merge_and_unload()
+
+
+def refuse_damaged(folder: Path) -> None:
+    """A local folder's safetensors files must be whole (a copy cut short, a bad header)."""
+    for weights in sorted(folder.glob("*.safetensors")):
+        problem = safetensors_problem(weights)
+        if problem:
+            raise ModelLoadError(f"{weights}: {problem}; the model folder is damaged.")
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -273,10 +278,7 @@ def _load_pretrained(
             f"{path} is a run folder whose training has not finished (no model saved yet): run "
             "the same `grace train` command again to resume it from its last checkpoint."
         )
-    for weights in sorted(path.glob("*.safetensors")):  # a local folder's files
-        problem = safetensors_problem(weights)
-        if problem:
-            raise ModelLoadError(f"{weights}: {problem}; the model folder is damaged.")
+    refuse_damaged(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
