@@ -9,8 +9,10 @@ fine-tuning in fp32 (logging to tensorboard when it is installed), with bf16 aut
 device computes bf16 natively, with LoRA on a bf16 base and gradient checkpointing (as the
 gpu profile trains), on CUDA with LoRA on an fp16 base and fp16 autocast (as the colab profile
 trains on a T4), with the length penalty; +CL and SimCSE; then direct and
-rationale encoding and one offline mteb task (LeeSTS). It prints the seconds (set-up included)
-and the peak memory of each path. Not checked here: several processes (``accelerate launch``).
+rationale encoding and one offline mteb task (LeeSTS); last, one run trained by two processes
+under torchrun (two GPUs on CUDA, two CPU processes with gloo otherwise): one finished folder,
+and each step learns from both processes' prompts. It prints the seconds (set-up included) and
+the peak memory of each path.
 
     python scripts/gpu_smoke.py                  # CUDA; exits 1 without a CUDA device
     python scripts/gpu_smoke.py --device cpu     # the same checks on the CPU (CI runs this)
@@ -27,9 +29,11 @@ sequence lengths.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,7 +58,9 @@ from grace.models import (  # noqa: E402
     has_native_bf16,
     load_model,
 )
+from grace.runs import is_finished  # noqa: E402
 from grace.train import train  # noqa: E402
+from grace.validation import DETAILS, prompts_per_step  # noqa: E402
 
 #: The widths of the colab and gpu profiles' models (Qwen2.5-0.5B- and 1.5B-Instruct).
 WIDTHS = {
@@ -179,6 +185,35 @@ def check_encoding(model: str, device: torch.device) -> None:
     print(f"ok  mteb LeeSTS (direct): Spearman {score:+.3f} in {report['seconds']:.1f} s")
 
 
+def check_two_processes(base: list[str], device: torch.device) -> None:
+    """One GRPO run trained by two processes under torchrun, as `accelerate launch` starts them:
+    it must finish one folder, and each step must count both processes' prompts."""
+    if device.type == "cuda" and torch.cuda.device_count() < 2:
+        print("--  one CUDA device: two processes not checked (they need a GPU each)")
+        return
+    with tempfile.TemporaryDirectory() as output:
+        settings = [*base, f"output_dir={output}"]
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        command += ["-m", "grace.cli", "train", "--config", "tiny"]
+        command += [part for setting in settings for part in ("--set", setting)]
+        env = dict(os.environ)
+        if device.type == "cpu":
+            env["ACCELERATE_USE_CPU"] = "1"  # what `accelerate launch --cpu` sets
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        seconds = time.perf_counter() - start
+        assert done.returncode == 0, f"two processes: exit {done.returncode}\n{done.stderr[-3000:]}"
+        config = load_config("tiny", settings)
+        assert is_finished(output, config), "two processes: the run did not finish its folder"
+        points = [json.loads(line) for line in (Path(output) / DETAILS).read_text().splitlines()]
+        seen, alone = points[-1]["prompts_seen"], points[-1]["step"] * prompts_per_step(config)
+        assert seen == 2 * alone, f"two processes: {seen} prompts seen, expected {2 * alone}"
+        print(
+            f"ok  GRPO, two processes: {points[-1]['step']} steps in {seconds:.1f} s with "
+            f"set-up, {seen} prompts seen (twice one process's {alone}), one finished folder"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
@@ -226,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             method_settings = [f"run.method={method}", "baselines.steps=2"]
             check_path(f"{method}, fp32", base, method_settings, device)
         check_encoding(model, device)
+        check_two_processes(base, device)
     print("all checks passed")
     return 0
 
