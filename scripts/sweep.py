@@ -142,6 +142,20 @@ VARIANTS = {
             "validation.draws": 8,
         },
     ),
+    # On review -> plot the KL penalty (study-kl) was the one variant that kept distinct-2 off
+    # zero, but there was nothing to learn there. On lee-topic, where the reward's choice has
+    # headroom, does holding the policy near its base stop the fall of task-lee-topic-paper?
+    # Its settings and first 120 steps, beta 0.04 (trl's former default; the paper uses none).
+    "task-lee-topic-paper-kl": (
+        "cpu-long",
+        TASK
+        | {
+            "reward.variant": "paper",
+            "grpo.beta": 0.04,
+            "optim.max_steps": 120,
+            "validation.every": 20,
+        },
+    ),
 }
 
 
