@@ -69,6 +69,8 @@ def headroom() -> list[dict]:  # written by scripts/headroom.py, by task then le
 TASK_RUNS = {
     "task-lee-topic-paper": "GRACE on lee-topic",
     "task-lee-topic-paper-64": "GRACE on lee-topic, 64-token rationales",
+    "task-lee-topic-paper-draws8": "GRACE on lee-topic, validated with the mean of 8 draws",
+    "task-lee-topic-paper-kl": "GRACE on lee-topic with a KL penalty of 0.04",
     "task-lee-topic-cl": "+CL on lee-topic",
 }
 SWAPS = {
